@@ -1,0 +1,296 @@
+"""Configuration of a radiolens study: a small YAML file, validated on load.
+
+Every key has a documented default (``radiolens config --show`` prints them); a config file
+only names what it changes. Unknown keys and wrong types are errors that name the key, so a
+typo never silently falls back to a default.
+
+Example
+-------
+.. code-block:: yaml
+
+    cohort:
+      source: table            # synthetic | table | folder | msd | picai | prostate158
+      path: my_cases.csv
+    encoder:
+      weights: /data/profound_tiny.pth
+      preset: tiny
+    finetune:
+      epochs: 100
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "DEFAULTS", "QUICK", "describe_defaults", "load_config", "merge"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+#: Every parameter of a run with its default. Comments in DOCS below explain each.
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "jobs": 2,
+    "device": "cpu",
+    "cache_dir": None,
+    "out": "radiolens-output",
+    "cohort": {
+        "source": "synthetic",
+        "path": None,
+        "n_cases": 200,
+        "shape": [32, 96, 96],
+        "spacing": [0.8, 0.8, 2.0],
+        "seed": 0,
+    },
+    "preprocess": {
+        "enabled": False,
+        "spacing": [0.5, 0.5, 1.0],
+        "crop_shape": [64, 224, 224],
+    },
+    "radiomics": {
+        "modalities": ["T2W", "DWI", "ADC"],
+        "settings": None,
+        "lesion_roi": True,
+    },
+    "encoder": {
+        "weights": "micro-synthetic",
+        "preset": "micro",
+        "pretrain_epochs": 30,
+    },
+    "finetune": {
+        "tasks": ["pirads", "lesion", "volume"],
+        "regimes": ["frozen", "full"],
+        "epochs": 100,
+        "lr": 1e-3,
+        "batch_size": 8,
+        "patience": 15,
+    },
+    "lens": {
+        "hidden_dim": None,
+        "epochs": 200,
+        "lr": 1e-3,
+        "decoder": "ols",
+        "l1_grid": [0.0, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5],
+        "l2_grid": [0.0, 1e-5, 1e-4, 1e-3],
+        "n_bootstrap": 200,
+        "n_permutations": 1000,
+        "top_k": 10,
+    },
+}
+
+#: What ``--quick`` changes: small enough for CI and the book, same code paths.
+QUICK: dict[str, Any] = {
+    "cohort": {"n_cases": 60},
+    "encoder": {"pretrain_epochs": 2},
+    "finetune": {"epochs": 4, "patience": 4},
+    "lens": {
+        "epochs": 100,
+        "l1_grid": [0.0, 1e-6],
+        "l2_grid": [0.0, 1e-5],
+        "n_bootstrap": 50,
+        "n_permutations": 200,
+    },
+}
+
+DOCS: dict[str, str] = {
+    "seed": "master random seed (cohort split, training, lens)",
+    "jobs": "parallel worker processes for radiomics extraction",
+    "device": "torch device for the encoder: cpu, cuda, cuda:1, mps",
+    "cache_dir": "cache folder (default: $RADIOLENS_CACHE or ~/.cache/radiolens)",
+    "out": "output folder of the report",
+    "cohort.source": "synthetic (built-in), table (your CSV of paths), folder (a radiolens "
+    "cohort folder), msd, picai or prostate158 (downloaded public data)",
+    "cohort.path": "CSV table or cohort folder for source table/folder; data dir for fetchers",
+    "cohort.n_cases": "number of synthetic cases",
+    "cohort.shape": "synthetic volume shape (D, H, W), multiples of 32",
+    "cohort.spacing": "synthetic voxel spacing (x, y, z) in mm",
+    "cohort.seed": "seed of the synthetic generator",
+    "preprocess.enabled": "resample and crop around the gland (real data)",
+    "preprocess.spacing": "target spacing (x, y, z) mm; the paper uses 0.5 x 0.5 x 1.0",
+    "preprocess.crop_shape": "crop box (D, H, W) around the gland; the paper uses 64 x 224 x 224",
+    "radiomics.modalities": "modalities to extract radiomics from",
+    "radiomics.settings": "PyRadiomics parameter file (YAML); null = the paper's defaults",
+    "radiomics.lesion_roi": "also extract lesion-ROI radiomics for the segmentation task",
+    "encoder.weights": "shipped weights name, a ProFound/radiolens checkpoint path, or 'pretrain'",
+    "encoder.preset": "ConvNeXt V2 size preset (micro, atto, ..., tiny, ...)",
+    "encoder.pretrain_epochs": "epochs of masked pre-training when weights = pretrain",
+    "finetune.tasks": "downstream tasks: pirads, lesion, volume",
+    "finetune.regimes": "frozen (head only) and/or full fine-tuning",
+    "finetune.epochs": "maximum fine-tuning epochs (early stopping on validation)",
+    "finetune.lr": "AdamW learning rate",
+    "finetune.batch_size": "fine-tuning batch size",
+    "finetune.patience": "early-stopping patience in epochs",
+    "lens.hidden_dim": "width of the shared projection (null: chosen below d and n_train)",
+    "lens.epochs": "stage-1 training epochs",
+    "lens.lr": "stage-1 learning rate",
+    "lens.decoder": "ols (the paper's) or ridge (cross-validated, radiolens's addition)",
+    "lens.l1_grid": "L1 penalties of the sweep",
+    "lens.l2_grid": "L2 penalties of the sweep",
+    "lens.n_bootstrap": "case bootstrap resamples for confidence intervals",
+    "lens.n_permutations": "paired permutations for per-feature p-values",
+    "lens.top_k": "features per ranking in the report",
+}
+
+_CHOICES: dict[str, tuple] = {
+    "cohort.source": ("synthetic", "table", "folder", "msd", "picai", "prostate158"),
+    "lens.decoder": ("ols", "ridge"),
+}
+_LIST_CHOICES: dict[str, tuple] = {
+    "finetune.tasks": ("pirads", "lesion", "volume"),
+    "finetune.regimes": ("frozen", "full"),
+    "radiomics.modalities": ("T2W", "DWI", "ADC"),
+}
+
+
+def merge(base: dict, override: dict, _prefix: str = "") -> dict:
+    """Deep-merge ``override`` into a copy of ``base``, rejecting unknown keys and bad types."""
+    result = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        name = f"{_prefix}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key {name!r} (known here: {known})")
+        default = base[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} must be a mapping, got {value!r}")
+            result[key] = merge(default, value, f"{name}.")
+            continue
+        result[key] = _check_value(name, default, value)
+    return result
+
+
+def _check_value(name: str, default: Any, value: Any) -> Any:
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
+        if isinstance(default, int):
+            if not float(value).is_integer():
+                raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {name!r} must be a list, got {value!r}")
+        allowed = _LIST_CHOICES.get(name)
+        if allowed:
+            bad = [v for v in value if v not in allowed]
+            if bad:
+                raise ConfigError(f"config key {name!r}: unknown value(s) {bad}; allowed {list(allowed)}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+        allowed = _CHOICES.get(name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"config key {name!r} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _validate_paths(config: dict, base_dir: Path) -> dict:
+    cohort = config["cohort"]
+    if cohort["source"] in ("table", "folder"):
+        if not cohort["path"]:
+            raise ConfigError(f"config key 'cohort.path' is required when cohort.source is {cohort['source']!r}")
+        path = Path(cohort["path"]).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.exists():
+            raise ConfigError(f"config key 'cohort.path': {path} does not exist")
+        cohort["path"] = str(path)
+    settings = config["radiomics"]["settings"]
+    if settings:
+        path = Path(settings).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.exists():
+            raise ConfigError(f"config key 'radiomics.settings': {path} does not exist")
+        config["radiomics"]["settings"] = str(path)
+    weights = config["encoder"]["weights"]
+    if weights and (os.sep in weights or weights.endswith((".pt", ".pth", ".ckpt"))):
+        path = Path(weights).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.exists():
+            raise ConfigError(f"config key 'encoder.weights': checkpoint {path} does not exist")
+        config["encoder"]["weights"] = str(path)
+    for key in ("shape", "spacing"):
+        if len(cohort[key]) != 3:
+            raise ConfigError(f"config key 'cohort.{key}' must have 3 numbers, got {cohort[key]!r}")
+    if any(int(s) % 32 for s in cohort["shape"]):
+        raise ConfigError(f"config key 'cohort.shape' must be multiples of 32, got {cohort['shape']!r}")
+    if not config["finetune"]["tasks"]:
+        raise ConfigError("config key 'finetune.tasks' must name at least one task")
+    return config
+
+
+def load_config(path: str | os.PathLike | None = None, quick: bool = False, **overrides: Any) -> dict:
+    """Load and validate a run configuration.
+
+    Parameters
+    ----------
+    path
+        YAML file; None for the defaults.
+    quick
+        Apply :data:`QUICK` (CI and book mode) before the file's own values.
+    **overrides
+        Top-level values set last (from command-line flags); None values are ignored.
+
+    Returns
+    -------
+    dict
+        The complete configuration (every key present).
+
+    Raises
+    ------
+    ConfigError
+        Naming the offending key.
+    """
+    config = merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        config = merge(config, loaded)
+        base_dir = path.resolve().parent
+    config = merge(config, {k: v for k, v in overrides.items() if v is not None})
+    config["quick"] = quick
+    return _validate_paths(config, base_dir)
+
+
+def describe_defaults() -> str:
+    """The defaults as commented YAML (for ``radiolens config``)."""
+    lines: list[str] = []
+
+    def walk(node: dict, prefix: str, indent: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                lines.append(f"{indent}{key}:")
+                walk(value, f"{name}.", indent + "  ")
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True).strip()
+                text = text.removesuffix("\n...").removesuffix("...").strip()
+                lines.append(f"{indent}{key}: {text}  # {DOCS.get(name, '')}")
+
+    walk(DEFAULTS, "", "")
+    return "\n".join(lines) + "\n"
