@@ -1,0 +1,549 @@
+"""The whole study, stage by stage, every stage cached on disk by content hash.
+
+:class:`Study` is what ``radiolens run`` executes and what every book chapter uses: each method
+returns one stage's artifact, computing it (with a progress bar) or reading it from the cache.
+A chapter opened on its own in Binder therefore recomputes only what is missing, and an
+interrupted run resumes at the first unfinished stage.
+
+Stages, in the order data flows::
+
+    cohort -> radiomics -> encoder -> fine-tuned encoders (+ Table 2) -> embeddings
+           -> penalty sweep -> lens fit -> compare (per task and ROI) -> report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from radiolens import __version__
+from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json
+
+__all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "run_study"]
+
+logger = logging.getLogger(__name__)
+
+#: Input channels per downstream task, as in the paper (volume regression sees T2W only).
+TASK_CHANNELS: dict[str, tuple[str, ...]] = {
+    "pirads": ("T2W", "DWI", "ADC"),
+    "lesion": ("T2W", "DWI", "ADC"),
+    "volume": ("T2W",),
+}
+
+#: Radiomics ROIs per task, as in the paper (segmentation is read through both masks).
+TASK_ROIS: dict[str, tuple[str, ...]] = {
+    "pirads": ("gland",),
+    "lesion": ("gland", "lesion"),
+    "volume": ("gland",),
+}
+
+TASK_LABELS = {"pirads": "PI-RADS classification", "lesion": "Lesion segmentation", "volume": "Gland volume regression"}
+
+
+@dataclass
+class StudyResult:
+    """What :meth:`Study.run` produced."""
+
+    out_dir: Path
+    report_path: Path
+    reports: dict[str, Any]
+    downstream: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Study:
+    """One radiolens study described by a configuration (see :mod:`radiolens.config`).
+
+    Parameters
+    ----------
+    config
+        A complete configuration from :func:`radiolens.config.load_config`.
+    progress
+        Show progress bars.
+
+    Examples
+    --------
+    >>> from radiolens.config import load_config
+    >>> study = Study(load_config(quick=True))          # doctest: +SKIP
+    >>> report = study.compare("pirads")                 # computes or loads every stage  # doctest: +SKIP
+    """
+
+    def __init__(self, config: dict, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.cache_root = default_cache_dir(config.get("cache_dir"))
+        self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self._memo: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------------------------
+    def _cache(self, namespace: str) -> ArtifactCache:
+        return ArtifactCache(self.cache_root, namespace)
+
+    def _timed(self, name: str, func, *args, **kwargs):
+        start = time.perf_counter()
+        result = func(*args, **kwargs)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    def _warn(self, message: str) -> None:
+        logger.warning(message)
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.config["finetune"]["tasks"])
+
+    # ------------------------------------------------------------------------------------
+    # stage 1: cohort
+    # ------------------------------------------------------------------------------------
+    def cohort(self):
+        """The cohort (built-in synthetic by default), preprocessed when configured."""
+        if "cohort" not in self._memo:
+            self._memo["cohort"] = self._timed("cohort", self._build_cohort)
+        return self._memo["cohort"]
+
+    def _build_cohort(self):
+        from radiolens import data
+
+        spec = self.config["cohort"]
+        source = spec["source"]
+        if source == "synthetic":
+            params = {k: spec[k] for k in ("n_cases", "shape", "spacing", "seed")}
+            key = "synthetic-" + hash_json({"params": params, "version": data.SYNTHETIC_VERSION})[:16]
+            folder = self.cache_root / "cohorts" / key
+            cohort = None
+            if (folder / "manifest.csv").exists():
+                try:
+                    cohort = data.load_cohort(folder)
+                except Exception as err:  # a broken earlier run: regenerate from scratch
+                    logger.warning("cached cohort %s unusable (%s); regenerating", folder, err)
+                    shutil.rmtree(folder, ignore_errors=True)
+            if cohort is None:
+                logger.info("generating the built-in synthetic cohort (%d cases)", spec["n_cases"])
+                cohort = data.make_synthetic_cohort(
+                    n_cases=spec["n_cases"],
+                    shape=tuple(spec["shape"]),
+                    spacing=tuple(spec["spacing"]),
+                    seed=spec["seed"],
+                    out_dir=folder,
+                    n_jobs=self.config["jobs"],
+                )
+        elif source == "folder":
+            cohort = data.load_cohort(spec["path"])
+        elif source == "table":
+            key = "table-" + hash_json({"path": spec["path"], "seed": self.seed})[:16]
+            cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed)
+        else:
+            from radiolens.data import fetch
+
+            fetcher = {"msd": fetch.fetch_msd_prostate, "picai": fetch.fetch_picai, "prostate158": fetch.fetch_prostate158}[source]
+            cohort = fetcher(data_dir=spec["path"])
+        if self.config["preprocess"]["enabled"]:
+            from radiolens.data.preprocess import preprocess
+
+            pre = self.config["preprocess"]
+            cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None)
+        counts = cohort.manifest["split"].value_counts().to_dict()
+        for split in ("train", "val", "test"):
+            if counts.get(split, 0) == 0:
+                raise ValueError(
+                    f"cohort {cohort.root} has no {split!r} cases (splits: {counts}); the lens is fitted on "
+                    "train, its penalties chosen on val and scored on test"
+                )
+        return cohort
+
+    # ------------------------------------------------------------------------------------
+    # stage 2: radiomics
+    # ------------------------------------------------------------------------------------
+    def radiomics(self, roi: str = "gland") -> pd.DataFrame:
+        """Radiomic features (cases x nM) of one ROI; cases without that ROI are dropped here."""
+        key = ("radiomics", roi)
+        if key not in self._memo:
+            from radiolens import radiomics
+
+            spec = self.config["radiomics"]
+            result = self._timed(
+                f"radiomics ({roi})",
+                radiomics.extract_detailed,
+                self.cohort(),
+                rois=(roi,),
+                modalities=tuple(spec["modalities"]),
+                settings=spec["settings"],
+                n_jobs=self.config["jobs"],
+                cache_dir=self.cache_root,
+                progress=self.progress,
+            )
+            if len(result.failures):
+                self._warn(
+                    f"radiomics ({roi} ROI): {len(result.failures)} work unit(s) failed; those cases are "
+                    f"left out of the lens (see failures table): {sorted(set(result.failures['case_id']))[:10]}"
+                )
+            features = result.features.dropna(how="any")
+            self._memo[key] = features
+        return self._memo[key]
+
+    # ------------------------------------------------------------------------------------
+    # stage 3: encoders
+    # ------------------------------------------------------------------------------------
+    def encoder(self):
+        """The pre-trained encoder (shipped weights, a checkpoint, or pre-trained here)."""
+        if "encoder" not in self._memo:
+            self._memo["encoder"] = self._timed("encoder", self._build_encoder)
+        return self._memo["encoder"]
+
+    def _build_encoder(self):
+        from radiolens import models
+
+        spec = self.config["encoder"]
+        weights = spec["weights"]
+        if weights == "pretrain":
+            cache = self._cache("encoders")
+            key = "pretrain-" + hash_json(
+                {"cohort": self.cohort().fingerprint, "preset": spec["preset"], "epochs": spec["pretrain_epochs"], "seed": self.seed}
+            )[:24]
+            path = cache.get_file(key, "pt")
+            if path is None:
+                encoder, _history = models.pretrain(
+                    self.cohort(), preset=spec["preset"], epochs=spec["pretrain_epochs"], seed=self.seed,
+                    device=self.config["device"], progress=self.progress,
+                )
+                tmp = self.cache_root / "encoders" / f"{key}.tmp.pt"
+                models.save_encoder(encoder, tmp)
+                path = cache.put_file(key, "pt", tmp)
+                tmp.unlink(missing_ok=True)
+            return models.load_encoder(path)
+        if Path(weights).suffix in (".pt", ".pth", ".ckpt") or Path(weights).exists():
+            encoder, report = models.load_profound(weights, in_chans=3, preset=spec["preset"])
+            if report.missing:
+                self._warn(f"encoder checkpoint {weights}: {len(report.missing)} missing key(s), e.g. {report.missing[:3]}")
+            return encoder
+        return models.load_pretrained(weights)
+
+    def finetuned(self, task: str, regime: str = "full"):
+        """A fine-tuned encoder and its test metrics for one task and regime (cached)."""
+        key = ("finetuned", task, regime)
+        if key not in self._memo:
+            self._memo[key] = self._timed(f"fine-tune {task}/{regime}", self._finetune, task, regime)
+        return self._memo[key]
+
+    def _finetune(self, task: str, regime: str):
+        from radiolens.models import finetune as ft
+
+        spec = self.config["finetune"]
+        params = {
+            "task": task, "regime": regime, "epochs": spec["epochs"], "lr": spec["lr"],
+            "batch_size": spec["batch_size"], "patience": spec["patience"], "seed": self.seed,
+        }
+        cache = self._cache("finetuned")
+        key = f"{task}-{regime}-" + hash_json(
+            {"params": params, "encoder": _encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint,
+             "version": ft.FINETUNE_VERSION}
+        )[:24]
+        path = cache.get_file(key, "pt")
+        if path is not None:
+            return ft.load_finetuned(path)
+        result = ft.finetune(
+            self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
+            batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
+            device=self.config["device"], progress=self.progress,
+        )
+        tmp = self.cache_root / "finetuned" / f"{key}.tmp.pt"
+        ft.save_finetuned(result, tmp)
+        cache.put_file(key, "pt", tmp, meta={"task": task, "regime": regime})
+        tmp.unlink(missing_ok=True)
+        return result
+
+    def available_tasks(self) -> list[str]:
+        """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
+        if "available_tasks" not in self._memo:
+            from radiolens.models.finetune import check_task_labels, MissingLabelsError
+
+            ok = []
+            for task in self.tasks:
+                try:
+                    check_task_labels(self.cohort(), task)
+                    ok.append(task)
+                except MissingLabelsError as err:
+                    self._warn(f"task {task!r} skipped: {err}")
+            self._memo["available_tasks"] = ok
+        return self._memo["available_tasks"]
+
+    def downstream_table(self) -> pd.DataFrame:
+        """Our Table 2: (task, regime, metric, value) for every available task and regime."""
+        frames = []
+        for task in self.available_tasks():
+            for regime in self.config["finetune"]["regimes"]:
+                table = self.finetuned(task, regime).metrics_table()
+                frames.append(table)
+        if not frames:
+            return pd.DataFrame(columns=["task", "regime", "metric", "value"])
+        return pd.concat(frames, ignore_index=True)
+
+    # ------------------------------------------------------------------------------------
+    # stage 4: embeddings
+    # ------------------------------------------------------------------------------------
+    def embeddings(self, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(X_pre, X_ft)``: the pre-trained and the fully fine-tuned encoder on every case."""
+        key = ("embeddings", task)
+        if key not in self._memo:
+            from radiolens import embeddings
+            from radiolens.models.finetune import encoder_for_task
+
+            channels = TASK_CHANNELS[task]
+            pre_encoder = encoder_for_task(self.encoder(), task)
+            ft_encoder = self.finetuned(task, "full").encoder
+            kwargs = dict(channels=channels, device=self.config["device"], cache_dir=self.cache_root, progress=self.progress)
+            x_pre = self._timed("embeddings", embeddings.extract, pre_encoder, self.cohort(), **kwargs)
+            x_ft = self._timed("embeddings", embeddings.extract, ft_encoder, self.cohort(), **kwargs)
+            self._memo[key] = (x_pre, x_ft)
+        return self._memo[key]
+
+    # ------------------------------------------------------------------------------------
+    # stage 5: the lens
+    # ------------------------------------------------------------------------------------
+    def _lens_inputs(self, task: str, roi: str):
+        x_pre, x_ft = self.embeddings(task)
+        radiomics = self.radiomics(roi)
+        ids = [c for c in radiomics.index if c in x_pre.index]
+        split = self.cohort().manifest.loc[ids, "split"]
+        parts = {}
+        for name in ("train", "val", "test"):
+            chosen = [c for c in ids if split[c] == name]
+            parts[name] = (x_pre.loc[chosen], x_ft.loc[chosen], radiomics.loc[chosen])
+        return parts
+
+    def _lens_params(self) -> dict:
+        spec = self.config["lens"]
+        return {"hidden_dim": spec["hidden_dim"], "epochs": spec["epochs"], "lr": spec["lr"],
+                "decoder": spec["decoder"], "random_state": self.seed}
+
+    def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
+        """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
+        key = ("sweep", task, roi)
+        if key not in self._memo:
+            from radiolens.lens import penalty_sweep
+
+            parts = self._lens_inputs(task, roi)
+            (x_tr, _, r_tr), (x_va, _, r_va) = parts["train"], parts["val"]
+            spec = self.config["lens"]
+            cache = self._cache("lens")
+            ckey = "sweep-" + hash_json(
+                {"x": hash_frame(x_tr), "xv": hash_frame(x_va), "r": hash_frame(r_tr), "rv": hash_frame(r_va),
+                 "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"], "v": __version__}
+            )[:24]
+            table = cache.get_frame(ckey)
+            if table is None:
+                table = self._timed(
+                    "penalty sweep", penalty_sweep, x_tr, r_tr, x_va, r_va,
+                    l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], **self._lens_params(),
+                )
+                cache.put_frame(ckey, table)
+            self._memo[key] = table
+        return self._memo[key]
+
+    def lens(self, task: str, roi: str = "gland"):
+        """The lens fitted on the training cases' pre-trained embeddings with the chosen penalties."""
+        key = ("lens", task, roi)
+        if key not in self._memo:
+            from radiolens.lens import RadiomicLens
+
+            sweep = self.sweep(task, roi)
+            best = sweep.loc[sweep["selected"]].iloc[0]
+            x_tr, _, r_tr = self._lens_inputs(task, roi)["train"]
+            params = {**self._lens_params(), "l1": float(best["l1"]), "l2": float(best["l2"])}
+            cache_dir = self.cache_root / "lens"
+            ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": __version__})[:24]
+            folder = cache_dir / ckey
+            lens = None
+            if (folder / "COMPLETE").exists():
+                try:
+                    lens = RadiomicLens.load(folder)
+                except Exception as err:
+                    logger.warning("cached lens %s unreadable (%s); refitting", folder, err)
+            if lens is None:
+                lens = self._timed(f"lens fit {task}/{roi}", RadiomicLens(**params).fit, x_tr, r_tr)
+                _save_dir_atomically(folder, lens.save)
+            self._memo[key] = lens
+        return self._memo[key]
+
+    def compare(self, task: str, roi: str = "gland"):
+        """The lens report for one task (and ROI): pre vs fine-tuned, scored on the test cases."""
+        key = ("compare", task, roi)
+        if key not in self._memo:
+            from radiolens.lens import LensReport
+
+            lens = self.lens(task, roi)
+            parts = self._lens_inputs(task, roi)
+            (x_pre, x_ft, r), test = parts["train"], parts["test"]
+            spec = self.config["lens"]
+            ckey = "report-" + hash_json(
+                {"lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
+                 "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"],
+                 "v": __version__}
+            )[:24]
+            folder = self.cache_root / "lens" / ckey
+            report = None
+            if (folder / "COMPLETE").exists():
+                try:
+                    report = LensReport.from_dir(folder)
+                except Exception as err:
+                    logger.warning("cached lens report %s unreadable (%s); recomputing", folder, err)
+            if report is None:
+                report = self._timed(
+                    f"compare {task}/{roi}", lens.compare, x_pre, x_ft, r, test=test,
+                    n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"],
+                )
+                _save_dir_atomically(folder, report.to_dir)
+            self._memo[key] = report
+        return self._memo[key]
+
+    def reports(self) -> dict[str, Any]:
+        """Every lens report, keyed ``"pirads"``, ``"volume"``, ``"lesion"`` (gland ROI) and
+        ``"lesion (lesion ROI)"``."""
+        out = {}
+        for task in self.available_tasks():
+            for roi in TASK_ROIS[task]:
+                if roi == "lesion" and not self.config["radiomics"]["lesion_roi"]:
+                    continue
+                name = task if roi == "gland" else f"{task} ({roi} ROI)"
+                try:
+                    out[name] = self.compare(task, roi)
+                except ValueError as err:  # e.g. too few lesion cases for a lens
+                    self._warn(f"lens for {name} skipped: {err}")
+        return out
+
+    def planted_truth(self) -> pd.DataFrame:
+        """How the lens's measures recover a known shift (simulation; see chapter 9)."""
+        if "planted" not in self._memo:
+            from radiolens import simulate
+
+            quick = bool(self.config.get("quick"))
+            params = {"quick": quick, "seed": self.seed, "v": __version__}
+            cache = self._cache("planted")
+            key = "planted-" + hash_json(params)[:24]
+            table = cache.get_frame(key)
+            if table is None:
+                kwargs = dict(hidden_dims=(16, 256), n_cases=(300,)) if quick else {}
+                table = self._timed("planted truth", simulate.ols_reliability_table, random_state=self.seed, **kwargs)
+                cache.put_frame(key, table)
+            self._memo["planted"] = table
+        return self._memo["planted"]
+
+    # ------------------------------------------------------------------------------------
+    # everything
+    # ------------------------------------------------------------------------------------
+    def provenance(self) -> dict:
+        """Versions, configuration, seeds and timings, for the report."""
+        import torch
+
+        try:
+            import radiomics as pyradiomics
+
+            radiomics_version = pyradiomics.__version__
+        except ImportError:  # pragma: no cover
+            radiomics_version = None
+        cohort = self._memo.get("cohort")
+        return {
+            "radiolens": __version__,
+            "pyradiomics": radiomics_version,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "config": self.config,
+            "seed": self.seed,
+            "cohort": None if cohort is None else {"root": str(cohort.root), "fingerprint": cohort.fingerprint,
+                                                   "n_cases": len(cohort.case_ids)},
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+    def run(self, out_dir: str | Path | None = None) -> StudyResult:
+        """Run (or resume) every stage and write the report folder."""
+        from radiolens.report import write_report
+
+        out = Path(out_dir or self.config["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        self.cohort()
+        for task in self.available_tasks():
+            for roi in TASK_ROIS[task]:
+                if roi == "gland" or self.config["radiomics"]["lesion_roi"]:
+                    self.radiomics(roi)
+        downstream = self.downstream_table()
+        reports = self.reports()
+        sweeps = {name: self.sweep(*_task_roi(name)) for name in reports}
+        planted = self.planted_truth()
+        self.timings["total"] = time.perf_counter() - start
+        report_path = write_report(
+            out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
+            provenance=self.provenance(), warnings=self.warnings,
+        )
+        return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings))
+
+
+def _task_roi(name: str) -> tuple[str, str]:
+    if name.endswith(" ROI)"):
+        task, roi = name[:-5].split(" (")
+        return task, roi
+    return name, "gland"
+
+
+def _encoder_hash(encoder) -> str:
+    from radiolens.cache import hash_array
+
+    parts = {k: hash_array(v.detach().cpu().numpy()) for k, v in encoder.state_dict().items()}
+    return hash_json(parts)
+
+
+def _lens_key(lens) -> str:
+    return hash_json({"params": lens.get_params() if hasattr(lens, "get_params") else repr(lens)})
+
+
+def _save_dir_atomically(folder: Path, save) -> None:
+    """Write a folder artifact under a temporary name, mark it COMPLETE, then rename it."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    (tmp / "COMPLETE").write_text("ok\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def run_study(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> StudyResult:
+    """Convenience wrapper: ``Study(config).run(out_dir)`` with a log file in the output folder."""
+    out = Path(out_dir or config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "radiolens.log", mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("radiolens")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            result = Study(config, progress=progress).run(out)
+        atomic_write_text(out / "timings.json", json.dumps(result.timings, indent=1))
+        return result
+    finally:
+        root.removeHandler(handler)
+        handler.close()
