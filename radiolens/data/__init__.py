@@ -1,0 +1,44 @@
+"""Cohorts: the contract and its validation, the built-in synthetic cohort, your own data,
+splitting and preprocessing.
+
+Every data source produces a :class:`Cohort` (a folder of images plus one manifest table);
+every later stage reads nothing else.
+"""
+
+from radiolens.data.cohort import (
+    FILE_KEYS,
+    IMAGE_KEYS,
+    LABEL_COLUMNS,
+    MANIFEST_COLUMNS,
+    MASK_KEYS,
+    PIRADS_GROUPS,
+    PROVENANCE_COLUMNS,
+    SPLITS,
+    Case,
+    Cohort,
+    CohortError,
+    load_cohort,
+    split_cases,
+    write_image,
+    write_manifest,
+)
+from radiolens.data.synthetic import make_synthetic_cohort
+
+__all__ = [
+    "FILE_KEYS",
+    "IMAGE_KEYS",
+    "LABEL_COLUMNS",
+    "MANIFEST_COLUMNS",
+    "MASK_KEYS",
+    "PIRADS_GROUPS",
+    "PROVENANCE_COLUMNS",
+    "SPLITS",
+    "Case",
+    "Cohort",
+    "CohortError",
+    "load_cohort",
+    "make_synthetic_cohort",
+    "split_cases",
+    "write_image",
+    "write_manifest",
+]

@@ -1,0 +1,1019 @@
+"""The cohort contract: one folder of images plus one manifest table, validated.
+
+Every data source in radiolens (the built-in synthetic cohort, the public data sets, a user's
+own files) produces the same thing, a *cohort*: a folder holding 3D images and masks and one
+manifest (``manifest.csv`` or ``manifest.parquet``) with one row per case. Every later stage
+(radiomics, embeddings, fine-tuning, the lens) reads a :class:`Cohort` and nothing else.
+
+Manifest columns (see ``CONTRIBUTING.md``):
+
+========================  ==================================================================
+``case_id``               unique string
+``split``                 ``train``, ``val`` or ``test``
+``T2W``, ``DWI``, ``ADC`` image paths, relative to the manifest's folder or absolute; empty =
+                          missing
+``gland``, ``zones``,     mask paths; ``zones`` holds 1 = peripheral, 2 = transition zone;
+``lesion``                empty = missing
+``pirads_group``          integer 0..3 meaning PI-RADS ``<3``, ``3``, ``4``, ``5``; empty =
+                          unknown
+``gland_volume_ml``,      floats; ``lesion_volume_ml`` is 0 when there is no lesion
+``lesion_volume_ml``
+``source``, ``site``,     provenance (empty when unknown)
+``scanner``
+========================  ==================================================================
+
+Extra columns (e.g. a synthetic case's latent ``age``) are allowed and kept.
+
+Validation happens in two layers:
+
+* :func:`load_cohort` always checks the table (columns, unique ids, splits, label ranges), that
+  every file exists, and every file's *header* (readable, 3D, same size/spacing/origin/direction
+  as the case's other files). With ``check_pixels=True`` (the default) it also reads every
+  voxel once: images must be finite, masks integer-valued with the allowed labels, the gland
+  non-empty. A passed pixel check is remembered in the radiolens cache, keyed by each file's
+  path, size and modification time, so re-loading an unchanged cohort is fast.
+* :meth:`Cohort.load_case` repeats the pixel checks on what it reads, so even a cohort loaded
+  with ``check_pixels=False`` never hands bad arrays to a later stage.
+
+Every problem raises :class:`CohortError` naming the case, the file and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from radiolens.cache import (
+    ArtifactCache,
+    atomic_write_bytes,
+    atomic_write_text,
+    hash_file,
+    hash_json,
+)
+
+__all__ = [
+    "FILE_KEYS",
+    "IMAGE_KEYS",
+    "LABEL_COLUMNS",
+    "MANIFEST_COLUMNS",
+    "MASK_KEYS",
+    "PIRADS_GROUPS",
+    "PROVENANCE_COLUMNS",
+    "SPLITS",
+    "Case",
+    "Cohort",
+    "CohortError",
+    "load_cohort",
+    "split_cases",
+    "write_image",
+    "write_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Image columns of the manifest, in channel order.
+IMAGE_KEYS: tuple[str, ...] = ("T2W", "DWI", "ADC")
+#: Mask columns of the manifest.
+MASK_KEYS: tuple[str, ...] = ("gland", "zones", "lesion")
+#: Every file column.
+FILE_KEYS: tuple[str, ...] = IMAGE_KEYS + MASK_KEYS
+#: Label columns.
+LABEL_COLUMNS: tuple[str, ...] = ("pirads_group", "gland_volume_ml", "lesion_volume_ml")
+#: Provenance columns.
+PROVENANCE_COLUMNS: tuple[str, ...] = ("source", "site", "scanner")
+#: Every contract column, in manifest order.
+MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", "split", *FILE_KEYS, *LABEL_COLUMNS, *PROVENANCE_COLUMNS)
+#: Allowed split names.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Display names of the PI-RADS groups 0..3.
+PIRADS_GROUPS: tuple[str, ...] = ("<3", "3", "4", "5")
+
+#: Allowed voxel values per mask.
+MASK_VALUES: dict[str, frozenset[int]] = {
+    "gland": frozenset({0, 1}),
+    "zones": frozenset({0, 1, 2}),
+    "lesion": frozenset({0, 1}),
+}
+
+# Geometry tolerances (documented in load_cohort): spacing relative, origin as a fraction of
+# the smallest voxel side, direction cosines absolute. Real headers carry float32 rounding.
+SPACING_RTOL = 1e-3
+ORIGIN_VOXEL_FRACTION = 0.05
+DIRECTION_ATOL = 1e-3
+
+_CHECK_VERSION = 1  # bump when the pixel checks change, invalidating remembered passes
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class CohortError(ValueError):
+    """A cohort, a case or a file breaks the contract.
+
+    Attributes
+    ----------
+    case_id, key, path
+        Where the problem is (``None`` when it concerns the whole manifest).
+    problems
+        All problems found, as ``(case_id, key, path, message)`` tuples.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        case_id: str | None = None,
+        key: str | None = None,
+        path: str | os.PathLike | None = None,
+        problems: list[tuple] | None = None,
+    ) -> None:
+        self.case_id = case_id
+        self.key = key
+        self.path = None if path is None else Path(path)
+        self.problems = problems or [(case_id, key, self.path, message)]
+        super().__init__(message)
+
+
+def _describe(case_id: str | None, key: str | None, path: Any, problem: str) -> str:
+    parts = []
+    if case_id is not None:
+        parts.append(f"case {case_id!r}")
+    if key is not None:
+        parts.append(f"{key} file {str(path)!r}" if path is not None else f"column {key!r}")
+    elif path is not None:
+        parts.append(f"file {str(path)!r}")
+    return (", ".join(parts) + ": " if parts else "") + problem
+
+
+def _error(case_id, key, path, problem) -> CohortError:
+    return CohortError(_describe(case_id, key, path, problem), case_id, key, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Case
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    """One case's arrays, geometry and labels.
+
+    Attributes
+    ----------
+    case_id
+        The manifest's ``case_id``.
+    images
+        ``{"T2W" | "DWI" | "ADC": float32 array (z, y, x)}`` for the images that exist.
+    masks
+        ``{"gland" | "zones" | "lesion": uint8 array (z, y, x)}`` for the masks that exist.
+        A mask missing from the cohort is *absent* from this dict (never faked as zeros);
+        its key is listed in :attr:`missing`.
+    spacing, origin
+        Voxel size and physical position of the first voxel, (x, y, z) in mm (SimpleITK order).
+    direction
+        Direction cosines, 9 floats, row-major (SimpleITK order).
+    labels
+        The manifest row's non-file columns (``pirads_group``, volumes, split, provenance,
+        extras). ``pirads_group`` is an ``int`` or ``None`` when unknown.
+    missing
+        Requested file keys that the cohort does not have for this case.
+    """
+
+    case_id: str
+    images: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    labels: dict[str, Any] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (z, y, x)."""
+        for array in (*self.images.values(), *self.masks.values()):
+            return tuple(array.shape)
+        raise ValueError(f"case {self.case_id!r} holds no arrays")
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def stack(self, keys: Sequence[str] = IMAGE_KEYS) -> np.ndarray:
+        """Images as one float32 array (channel, z, y, x); raises if one is missing."""
+        absent = [k for k in keys if k not in self.images]
+        if absent:
+            raise CohortError(f"case {self.case_id!r}: image(s) {absent} missing", self.case_id)
+        return np.stack([self.images[k] for k in keys]).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# image I/O
+# --------------------------------------------------------------------------------------------
+def _sitk():
+    import SimpleITK as sitk  # imported here: a core dependency, but slow to import
+
+    return sitk
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in _IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix or ".nii.gz"
+
+
+def write_image(
+    image: np.ndarray | Any,
+    path: str | os.PathLike,
+    spacing: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    direction: Sequence[float] | None = None,
+    compress: bool = True,
+) -> Path:
+    """Write a 3D image atomically (temporary name in the same folder, then rename).
+
+    Parameters
+    ----------
+    image
+        A NumPy array in (z, y, x) order, or a ``SimpleITK.Image`` (geometry kept unless
+        overridden).
+    path
+        Destination; the format follows the extension (``.nii.gz``, ``.nrrd``, ``.mha``, ...).
+    spacing, origin
+        (x, y, z) in mm. Default (1, 1, 1) / (0, 0, 0) for arrays.
+    direction
+        9 direction cosines, row-major. Default identity for arrays.
+    compress
+        Compress the pixel data where the format supports it.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    sitk = _sitk()
+    path = Path(path)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3:
+            raise ValueError(f"{path}: expected a 3D (z, y, x) array, got shape {image.shape}")
+        img = sitk.GetImageFromArray(image)
+    else:
+        img = image
+    if spacing is not None:
+        img.SetSpacing([float(s) for s in spacing])
+    if origin is not None:
+        img.SetOrigin([float(o) for o in origin])
+    if direction is not None:
+        img.SetDirection([float(d) for d in direction])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # SimpleITK picks the writer from the extension, so the temporary name keeps it.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(img, tmp_name, compress)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def _read_header(path: Path):
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def _geometry(obj) -> dict[str, tuple]:
+    return {
+        "size": tuple(int(s) for s in obj.GetSize()),
+        "spacing": tuple(float(s) for s in obj.GetSpacing()),
+        "origin": tuple(float(s) for s in obj.GetOrigin()),
+        "direction": tuple(float(s) for s in obj.GetDirection()),
+    }
+
+
+def _geometry_mismatch(ref: dict, other: dict) -> str | None:
+    """Describe how ``other`` differs from ``ref`` beyond tolerance, or None."""
+    if ref["size"] != other["size"]:
+        return f"size {other['size']} differs from {ref['size']}"
+    rs, os_ = np.asarray(ref["spacing"]), np.asarray(other["spacing"])
+    if np.any(np.abs(rs - os_) > SPACING_RTOL * rs):
+        return f"spacing {tuple(np.round(os_, 4))} differs from {tuple(np.round(rs, 4))}"
+    if np.any(np.abs(np.subtract(ref["origin"], other["origin"])) > ORIGIN_VOXEL_FRACTION * rs.min()):
+        return (
+            f"origin {tuple(np.round(other['origin'], 3))} differs from "
+            f"{tuple(np.round(ref['origin'], 3))}"
+        )
+    if np.any(np.abs(np.subtract(ref["direction"], other["direction"])) > DIRECTION_ATOL):
+        return "direction cosines differ"
+    return None
+
+
+def _check_pixels(key: str, array: np.ndarray) -> tuple[str | None, np.ndarray]:
+    """Pixel-level checks; returns (problem or None, converted array)."""
+    if key in IMAGE_KEYS:
+        array = array.astype(np.float32, copy=False)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            return f"{int(bad.sum())} NaN/infinite voxel(s)", array
+        return None, array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            return "mask holds NaN/infinite voxels", array
+        if not np.all(array == np.round(array)):
+            return "mask is not integer-valued (non-binary mask: fractional values)", array
+    values = set(np.unique(array).astype(np.int64).tolist())
+    allowed = MASK_VALUES[key]
+    if not values <= allowed:
+        extra = sorted(values - allowed)[:5]
+        kind = "non-binary mask" if allowed == {0, 1} else "mask"
+        return f"{kind}: values {extra} not in {sorted(allowed)}", array
+    array = array.astype(np.uint8, copy=False)
+    if key == "gland" and not array.any():
+        return "empty gland mask (no voxel is 1)", array
+    return None, array
+
+
+def _volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    return float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+
+
+# --------------------------------------------------------------------------------------------
+# manifest parsing
+# --------------------------------------------------------------------------------------------
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check the table and return it indexed by case_id with typed columns."""
+    frame = frame.copy()
+    if frame.index.name == "case_id":
+        frame = frame.reset_index()
+    missing_cols = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing_cols:
+        raise CohortError(f"manifest {source}: missing column(s) {missing_cols}")
+    problems: list[tuple] = []
+
+    def bad(case_id, key, message):
+        problems.append((case_id, key, None, message))
+
+    # case ids: non-empty, unique strings
+    ids = []
+    for row, value in enumerate(frame["case_id"]):
+        if _is_missing(value):
+            bad(None, "case_id", f"row {row + 2} of {source} has an empty case_id")
+            ids.append(f"<row {row + 2}>")
+        else:
+            text = str(value).strip()
+            if text.endswith(".0") and isinstance(value, float):
+                text = text[:-2]
+            ids.append(text)
+    frame["case_id"] = pd.array(ids, dtype=object)
+    counts = pd.Series(ids).value_counts()
+    for dup in counts[counts > 1].index:
+        rows = [i + 2 for i, c in enumerate(ids) if c == dup]
+        bad(dup, "case_id", f"duplicate case id (rows {rows} of {source})")
+
+    # file columns: strings, None when missing
+    for key in FILE_KEYS:
+        frame[key] = pd.array(
+            [None if _is_missing(v) else str(v).strip() for v in frame[key]], dtype=object
+        )
+
+    # split
+    splits = []
+    for case_id, value in zip(ids, frame["split"]):
+        text = None if _is_missing(value) else str(value).strip().lower()
+        if text not in SPLITS:
+            bad(case_id, "split", f"split {value!r} is not one of {list(SPLITS)}")
+        splits.append(text)
+    frame["split"] = pd.array(splits, dtype=object)
+
+    # PI-RADS group
+    groups: list[Any] = []
+    for case_id, value in zip(ids, frame["pirads_group"]):
+        if _is_missing(value):
+            groups.append(pd.NA)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = np.nan
+        if not (np.isfinite(number) and number == int(number) and 0 <= number <= 3):
+            bad(
+                case_id,
+                "pirads_group",
+                f"unknown PI-RADS group {value!r}: expected an integer 0..3 "
+                f"(meaning PI-RADS {', '.join(PIRADS_GROUPS)}) or empty",
+            )
+            groups.append(pd.NA)
+        else:
+            groups.append(int(number))
+    frame["pirads_group"] = pd.array(groups, dtype="Int64")
+
+    # volumes
+    for col in ("gland_volume_ml", "lesion_volume_ml"):
+        values = []
+        for case_id, value in zip(ids, frame[col]):
+            if _is_missing(value):
+                values.append(np.nan)
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = np.nan
+            if not np.isfinite(number) or number < 0:
+                bad(case_id, col, f"{col} {value!r} is not a non-negative number")
+                number = np.nan
+            values.append(number)
+        frame[col] = np.asarray(values, dtype=float)
+
+    for col in PROVENANCE_COLUMNS:
+        frame[col] = pd.array(
+            [None if _is_missing(v) else str(v).strip() for v in frame[col]], dtype=object
+        )
+
+    for case_id, row in zip(ids, frame[list(IMAGE_KEYS)].itertuples(index=False)):
+        if all(v is None for v in row):
+            bad(case_id, "T2W", "no image at all (T2W, DWI and ADC are all empty)")
+
+    if problems:
+        raise _combine(problems, f"manifest {source}")
+    return frame.set_index("case_id", drop=True)
+
+
+def _combine(problems: list[tuple], what: str) -> CohortError:
+    lines = [_describe(c, k, p, m) for c, k, p, m in problems]
+    shown = lines[:20]
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    if len(lines) == 1:
+        message = f"{what}: {lines[0]}"
+    else:
+        message = f"{what}: {len(lines)} problems\n  " + "\n  ".join(shown) + more
+    first = problems[0]
+    return CohortError(message, first[0], first[1], first[2], problems=problems)
+
+
+def _read_manifest_file(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:  # any parser error: name the file
+        raise CohortError(f"manifest {str(path)!r} cannot be read: {err}", path=path) from err
+
+
+def _find_manifest(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("manifest.csv", "manifest.parquet"):
+            if (path / name).exists():
+                return path / name
+        raise CohortError(
+            f"folder {str(path)!r} holds no manifest.csv or manifest.parquet", path=path
+        )
+    if not path.exists():
+        raise CohortError(f"manifest {str(path)!r} does not exist", path=path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Cohort
+# --------------------------------------------------------------------------------------------
+class Cohort:
+    """A validated cohort: a folder of images plus a manifest table.
+
+    Usually made by :func:`load_cohort`, :func:`write_manifest`,
+    :func:`radiolens.data.make_synthetic_cohort` or :func:`radiolens.data.cohort_from_table`.
+
+    Parameters
+    ----------
+    root
+        Folder that relative paths are resolved against (the manifest's folder).
+    manifest
+        The manifest, indexed by ``case_id`` (as made by :func:`load_cohort`).
+    manifest_path
+        Where the manifest lives, if it was read from / written to disk.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+    manifest : pandas.DataFrame
+        One row per case, indexed by ``case_id``; missing files are ``None``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        manifest: pd.DataFrame,
+        manifest_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.manifest = manifest
+        self.manifest_path = None if manifest_path is None else Path(manifest_path)
+
+    # -- basic access ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        counts = self.manifest["split"].value_counts().to_dict()
+        return f"Cohort({len(self)} cases, splits={counts}, root={str(self.root)!r})"
+
+    @property
+    def case_ids(self) -> list[str]:
+        """All case ids, in manifest order."""
+        return [str(c) for c in self.manifest.index]
+
+    def ids(self, split: str | Iterable[str] | None = None) -> list[str]:
+        """Case ids of one split (``"train"``, ``"val"``, ``"test"``), several, or all."""
+        if split is None:
+            return self.case_ids
+        wanted = {split} if isinstance(split, str) else set(split)
+        unknown = wanted - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {list(SPLITS)}")
+        return [str(c) for c in self.manifest.index[self.manifest["split"].isin(wanted)]]
+
+    def _row(self, case_id: str) -> pd.Series:
+        try:
+            return self.manifest.loc[str(case_id)]
+        except KeyError:
+            raise KeyError(f"case {case_id!r} is not in this cohort ({len(self)} cases)") from None
+
+    def path(self, case_id: str, key: str) -> Path | None:
+        """Absolute path of a case's file, or None when the cohort does not have it."""
+        if key not in FILE_KEYS:
+            raise KeyError(f"unknown file key {key!r}; expected one of {list(FILE_KEYS)}")
+        value = self._row(case_id)[key]
+        if _is_missing(value):
+            return None
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def has(self, case_id: str, key: str) -> bool:
+        """Whether the case has this file."""
+        return self.path(case_id, key) is not None
+
+    @property
+    def labels(self) -> pd.DataFrame:
+        """``pirads_group``, ``gland_volume_ml``, ``lesion_volume_ml``, ``split`` per case."""
+        return self.manifest[[*LABEL_COLUMNS, "split"]].copy()
+
+    def subset(self, case_ids: Iterable[str]) -> Cohort:
+        """A cohort with only these cases (same root, same files; no re-validation)."""
+        case_ids = [str(c) for c in case_ids]
+        for case_id in case_ids:
+            self._row(case_id)
+        return Cohort(self.root, self.manifest.loc[case_ids].copy(), None)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_image(self, case_id: str, key: str):
+        """Read one file as a ``SimpleITK.Image`` (raises CohortError when missing/corrupt)."""
+        path = self.path(case_id, key)
+        if path is None:
+            raise _error(case_id, key, None, f"the cohort has no {key} file for this case")
+        if not path.exists():
+            raise _error(case_id, key, path, "file does not exist")
+        sitk = _sitk()
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            raise _error(
+                case_id, key, path, f"cannot read image (corrupted or unsupported file): "
+                f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}"
+            ) from err
+
+    def load_case(self, case_id: str, keys: Iterable[str] | None = None) -> Case:
+        """Read a case's images and masks as arrays, checked voxel by voxel.
+
+        Parameters
+        ----------
+        case_id
+            The case.
+        keys
+            File keys to read (default: every file the case has). A requested key the case
+            does not have is listed in ``Case.missing``, not raised.
+
+        Returns
+        -------
+        Case
+            Images float32 and masks uint8, all (z, y, x), sharing one geometry.
+
+        Raises
+        ------
+        CohortError
+            A file is unreadable, not 3D, NaN-holding, a non-binary or empty mask, or its
+            geometry differs from the case's other files.
+        """
+        sitk = _sitk()
+        row = self._row(case_id)
+        keys = list(FILE_KEYS if keys is None else keys)
+        for key in keys:
+            if key not in FILE_KEYS:
+                raise KeyError(f"unknown file key {key!r}; expected one of {list(FILE_KEYS)}")
+        images: dict[str, np.ndarray] = {}
+        masks: dict[str, np.ndarray] = {}
+        missing = []
+        ref: dict | None = None
+        ref_key = None
+        for key in keys:
+            path = self.path(case_id, key)
+            if path is None:
+                missing.append(key)
+                continue
+            img = self.read_image(case_id, key)
+            if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+                raise _error(
+                    case_id, key, path,
+                    f"expected a 3D single-channel image, got {img.GetDimension()}D "
+                    f"with {img.GetNumberOfComponentsPerPixel()} component(s)",
+                )
+            geo = _geometry(img)
+            if ref is None:
+                ref, ref_key = geo, key
+            else:
+                problem = _geometry_mismatch(ref, geo)
+                if problem:
+                    raise _error(case_id, key, path, f"geometry mismatch with {ref_key}: {problem}")
+            array = sitk.GetArrayFromImage(img)
+            if min(array.shape) < 2:
+                raise _error(case_id, key, path, f"image is 2D in disguise (shape {array.shape})")
+            problem, array = _check_pixels(key, array)
+            if problem:
+                raise _error(case_id, key, path, problem)
+            (images if key in IMAGE_KEYS else masks)[key] = array
+        if ref is None:
+            raise CohortError(f"case {case_id!r}: none of {keys} exist", case_id)
+        labels = {
+            k: (None if _is_missing(v) else v)
+            for k, v in row.items()
+            if k not in FILE_KEYS
+        }
+        labels["case_id"] = str(case_id)
+        if labels.get("pirads_group") is not None:
+            labels["pirads_group"] = int(labels["pirads_group"])
+        return Case(
+            case_id=str(case_id),
+            images=images,
+            masks=masks,
+            spacing=ref["spacing"],
+            origin=ref["origin"],
+            direction=ref["direction"],
+            labels=labels,
+            missing=tuple(missing),
+        )
+
+    def iter_cases(self, case_ids: Iterable[str] | None = None, keys: Iterable[str] | None = None):
+        """Yield :class:`Case` objects one by one (memory stays flat)."""
+        for case_id in self.case_ids if case_ids is None else case_ids:
+            yield self.load_case(case_id, keys)
+
+    # -- validation ----------------------------------------------------------------------------
+    def _files(self) -> list[tuple[str, str, Path]]:
+        out = []
+        for case_id in self.case_ids:
+            for key in FILE_KEYS:
+                path = self.path(case_id, key)
+                if path is not None:
+                    out.append((case_id, key, path))
+        return out
+
+    def validate(self, check_pixels: bool = True, show_progress: bool = False) -> Cohort:
+        """Check every file against the contract; raise :class:`CohortError` on the first case
+        with problems (listing all of that pass's problems). Returns self."""
+        files = self._files()
+        problems: list[tuple] = []
+        for case_id, key, path in files:
+            if not path.exists():
+                problems.append((case_id, key, path, "file does not exist"))
+        if problems:
+            raise _combine(problems, "cohort")
+
+        # headers: readable, 3D, one geometry per case
+        refs: dict[str, tuple[str, dict]] = {}
+        for case_id, key, path in files:
+            try:
+                reader = _read_header(path)
+            except RuntimeError as err:
+                problems.append((case_id, key, path, f"cannot read image header (corrupted or "
+                                 f"unsupported file): {_last_line(err)}"))
+                continue
+            if reader.GetDimension() != 3:
+                problems.append((case_id, key, path, f"expected a 3D image, got a "
+                                 f"{reader.GetDimension()}D image of size {reader.GetSize()}"))
+                continue
+            geo = _geometry(reader)
+            if min(geo["size"]) < 2:
+                problems.append((case_id, key, path, f"image is 2D in disguise (size {geo['size']})"))
+                continue
+            if reader.GetNumberOfComponents() != 1:
+                problems.append((case_id, key, path, "expected a single-channel image"))
+                continue
+            if case_id not in refs:
+                refs[case_id] = (key, geo)
+            else:
+                ref_key, ref = refs[case_id]
+                mismatch = _geometry_mismatch(ref, geo)
+                if mismatch:
+                    problems.append((case_id, key, path, f"geometry mismatch with {ref_key}: {mismatch}"))
+        if problems:
+            raise _combine(problems, "cohort")
+        self._geometry = {c: g for c, (_, g) in refs.items()}
+
+        if check_pixels:
+            self._validate_pixels(files, show_progress)
+        return self
+
+    def _validate_pixels(self, files, show_progress: bool) -> None:
+        stats = []
+        for case_id, key, path in files:
+            st = path.stat()
+            stats.append((case_id, key, str(path.resolve()), st.st_size, st.st_mtime_ns))
+        cache = ArtifactCache(namespace="cohort_checks")
+        check_key = hash_json({"version": _CHECK_VERSION, "files": stats})
+        if cache.get_json(check_key) is not None:
+            logger.debug("pixel checks of %d files remembered from an earlier load", len(files))
+            return
+        from tqdm.auto import tqdm
+
+        sitk = _sitk()
+        problems: list[tuple] = []
+        for case_id, key, path in tqdm(files, desc="checking voxels", disable=not show_progress):
+            try:
+                array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            except RuntimeError as err:
+                problems.append((case_id, key, path, f"cannot read image (corrupted file): "
+                                 f"{_last_line(err)}"))
+                continue
+            problem, _ = _check_pixels(key, array)
+            if problem:
+                problems.append((case_id, key, path, problem))
+        if problems:
+            raise _combine(problems, "cohort")
+        cache.put_json(check_key, {"n_files": len(files)})
+
+    # -- content hash ------------------------------------------------------------------------
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the manifest content and every file's bytes (a cache key for later
+        stages). Independent of where the cohort folder lives."""
+        rows = []
+        for case_id, row in self.manifest.iterrows():
+            record = {}
+            for col, value in row.items():
+                if col in FILE_KEYS:
+                    path = self.path(case_id, col)
+                    record[col] = None if path is None else hash_file(path)
+                else:
+                    record[col] = None if _is_missing(value) else _plain(value)
+            rows.append([str(case_id), record])
+        return hash_json({"cohort": rows})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value)
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    return value if isinstance(value, (int, str)) else str(value)
+
+
+def _last_line(err: Exception) -> str:
+    text = str(err).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------------
+def load_cohort(
+    path: str | os.PathLike,
+    check_pixels: bool = True,
+    show_progress: bool = False,
+) -> Cohort:
+    """Load and validate a cohort.
+
+    Parameters
+    ----------
+    path
+        The cohort folder (holding ``manifest.csv`` or ``manifest.parquet``) or the manifest.
+    check_pixels
+        Also read every voxel once (NaN voxels, non-binary or empty masks, truncated files).
+        Passed checks are remembered in the radiolens cache keyed by path, size and
+        modification time. With ``False`` only headers are checked here and
+        :meth:`Cohort.load_case` still checks each case's voxels when it reads them.
+    show_progress
+        Show a progress bar for the voxel checks.
+
+    Returns
+    -------
+    Cohort
+
+    Raises
+    ------
+    CohortError
+        Naming the case, the file and the problem. Checked: required columns; unique,
+        non-empty case ids; splits in ``train/val/test``; ``pirads_group`` in 0..3 or empty;
+        non-negative volumes; every listed file exists and is a readable 3D single-channel
+        image; per case, all files share size, spacing (relative tolerance 1e-3), origin
+        (within 5% of the smallest voxel side) and direction (1e-3); with ``check_pixels``,
+        images are finite and masks integer-valued (gland/lesion 0/1, zones 0/1/2) with a
+        non-empty gland.
+    """
+    manifest_path = _find_manifest(path)
+    frame = _read_manifest_file(manifest_path)
+    manifest = _normalise_manifest(frame, repr(str(manifest_path)))
+    cohort = Cohort(manifest_path.parent, manifest, manifest_path)
+    cohort.validate(check_pixels=check_pixels, show_progress=show_progress)
+    logger.info("loaded %r", cohort)
+    return cohort
+
+
+def _relative(value: Any, root: Path) -> Any:
+    if _is_missing(value):
+        return None
+    path = Path(str(value)).expanduser()
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            return str(path)
+    return path.as_posix()
+
+
+def write_manifest(
+    frame: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    fmt: str = "csv",
+    check_pixels: bool = True,
+    fill_volumes: bool = True,
+    split_seed: int = 0,
+    show_progress: bool = False,
+) -> Cohort:
+    """Validate a manifest table and write it atomically into the cohort folder.
+
+    Call this *after* the images and masks are written (e.g. with :func:`write_image`). The
+    manifest is written only when validation passes, so a failed conversion never leaves a
+    manifest pointing to bad files.
+
+    Parameters
+    ----------
+    frame
+        One row per case with the contract's columns (``case_id`` may be the index). Optional
+        columns that are absent are added empty (``source``, ``site``, ``scanner``, masks,
+        volumes, ``pirads_group``); ``split`` absent or entirely empty is filled by
+        :func:`split_cases` (7:1:2, stratified by PI-RADS group, seed ``split_seed``).
+        File paths may be absolute; those under ``out_dir`` are stored relative to it.
+    out_dir
+        The cohort folder.
+    fmt
+        ``"csv"`` (``manifest.csv``) or ``"parquet"`` (``manifest.parquet``).
+    check_pixels
+        Check every voxel (see :func:`load_cohort`).
+    fill_volumes
+        Fill empty ``gland_volume_ml`` / ``lesion_volume_ml`` from the masks (voxel count x
+        voxel volume; ``lesion_volume_ml`` = 0 for an empty lesion mask, stays empty when the
+        lesion mask is missing).
+    split_seed
+        Seed for filling missing splits.
+    show_progress
+        Progress bar for the voxel checks.
+
+    Returns
+    -------
+    Cohort
+        The validated cohort, as :func:`load_cohort` would return it.
+    """
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = frame.copy()
+    if frame.index.name == "case_id":
+        frame = frame.reset_index()
+    if "case_id" not in frame.columns:
+        raise CohortError("manifest table has no 'case_id' column")
+    for col in MANIFEST_COLUMNS:
+        if col not in frame.columns:
+            if col in ("T2W",):
+                continue
+            frame[col] = None
+    if frame["split"].map(_is_missing).all():
+        frame["split"] = split_cases(frame, seed=split_seed).to_numpy()
+    for key in FILE_KEYS:
+        if key in frame.columns:
+            frame[key] = [_relative(v, out_dir) for v in frame[key]]
+    manifest = _normalise_manifest(frame, "table")
+    cohort = Cohort(out_dir, manifest, None)
+    cohort.validate(check_pixels=check_pixels, show_progress=show_progress)
+
+    if fill_volumes:
+        for case_id in cohort.case_ids:
+            for key, col in (("gland", "gland_volume_ml"), ("lesion", "lesion_volume_ml")):
+                if np.isnan(manifest.at[case_id, col]) and cohort.has(case_id, key):
+                    case = cohort.load_case(case_id, keys=[key])
+                    manifest.at[case_id, col] = _volume_ml(case.masks[key], case.spacing)
+
+    ordered = [*MANIFEST_COLUMNS, *[c for c in manifest.reset_index().columns if c not in MANIFEST_COLUMNS]]
+    table = manifest.reset_index()[ordered]
+    target = out_dir / f"manifest.{fmt}"
+    if fmt == "csv":
+        atomic_write_text(target, table.to_csv(index=False, float_format="%.6g"))
+    else:
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        atomic_write_bytes(target, buffer.getvalue())
+    # a stale manifest of the other format would shadow or confuse later loads
+    other = out_dir / ("manifest.parquet" if fmt == "csv" else "manifest.csv")
+    if other.exists():
+        other.unlink()
+    cohort.manifest_path = target
+    return cohort
+
+
+def split_cases(
+    frame: pd.DataFrame,
+    ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    stratify: str | None = "pirads_group",
+    seed: int = 0,
+    group: str | None = "patient_id",
+) -> pd.Series:
+    """Deterministic patient-level split, stratified by a label.
+
+    Patients (``group`` column when present, else each case) are shuffled with ``seed``
+    within each stratum; strata are then walked in a fixed order and each patient goes to
+    the split that is furthest below its target share so far. This keeps every stratum and
+    the whole cohort close to ``ratios`` (7:1:2 as in the paper), and all cases of one
+    patient in one split.
+
+    Parameters
+    ----------
+    frame
+        Cases, with ``case_id`` as a column or index.
+    ratios
+        Shares of train, val, test; normalised to sum 1.
+    stratify
+        Column to stratify by (missing values form their own stratum); None for none.
+    seed
+        Random seed; the same seed and table give the same split.
+    group
+        Column identifying the patient; ignored when absent.
+
+    Returns
+    -------
+    pandas.Series
+        ``split`` per case, indexed by ``case_id`` in the frame's order.
+    """
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative shares, got {ratios}")
+    table = frame.reset_index() if frame.index.name == "case_id" else frame.reset_index(drop=True)
+    if "case_id" not in table.columns:
+        raise ValueError("split_cases needs a 'case_id' column or index")
+    ids = table["case_id"].astype(str)
+    patients = table[group].astype(str) if group and group in table.columns else ids
+    if stratify is not None and stratify not in table.columns:
+        raise KeyError(f"cannot stratify by {stratify!r}: no such column")
+    strata = (
+        table[stratify].map(lambda v: "<missing>" if _is_missing(v) else str(v))
+        if stratify
+        else pd.Series("all", index=table.index)
+    )
+    # a patient's stratum: its most severe (largest) label, so repeat studies stay together
+    patient_stratum = strata.groupby(patients).max()
+    rng = np.random.default_rng(seed)
+    order: list[str] = []
+    for stratum in sorted(patient_stratum.unique()):
+        members = sorted(patient_stratum.index[patient_stratum == stratum])
+        order.extend(members[i] for i in rng.permutation(len(members)))
+    share = np.asarray(ratios, dtype=float) / float(sum(ratios))
+    counts = np.zeros(3)
+    assigned: dict[str, str] = {}
+    for i, patient in enumerate(order, start=1):
+        choice = int(np.argmax(share * i - counts))
+        counts[choice] += 1
+        assigned[patient] = SPLITS[choice]
+    return pd.Series([assigned[p] for p in patients], index=pd.Index(ids, name="case_id"), name="split")
