@@ -320,7 +320,8 @@ class Study:
     # ------------------------------------------------------------------------------------
     # stage 5: the lens
     # ------------------------------------------------------------------------------------
-    def _lens_inputs(self, task: str, roi: str):
+    def lens_inputs(self, task: str, roi: str = "gland") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+        """``{"train"|"val"|"test": (X_pre, X_ft, R)}`` on the cases that have this ROI's radiomics."""
         x_pre, x_ft = self.embeddings(task)
         radiomics = self.radiomics(roi)
         ids = [c for c in radiomics.index if c in x_pre.index]
@@ -342,7 +343,7 @@ class Study:
         if key not in self._memo:
             from radiolens.lens import penalty_sweep
 
-            parts = self._lens_inputs(task, roi)
+            parts = self.lens_inputs(task, roi)
             (x_tr, _, r_tr), (x_va, _, r_va) = parts["train"], parts["val"]
             spec = self.config["lens"]
             cache = self._cache("lens")
@@ -368,7 +369,7 @@ class Study:
 
             sweep = self.sweep(task, roi)
             best = sweep.loc[sweep["selected"]].iloc[0]
-            x_tr, _, r_tr = self._lens_inputs(task, roi)["train"]
+            x_tr, _, r_tr = self.lens_inputs(task, roi)["train"]
             params = {**self._lens_params(), "l1": float(best["l1"]), "l2": float(best["l2"])}
             cache_dir = self.cache_root / "lens"
             ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": __version__})[:24]
@@ -392,7 +393,7 @@ class Study:
             from radiolens.lens import LensReport
 
             lens = self.lens(task, roi)
-            parts = self._lens_inputs(task, roi)
+            parts = self.lens_inputs(task, roi)
             (x_pre, x_ft, r), test = parts["train"], parts["test"]
             spec = self.config["lens"]
             ckey = "report-" + hash_json(
