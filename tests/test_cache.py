@@ -1,0 +1,93 @@
+"""The content-hash cache: round trips, corruption detection, atomic writes, key resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from radiolens.cache import (
+    ArtifactCache,
+    atomic_write_bytes,
+    default_cache_dir,
+    hash_array,
+    hash_frame,
+    hash_json,
+)
+
+
+def test_cache_dir_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADIOLENS_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert default_cache_dir() == tmp_path / "env"
+    monkeypatch.delenv("RADIOLENS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "radiolens"
+
+
+def test_frame_and_array_round_trip(tmp_path):
+    cache = ArtifactCache(tmp_path, "stage")
+    frame = pd.DataFrame({"a": [1.5, np.nan], "b": ["x", "y"]}, index=pd.Index(["c1", "c2"], name="case_id"))
+    cache.put_frame("k1", frame, meta={"n": 2})
+    pd.testing.assert_frame_equal(cache.get_frame("k1"), frame)
+    assert cache.meta("k1", "parquet") == {"n": 2}
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    cache.put_arrays("k2", arrays)
+    np.testing.assert_array_equal(cache.get_arrays("k2")["w"], arrays["w"])
+    cache.put_json("k3", {"x": [1, 2]})
+    assert cache.get_json("k3") == {"x": [1, 2]}
+    assert cache.get_frame("absent") is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "drop_sidecar"])
+def test_corrupt_entries_are_detected(tmp_path, damage):
+    cache = ArtifactCache(tmp_path, "stage")
+    cache.put_frame("k", pd.DataFrame({"a": range(100)}))
+    data = tmp_path / "stage" / "k.parquet"
+    if damage == "truncate":
+        data.write_bytes(data.read_bytes()[:50])
+    elif damage == "flip":
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    else:
+        (tmp_path / "stage" / "k.json").unlink()
+    assert cache.get_frame("k") is None
+    assert not cache.has("k", "parquet")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"old")
+
+    class Boom(Exception):
+        pass
+
+    from radiolens import cache as cache_module
+
+    def failing(tmp):
+        tmp.write_bytes(b"half")
+        raise Boom
+
+    with pytest.raises(Boom):
+        cache_module._atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_hashes_track_content():
+    a = np.zeros((2, 3))
+    assert hash_array(a) == hash_array(a.copy())
+    assert hash_array(a) != hash_array(a.astype(np.float32))
+    assert hash_array(a) != hash_array(a.reshape(3, 2))
+    assert hash_json({"a": 1, "b": 2}) == hash_json({"b": 2, "a": 1})
+    assert hash_json({"a": 1}) != hash_json({"a": 2})
+    f = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"])
+    assert hash_frame(f) == hash_frame(f.copy())
+    assert hash_frame(f) != hash_frame(f.rename(index={"a": "c"}))
+    assert hash_frame(f) != hash_frame(f.rename(columns={"x": "y"}))
+
+
+def test_invalid_keys_rejected(tmp_path):
+    with pytest.raises(ValueError, match="invalid cache key"):
+        ArtifactCache(tmp_path).put_json("../escape", 1)
