@@ -128,25 +128,16 @@ class Study:
         source = spec["source"]
         if source == "synthetic":
             params = {k: spec[k] for k in ("n_cases", "shape", "spacing", "seed")}
-            key = "synthetic-" + hash_json({"params": params, "version": data.SYNTHETIC_VERSION})[:16]
-            folder = self.cache_root / "cohorts" / key
-            cohort = None
-            if (folder / "manifest.csv").exists():
-                try:
-                    cohort = data.load_cohort(folder)
-                except Exception as err:  # a broken earlier run: regenerate from scratch
-                    logger.warning("cached cohort %s unusable (%s); regenerating", folder, err)
-                    shutil.rmtree(folder, ignore_errors=True)
-            if cohort is None:
-                logger.info("generating the built-in synthetic cohort (%d cases)", spec["n_cases"])
-                cohort = data.make_synthetic_cohort(
-                    n_cases=spec["n_cases"],
-                    shape=tuple(spec["shape"]),
-                    spacing=tuple(spec["spacing"]),
-                    seed=spec["seed"],
-                    out_dir=folder,
-                    n_jobs=self.config["jobs"],
-                )
+            # make_synthetic_cohort reuses a folder that already holds a cohort of these settings
+            cohort = data.make_synthetic_cohort(
+                n_cases=spec["n_cases"],
+                shape=tuple(spec["shape"]),
+                spacing=tuple(spec["spacing"]),
+                seed=spec["seed"],
+                out_dir=self.cache_root / "cohorts" / ("synthetic-" + hash_json(params)[:16]),
+                n_jobs=self.config["jobs"],
+                show_progress=self.progress,
+            )
         elif source == "folder":
             cohort = data.load_cohort(spec["path"])
         elif source == "table":
