@@ -1,0 +1,425 @@
+"""Tests for radiolens.widgets: case viewer, feature definitions, weight-change explorer."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from radiolens import widgets as W
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------
+# a tiny cohort-like object (the contract of radiolens.data.Cohort / Case)
+# --------------------------------------------------------------------------------------
+
+
+class FakeCase:
+    def __init__(self, case_id, images, masks, spacing, labels):
+        self.case_id = case_id
+        self.images = images
+        self.masks = masks
+        self.spacing = spacing
+        self.labels = labels
+
+
+class FakeCohort:
+    """Cases with distinct content per slice and modality, a gland on slices 2..6."""
+
+    def __init__(self, n_cases=3, shape=(9, 24, 28), seed=0):
+        rng = np.random.default_rng(seed)
+        self.cases = {}
+        z, y, x = np.indices(shape)
+        for i in range(n_cases):
+            gland = (((y - 12) / 8) ** 2 + ((x - 14) / 9) ** 2 < 1) & (z >= 2) & (z <= 6)
+            zones = np.where(gland & (y >= 14), 1, np.where(gland, 2, 0)).astype(np.uint8)
+            lesion = gland & (((y - 15) / 3) ** 2 + ((x - 12) / 3) ** 2 < 1) & (z == 4)
+            t2 = (300 + 20 * z + 5 * x + rng.normal(0, 10, shape)).astype(np.float32)
+            dwi = (50 + 3 * y + 30 * lesion + rng.normal(0, 2, shape)).astype(np.float32)
+            adc = (1600 - 800 * lesion + 10 * z + rng.normal(0, 30, shape)).astype(np.float32)
+            self.cases[f"case{i:02d}"] = FakeCase(
+                f"case{i:02d}",
+                {"T2W": t2, "DWI": dwi, "ADC": adc},
+                {"gland": gland.astype(np.uint8), "zones": zones, "lesion": lesion.astype(np.uint8)},
+                (0.5, 0.5, 3.0),
+                {"pirads_group": i % 4, "gland_volume_ml": 30.0 + i},
+            )
+        self.loaded = []
+
+    @property
+    def case_ids(self):
+        return list(self.cases)
+
+    def load_case(self, case_id):
+        self.loaded.append(case_id)
+        return self.cases[case_id]
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return FakeCohort()
+
+
+def _png_array(data: bytes) -> np.ndarray:
+    assert data[:8] == PNG_MAGIC
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+# --------------------------------------------------------------------------------------
+# show_case
+# --------------------------------------------------------------------------------------
+
+
+def test_slider_range_equals_number_of_slices(cohort):
+    viewer = W.show_case(cohort, "case01")
+    assert viewer.slider.min == 0
+    assert viewer.slider.max + 1 == viewer.n_slices == 9
+    # default: the middle of the gland (slices 2..6)
+    assert viewer.slice_index == 4
+
+
+def test_modality_switch_changes_displayed_array(cohort):
+    viewer = W.show_case(cohort, "case00", modality="T2W", slice_index=3)
+    case = cohort.cases["case00"]
+    np.testing.assert_array_equal(viewer.current_slice(), case.images["T2W"][3])
+    before = viewer.image.value
+    viewer.modality_selector.value = "ADC"
+    assert viewer.modality == "ADC"
+    np.testing.assert_array_equal(viewer.current_slice(), case.images["ADC"][3])
+    assert viewer.image.value != before
+    assert viewer.modalities == ["T2W", "DWI", "ADC"]
+
+
+def test_rendered_pixels_are_the_windowed_slice_and_overlays_toggle(cohort):
+    viewer = W.show_case(cohort, "case00", modality="ADC", slice_index=4, masks=())
+    rgb = viewer.render()
+    raw = cohort.cases["case00"].images["ADC"][4].astype(float)
+    low, high = viewer.windows["ADC"]
+    assert (low, high) == W.ADC_WINDOW
+    grey = np.round(np.clip((raw - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    factor = rgb.shape[1] // raw.shape[1]
+    np.testing.assert_array_equal(rgb[::factor, ::factor, 0], grey)
+    assert (rgb[..., 0] == rgb[..., 1]).all()  # no overlay: pure grey
+
+    red = np.array(W.OVERLAYS["lesion"][0][2])
+    viewer.mask_toggles["lesion"].value = True
+    with_lesion = viewer.render()
+    assert (with_lesion == red).all(axis=-1).sum() > 0
+    assert viewer.shown_masks == ("lesion",)
+    viewer.slider.value = 2  # the lesion is only on slice 4
+    assert (viewer.render() == red).all(axis=-1).sum() == 0
+
+
+def test_static_fallback_png_reflects_the_slice(cohort):
+    viewer = W.show_case(cohort, "case02", slice_index=2)
+    png2 = viewer.static_png()
+    img2 = _png_array(png2)
+    viewer.slider.value = 5
+    img5 = _png_array(viewer.static_png())
+    assert img2.shape == img5.shape
+    assert not np.array_equal(img2, img5)
+    # the mime bundle carries the widget view and the same PNG as a fallback
+    bundle = viewer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert base64.b64decode(bundle["image/png"]) == viewer.static_png()
+    assert "case02" in bundle["text/plain"]
+
+
+def test_static_only_mode_drops_the_widget_view(cohort, monkeypatch):
+    viewer = W.show_case(cohort, "case00", interactive=False)
+    bundle = viewer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    assert base64.b64decode(bundle["image/png"])[:8] == PNG_MAGIC
+    monkeypatch.setenv("RADIOLENS_STATIC_VIEWS", "1")
+    assert "application/vnd.jupyter.widget-view+json" not in W.show_case(cohort, "case00")._repr_mimebundle_()
+
+
+def test_bad_input_errors_name_the_problem(cohort):
+    with pytest.raises(KeyError, match="'nope'"):
+        W.show_case(cohort, "nope")
+    with pytest.raises(ValueError, match="'PET'"):
+        W.show_case(cohort, "case00", modality="PET")
+    with pytest.raises(ValueError, match="prostate"):
+        W.show_case(cohort, "case00", masks=("prostate",))
+    with pytest.raises(IndexError, match="9 slices"):
+        W.show_case(cohort, "case00", slice_index=9)
+
+
+def test_missing_mask_is_disabled_not_faked(cohort):
+    case = cohort.cases["case00"]
+    other = FakeCohort(n_cases=1)
+    del other.cases["case00"].masks["lesion"]
+    viewer = W.show_case(other, "case00")
+    assert viewer.mask_toggles["lesion"].disabled
+    assert "lesion" not in viewer.shown_masks
+    assert case.masks["lesion"] is not None  # the shared fixture was not touched
+
+
+def test_window_levels_per_modality():
+    adc = np.full((2, 4, 4), 1500.0)
+    assert W.window_for("ADC", adc) == (0.0, 2500.0)
+    assert W.window_for("ADC", adc * 1e-3) == pytest.approx((0.0, 2.5))  # stored in 1e-3 mm^2/s
+    t2 = np.arange(1000, dtype=float)
+    low, high = W.window_for("T2W", t2)
+    assert low == pytest.approx(np.percentile(t2, 0.5)) and high == pytest.approx(np.percentile(t2, 99.5))
+    assert W.window_for("DWI", t2)[0] == pytest.approx(np.percentile(t2, 1))
+    assert W.window_for("T2W", np.ones(10)) == (1.0, 2.0)  # constant image: still a valid window
+
+
+# --------------------------------------------------------------------------------------
+# feature definitions
+# --------------------------------------------------------------------------------------
+
+
+def test_every_pyradiomics_feature_of_the_six_families_has_a_definition():
+    radiomics = pytest.importorskip("radiomics")
+    classes = radiomics.getFeatureClasses()
+    checked = 0
+    for family in ("firstorder", "glcm", "gldm", "glrlm", "glszm", "ngtdm"):
+        for feature in classes[family].getFeatureNames():
+            text = W.feature_definition(f"T2W__original_{family}_{feature}")
+            assert feature in text and len(text) > 40
+            checked += 1
+        # and nothing defined that PyRadiomics does not have (typos would hide there)
+        assert set(W.FEATURE_DEFINITIONS[family]) == set(classes[family].getFeatureNames())
+    assert checked >= 100
+
+
+def test_definitions_are_distinct_except_documented_aliases():
+    for family, defs in W.FEATURE_DEFINITIONS.items():
+        texts = [t for t in defs.values() if not t.startswith("Same as")]
+        assert len(texts) == len(set(texts)), family
+
+
+def test_definition_explains_image_type_and_modality():
+    text = W.feature_definition("ADC__wavelet-LHL_glcm_Imc2")
+    assert "GLCM Imc2" in text
+    assert "low-pass along x, high-pass along y, low-pass along z" in text
+    assert "ADC" in text
+    assert "without a filter" in W.feature_definition("DWI__original_ngtdm_Busyness")
+    assert "diffusion" in W.feature_definition("DWI__original_ngtdm_Busyness")
+    # PyRadiomics keys and family_feature work too
+    assert W.feature_definition("original_firstorder_Kurtosis").startswith("First order Kurtosis")
+    assert W.feature_definition("glszm_ZonePercentage").startswith("GLSZM ZonePercentage")
+
+
+def test_definition_of_unknown_feature_names_it():
+    with pytest.raises(ValueError, match="T2W__original_glcm_Fancy"):
+        W.feature_definition("T2W__original_glcm_Fancy")
+    with pytest.raises(ValueError, match="shape"):
+        W.feature_definition("T2W__original_shape_Sphericity")
+    with pytest.raises(ValueError, match="not_a_feature"):
+        W.feature_definition("not_a_feature")
+
+
+# --------------------------------------------------------------------------------------
+# weight-change explorer
+# --------------------------------------------------------------------------------------
+
+
+class FakeReport:
+    """LensReport's contract, with the paper's three rankings written out independently.
+
+    gained: descending rel_delta_I (by="delta_I") or delta_r2; lost: ascending; stable: among
+    features at or above the median importance both before and after, ascending |delta|.
+    """
+
+    def __init__(self, seed, case_ids):
+        rng = np.random.default_rng(seed)
+        cols = [
+            f"{m}__{img}_{fam}_{feat}"
+            for m in ("T2W", "DWI", "ADC")
+            for img, fam, feat in [
+                ("original", "glcm", "MCC"), ("original", "glcm", "Imc2"),
+                ("wavelet-LHL", "firstorder", "Kurtosis"), ("original", "glrlm", "RunVariance"),
+                ("original", "ngtdm", "Busyness"), ("original", "firstorder", "Energy"),
+            ]
+        ]
+        from radiolens.naming import parse_columns
+
+        imp = parse_columns(cols).drop(columns="filter")
+        imp["I_pre"] = rng.uniform(0.5, 2.0, len(cols))
+        imp["I_ft"] = imp["I_pre"] * rng.uniform(0.3, 3.0, len(cols))
+        imp["delta_I"] = imp["I_ft"] - imp["I_pre"]
+        imp["rel_delta_I"] = imp["delta_I"] / imp["I_pre"]
+        imp["r2_pre"] = rng.uniform(0.2, 0.9, len(cols))
+        imp["r2_ft"] = rng.uniform(0.1, 0.9, len(cols))
+        imp["delta_r2"] = imp["r2_ft"] - imp["r2_pre"]
+        for c in ("delta_I", "delta_r2"):
+            imp[f"{c}_lo"] = imp[c] - 0.1
+            imp[f"{c}_hi"] = imp[c] + 0.1
+        self.importance = imp
+        n = len(case_ids)
+        self.observed = pd.DataFrame(rng.uniform(0, 1, (n, len(cols))), index=case_ids, columns=cols)
+        self.decoded_pre = self.observed + rng.normal(0, 0.05, self.observed.shape)
+        self.decoded_ft = self.observed + rng.normal(0, 0.2, self.observed.shape)
+
+    def _key(self, by):
+        return self.importance["rel_delta_I" if by == "delta_I" else "delta_r2"]
+
+    def gained(self, k=10, by="delta_I"):
+        return self.importance.loc[self._key(by).sort_values(ascending=False).index].head(k)
+
+    def lost(self, k=10, by="delta_I"):
+        return self.importance.loc[self._key(by).sort_values(ascending=True).index].head(k)
+
+    def stable(self, k=10, by="delta_I"):
+        imp = self.importance
+        keep = (imp["I_pre"] >= imp["I_pre"].median()) & (imp["I_ft"] >= imp["I_ft"].median())
+        delta = imp.loc[keep, by].abs().sort_values()
+        return imp.loc[delta.index].head(k)
+
+
+@pytest.fixture()
+def explorer(cohort):
+    reports = {"pirads": FakeReport(1, cohort.case_ids), "volume": FakeReport(2, cohort.case_ids)}
+    return W.WeightChangeExplorer(reports, cohort=cohort, roi="gland", k=5)
+
+
+def test_unfiltered_ranking_matches_the_reports_own(explorer):
+    report = explorer.report
+    n = len(report.importance)
+    for mode in ("gained", "lost", "stable"):
+        for by in ("delta_I", "delta_r2"):
+            explorer.update(mode=mode, by=by, k=n)
+            expected = list(getattr(report, mode)(n, by=by)["column"])
+            assert list(explorer.ranked()["column"]) == expected, (mode, by)
+
+
+def test_ranking_rules(explorer):
+    # widget changes drive the table (each observer fires a redraw)
+    explorer.top_k.value = explorer.top_k.max
+    gained = explorer.ranked()
+    assert gained["rel_delta_I"].is_monotonic_decreasing
+    assert list(gained["rank"]) == list(range(1, len(gained) + 1))
+    explorer.mode.value = "lost"
+    assert explorer.ranked()["rel_delta_I"].is_monotonic_increasing
+    explorer.by.value = "delta_r2"
+    assert explorer.ranked()["delta_r2"].is_monotonic_increasing
+    explorer.update(mode="gained")
+    assert explorer.ranked()["delta_r2"].is_monotonic_decreasing
+    explorer.update(mode="stable")
+    stable = explorer.ranked()
+    imp = explorer.report.importance
+    assert stable["delta_r2"].abs().is_monotonic_increasing
+    assert (stable["I_pre"] >= imp["I_pre"].median()).all()
+    assert len(stable) < len(imp)
+
+
+def test_filters_and_top_k(explorer):
+    explorer.top_k.value = 4
+    assert len(explorer.ranked()) == 4
+    assert len(explorer.feature.options) == 4
+    explorer.modality_filter.value = ("ADC",)
+    assert set(explorer.ranked()["modality"]) == {"ADC"}
+    explorer.update(k=explorer.top_k.max)
+    table = explorer.ranked()
+    assert set(table["modality"]) == {"ADC"}
+    assert len(table) == 6  # all ADC features, nothing else
+    # filtered order is the unfiltered order with other modalities removed
+    full = W.rank_features(explorer.report, "gained", "delta_I", k=None)
+    assert list(table["column"]) == [c for c in full["column"] if c.startswith("ADC__")]
+    explorer.family_filter.value = ("glcm",)
+    assert set(explorer.ranked()["family"]) == {"glcm"} and len(explorer.ranked()) == 2
+    explorer.update(modalities=())
+    assert explorer.ranked().empty
+    assert explorer.current_feature is None
+    explorer.update(modalities=("T2W", "DWI"), families=("ngtdm", "firstorder"), k=3)
+    table = explorer.ranked()
+    assert len(table) == 3 and set(table["modality"]) <= {"T2W", "DWI"}
+    assert set(table["family"]) <= {"ngtdm", "firstorder"}
+    with pytest.raises(KeyError, match="'segmentation'"):
+        explorer.update(task="segmentation")
+
+
+def test_chart_follows_the_controls(explorer):
+    first = explorer.chart.value
+    assert first[:8] == PNG_MAGIC
+    explorer.mode.value = "lost"
+    assert explorer.chart.value != first
+    assert explorer.chart.value == explorer.chart_png()
+
+
+def test_task_switch_uses_that_tasks_report(explorer):
+    explorer.modality_filter.value = ("T2W",)
+    explorer.task.value = "volume"
+    assert explorer.report is explorer.reports["volume"]
+    # filters reset to everything the new report has
+    assert set(explorer.modality_filter.value) == {"T2W", "DWI", "ADC"}
+    expected = list(explorer.reports["volume"].gained(5)["column"])
+    assert list(explorer.ranked()["column"]) == expected
+
+
+def test_select_feature_shows_definition_scatter_and_case(explorer, cohort):
+    column = "ADC__original_glcm_Imc2"
+    explorer.select_feature(column)
+    assert explorer.current_feature == column
+    assert "Imc2" in explorer.definition.value and "mutual information" in explorer.definition.value
+    data = explorer.scatter_data()
+    report = explorer.report
+    pre, ft = data[data.stage == "pre"], data[data.stage == "ft"]
+    np.testing.assert_array_equal(pre["observed"], report.observed[column])
+    np.testing.assert_array_equal(pre["decoded"], report.decoded_pre[column])
+    np.testing.assert_array_equal(ft["decoded"], report.decoded_ft[column])
+    assert list(pre["case_id"]) == list(report.observed.index)
+    assert explorer.scatter.value[:8] == PNG_MAGIC
+
+    values = report.observed[column]
+    assert explorer.example_case() == (values - values.median()).abs().idxmax()
+    assert explorer.case_image.value[:8] == PNG_MAGIC
+    assert explorer.example_case() in explorer.case_info.value
+
+    other = "T2W__original_ngtdm_Busyness"
+    explorer.select_feature(other)
+    assert explorer.scatter_data()["observed"].iloc[0] == report.observed[other].iloc[0]
+    with pytest.raises(KeyError, match="T2W__original_glcm_Nope"):
+        explorer.select_feature("T2W__original_glcm_Nope")
+
+
+def test_feature_dropdown_drives_the_details(explorer):
+    options = [value for _label, value in explorer.feature.options]
+    assert options == list(explorer.ranked()["column"])
+    assert explorer.current_feature == options[0]
+    explorer.feature.value = options[2]
+    assert explorer.current_feature == options[2]
+
+
+def test_explorer_without_cohort_and_bad_input(cohort):
+    ex = W.WeightChangeExplorer({"t": FakeReport(3, cohort.case_ids)})
+    assert ex.case_png() is None and ex.case_image.value == b""
+    bundle = ex._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]) == ex.chart_png()
+    with pytest.raises(ValueError, match="non-empty"):
+        W.WeightChangeExplorer({})
+    with pytest.raises(ValueError, match="'best'"):
+        W.WeightChangeExplorer({"t": FakeReport(3, cohort.case_ids)}, mode="best")
+    with pytest.raises(TypeError, match="'t'"):
+        W.WeightChangeExplorer({"t": object()})
+
+
+# --------------------------------------------------------------------------------------
+# sweep explorer
+# --------------------------------------------------------------------------------------
+
+
+def test_sweep_explorer_selects_and_highlights():
+    l1s, l2s = [0, 1e-7, 1e-6], [0, 1e-5, 1e-4]
+    rows = [{"l1": a, "l2": b, "val_loss": 1 + i + 0.1 * j} for i, a in enumerate(l1s) for j, b in enumerate(l2s)]
+    rows[4]["val_loss"] = 0.5  # l1=1e-7, l2=1e-5 is best
+    sweep = W.SweepExplorer(pd.DataFrame(rows))
+    assert (sweep.l1.value, sweep.l2.value) == (1e-7, 1e-5)
+    assert sweep.selected_loss() == 0.5
+    first = sweep.image.value
+    sweep.l1.value = 1e-6
+    sweep.l2.value = 1e-4
+    assert sweep.selected_loss() == pytest.approx(3.2)
+    assert sweep.image.value != first
+    assert sweep.grid().shape == (3, 3)
+    with pytest.raises(KeyError, match="val_loss"):
+        W.SweepExplorer(pd.DataFrame({"l1": [0], "l2": [0], "score": [1]}))
