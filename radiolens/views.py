@@ -688,10 +688,12 @@ def delta_explorer(
         .add_params(task, measure, mode, modality, family, top_k)
         .resolve_scale(color="independent")
     )
-    return chart.properties(
-        datasets=datasets,
-        title="What fine-tuning changed: explore the rankings (bars: bootstrap intervals where computed)",
+    chart = chart.properties(
+        title="What fine-tuning changed: explore the rankings (bars: bootstrap intervals where computed)"
     )
+    # Set directly: .properties() would validate every embedded row against the schema (slow).
+    chart.datasets = datasets
+    return chart
 
 
 # --------------------------------------------------------------------------------------------

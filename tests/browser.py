@@ -210,8 +210,9 @@ def open_page(
         JavaScript expression polled until it is truthy (e.g. "all charts drawn"); without
         it the page is read once its load event fired.
     evaluate
-        Named JavaScript expressions evaluated after waiting; their JSON-able values land in
-        :attr:`PageResult.values`.
+        Named JavaScript expressions evaluated in order after waiting (a Promise is awaited);
+        their JSON-able values land in :attr:`PageResult.values`. An expression that throws
+        raises RuntimeError.
     timeout
         Seconds for the whole visit (start, load, waiting).
     settle
@@ -308,7 +309,15 @@ def open_page(
         pipe.pump(settle)
 
         for name, expression in (evaluate or {}).items():
-            answer = pipe.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)
+            answer = pipe.call(
+                "Runtime.evaluate",
+                {"expression": expression, "returnByValue": True, "awaitPromise": True},
+                session=session,
+                timeout=max(deadline - time.monotonic(), 5),
+            )
+            if "exceptionDetails" in answer:
+                details = answer["exceptionDetails"]
+                raise RuntimeError(f"evaluate {name!r} threw: {_remote_text(details.get('exception', {})) or details.get('text')}")
             result.values[name] = answer.get("result", {}).get("value")
         answer = pipe.call(
             "Runtime.evaluate", {"expression": "document.documentElement.outerHTML", "returnByValue": True}, session=session
