@@ -19,13 +19,72 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pooch
 import SimpleITK as sitk
+
+
+class FakeWeb:
+    """A stand-in for the internet, as pooch sees it.
+
+    ``files`` maps URLs to local files; ``zenodo`` maps a DOI to ``{file name: (local file,
+    md5)}``, the checksums the fake Zenodo record declares. :meth:`install` replaces pooch's
+    HTTP download with a copy and pooch's DOI resolution with the fake records; pooch's
+    checksum verification still runs. ``requests`` lists every URL asked for.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, Path] = {}
+        self.zenodo: dict[str, dict[str, tuple[Path, str]]] = {}
+        self.requests: list[str] = []
+
+    def install(self, setattr) -> FakeWeb:
+        """Patch pooch with ``setattr(target, name, value)`` (e.g. ``monkeypatch.setattr``)."""
+        web = self
+
+        def download(downloader, url, output_file, pup, check_only=False):
+            web.requests.append(url)
+            if url not in web.files:
+                raise RuntimeError(f"404: the fake web has no {url}")
+            if check_only:
+                return True
+            if isinstance(output_file, (str, Path)):
+                shutil.copyfile(web.files[url], output_file)
+            else:
+                output_file.write(Path(web.files[url]).read_bytes())
+            return None
+
+        def doi_to_repository(doi, **kwargs):
+            doi = doi.rstrip("/")  # pooch passes a base_url's DOI with its trailing slash
+            if doi not in web.zenodo:
+                raise ValueError(f"fake Zenodo has no record {doi}")
+            return _FakeZenodoRecord(web, doi)
+
+        setattr(pooch.HTTPDownloader, "__call__", download)
+        setattr(pooch.core, "doi_to_repository", doi_to_repository)
+        setattr(pooch.downloaders, "doi_to_repository", doi_to_repository)
+        return self
+
+
+class _FakeZenodoRecord:
+    def __init__(self, web: FakeWeb, doi: str) -> None:
+        self.web, self.doi = web, doi
+        self.files = web.zenodo[doi]
+
+    def populate_registry(self, pup) -> None:
+        for name, (_, checksum) in self.files.items():
+            pup.registry[name] = f"md5:{checksum}"
+
+    def download_url(self, name: str) -> str:
+        url = f"https://zenodo.org/records/{self.doi.rsplit('.', 1)[-1]}/files/{name}?download=1"
+        self.web.files[url] = self.files[name][0]
+        return url
 
 
 def md5(path: Path) -> str:
@@ -78,7 +137,9 @@ class MSDFake:
     spacing: tuple[float, float, float]
 
 
-def make_msd_tar(folder: Path, n_cases: int = 10, seed: int = 0) -> MSDFake:
+def make_msd_tar(
+    folder: Path, n_cases: int = 10, seed: int = 0, shape_xyz: tuple[int, int, int] = (20, 18, 6)
+) -> MSDFake:
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
@@ -86,7 +147,6 @@ def make_msd_tar(folder: Path, n_cases: int = 10, seed: int = 0) -> MSDFake:
     staging = folder / "msd_staging"
     task = staging / "Task05_Prostate"
     spacing = (0.625, 0.625, 3.6)
-    shape_xyz = (20, 18, 6)
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = [40.0, 30.0, -10.0]
     labels, t2s, adcs = {}, {}, {}
@@ -165,15 +225,23 @@ class PicaiFake:
     t2_spacing: tuple[float, float, float] = (0.5, 0.5, 3.0)
 
 
-def make_picai(folder: Path, labels_url: str, seed: int = 1) -> PicaiFake:
+def make_picai(
+    folder: Path,
+    labels_url: str,
+    seed: int = 1,
+    t2_shape: tuple[int, int, int] = (8, 32, 32),
+    dwi_shape: tuple[int, int, int] = (8, 16, 16),
+) -> PicaiFake:
+    """PI-CAI fold 0 and its labels; shapes are (z, y, x), the DWI grid covers the T2 field."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    t2_shape, t2_spacing, origin = (8, 32, 32), (0.5, 0.5, 3.0), (-8.0, -8.0, -12.0)
-    dwi_shape, dwi_spacing = (8, 16, 16), (1.0, 1.0, 3.0)
+    t2_spacing, origin = (0.5, 0.5, 3.0), (-8.0, -8.0, -12.0)
+    dwi_spacing = (t2_shape[2] * 0.5 / dwi_shape[2], t2_shape[1] * 0.5 / dwi_shape[1], 3.0)
     labels_dir = folder / "picai_labels"
     urls: dict[str, Path] = {}
     registry_rows = []
-    fake = PicaiFake(folder / "picai_public_images_fold0.zip", "", folder / "registry.tsv", urls)
+    fake = PicaiFake(folder / "picai_public_images_fold0.zip", "", folder / "registry.tsv", urls,
+                     t2_shape=t2_shape, t2_spacing=t2_spacing)
 
     def label(kind_folder: str, kind: str, case: str, img) -> None:
         path = _write(img, labels_dir / kind_folder / f"{case}.nii.gz")
@@ -208,7 +276,8 @@ def make_picai(folder: Path, labels_url: str, seed: int = 1) -> PicaiFake:
             lesion = np.zeros(t2_shape, dtype=np.uint16)
             if lesion_source is not None and case != "10000_1000000":
                 centre = np.argwhere(zones == 1)[len(np.argwhere(zones == 1)) // 2]
-                blob = _ellipsoid(t2_shape, centre, (1.2, 2.5, 2.5)) & gland
+                radii = (1.2, t2_shape[1] / 12.8, t2_shape[2] / 12.8)
+                blob = _ellipsoid(t2_shape, centre, radii) & gland
                 lesion[blob] = 3  # ISUP 3, as the expert masks carry ISUP grades
             if lesion_source == "resampled":
                 label("csPCa_lesion_delineations/human_expert/resampled", "lesion_resampled", case,

@@ -7,7 +7,6 @@ fake Zenodo record that declares md5 checksums. pooch's own checksum verificatio
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,62 +27,16 @@ from radiolens.data.fetch import (
 )
 from fake_archives import (
     PICAI_CASES,
+    FakeWeb,
     make_msd_tar,
     make_picai,
     make_prostate158_zip,
 )
 
 
-class FakeWeb:
-    """URL -> local file, plus Zenodo records (doi -> {file name: (local file, md5)})."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, Path] = {}
-        self.zenodo: dict[str, dict[str, tuple[Path, str]]] = {}
-        self.requests: list[str] = []
-
-
-class FakeZenodoRecord:
-    def __init__(self, web: FakeWeb, doi: str) -> None:
-        self.web, self.doi = web, doi
-        self.files = web.zenodo[doi]
-
-    def populate_registry(self, pup) -> None:
-        for name, (_, checksum) in self.files.items():
-            pup.registry[name] = f"md5:{checksum}"
-
-    def download_url(self, name: str) -> str:
-        url = f"https://zenodo.org/records/{self.doi.rsplit('.', 1)[-1]}/files/{name}?download=1"
-        self.web.files[url] = self.files[name][0]
-        return url
-
-
 @pytest.fixture
 def web(monkeypatch):
-    fake = FakeWeb()
-
-    def download(self, url, output_file, pup, check_only=False):
-        fake.requests.append(url)
-        if url not in fake.files:
-            raise RuntimeError(f"404: the fake web has no {url}")
-        if check_only:
-            return True
-        if isinstance(output_file, (str, Path)):
-            shutil.copyfile(fake.files[url], output_file)
-        else:
-            output_file.write(Path(fake.files[url]).read_bytes())
-        return None
-
-    def doi_to_repository(doi, **kwargs):
-        doi = doi.rstrip("/")  # pooch passes the base_url's DOI with its trailing slash
-        if doi not in fake.zenodo:
-            raise ValueError(f"fake Zenodo has no record {doi}")
-        return FakeZenodoRecord(fake, doi)
-
-    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", download)
-    monkeypatch.setattr(pooch.core, "doi_to_repository", doi_to_repository)
-    monkeypatch.setattr(pooch.downloaders, "doi_to_repository", doi_to_repository)
-    return fake
+    return FakeWeb().install(monkeypatch.setattr)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +79,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     assert resolve_data_dir() == env and env.is_dir()
     monkeypatch.delenv("RADIOLENS_DATA")
     cache = resolve_data_dir()
-    assert cache == Path(pooch.os_cache("radiolens"))
+    assert cache == Path(pooch.os_cache("radiolens")) / "datasets"
     assert cache.is_dir()
     # the test isolation points the user cache into the temporary home
     assert str(cache).startswith(str(Path.home()))

@@ -20,7 +20,7 @@ pooch's DOI support), and md5 sums of the PI-CAI label files at a pinned commit 
 ``DIAGNijmegen/picai_labels`` (``picai_labels_registry.tsv`` next to this module).
 
 Where the data live: the ``data_dir`` argument, else ``$RADIOLENS_DATA``, else the user cache
-folder (``pooch.os_cache("radiolens")``); see :func:`resolve_data_dir`. Downloads go to
+folder (``pooch.os_cache("radiolens") / "datasets"``); see :func:`resolve_data_dir`. Downloads go to
 ``<data_dir>/<dataset>/raw/`` and the converted cohort to ``<data_dir>/<dataset>/cohort/``. The
 cohort is built in a temporary folder, validated and only then renamed into place, so an
 interrupted or failed conversion never leaves a half-written cohort; calling a fetcher again
@@ -130,15 +130,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     Returns
     -------
     pathlib.Path
-        ``data_dir`` if given, else ``$RADIOLENS_DATA`` if set, else the user cache folder
-        ``pooch.os_cache("radiolens")``. Created if needed.
+        ``data_dir`` if given, else ``$RADIOLENS_DATA`` if set, else
+        ``pooch.os_cache("radiolens") / "datasets"`` in the user cache folder. Created if
+        needed.
     """
     if data_dir is not None:
         path = Path(data_dir)
     elif os.environ.get(DATA_ENV_VAR):
         path = Path(os.environ[DATA_ENV_VAR])
     else:
-        path = Path(_pooch().os_cache("radiolens"))
+        # a subfolder keeps data sets apart from the artifact cache, which also lives in
+        # the user cache folder's "radiolens" (radiolens.cache.default_cache_dir)
+        path = Path(_pooch().os_cache("radiolens")) / "datasets"
     path = path.expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -293,6 +296,27 @@ def _onto(image, reference, is_mask: bool):
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
 
 
+def _image_on(image, reference):
+    """An image on the reference grid, in the pixel type the data set stored it in.
+
+    Resampling runs in float32; integer sources (ADC in 1e-6 mm^2/s, most T2W) are rounded
+    back to their type, which keeps the files as small as the originals (and writing them
+    several times faster than float32).
+    """
+    sitk = _sitk()
+    if _same_grid(image, reference):
+        return _onto(image, reference, is_mask=False)
+    resampled = _onto(sitk.Cast(image, sitk.sitkFloat32), reference, is_mask=False)
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating):
+        return resampled
+    info = np.iinfo(array.dtype)
+    values = np.clip(np.rint(sitk.GetArrayFromImage(resampled)), info.min, info.max)
+    out = sitk.GetImageFromArray(values.astype(array.dtype))
+    out.CopyInformation(reference)
+    return out
+
+
 def _mask_from(image, reference, mapping: dict[int, int] | None = None, binary: bool = False):
     """A uint8 mask on the reference grid; ``mapping`` relabels, ``binary`` keeps > 0 as 1."""
     sitk = _sitk()
@@ -323,7 +347,7 @@ def _write_case(
     images: dict[str, Any],
     masks: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write one case's images (float32) and masks (uint8); return its manifest fields.
+    """Write one case's images (source pixel type) and masks (uint8); return its fields.
 
     ``images`` must hold ``"T2W"``, the reference grid; the other images are put on it.
     ``masks`` must already be on that grid (see :func:`_mask_from`). A key absent or None
@@ -340,9 +364,8 @@ def _write_case(
         if image is None:
             row[key] = None
             continue
-        on_grid = _onto(image, reference, is_mask=False)
         rel = folder / f"{key}.nii.gz"
-        write_image(sitk.Cast(on_grid, sitk.sitkFloat32), cohort_dir / rel)
+        write_image(_image_on(image, reference), cohort_dir / rel)
         row[key] = rel.as_posix()
     for key in ("gland", "zones", "lesion"):
         mask = masks.get(key)
@@ -387,7 +410,9 @@ def _existing_cohort(cohort_dir: Path, settings: dict[str, Any]):
         logger.info("%s was made with other settings; rebuilding it", cohort_dir)
         return None
     try:
-        return load_cohort(cohort_dir)
+        # Headers, table and files are checked; the voxels were checked when the cohort was
+        # written, and Cohort.load_case checks them again whenever it reads a case.
+        return load_cohort(cohort_dir, check_pixels=False)
     except (CohortError, OSError) as err:
         logger.warning("existing cohort %s is not valid (%s); rebuilding it", cohort_dir, err)
         return None
@@ -631,14 +656,19 @@ def _picai_label_file(
         return None
     fname = "marksheet.csv" if kind == "marksheet" else f"{case}.nii.gz"
     url = f"{PICAI_LABELS_URL}/{PICAI_LABEL_FOLDERS[kind]}/{fname}"
-    # thousands of small files: one progress bar over cases instead of a log line per file
+    # Thousands of small files: one progress bar over cases instead of a log line per file.
+    # (A filter, because pooch's logger is not registered with logging, so a changed level
+    # may be shadowed by its cached isEnabledFor answers.)
     pooch_logger = _pooch().get_logger()
-    level = pooch_logger.level
-    pooch_logger.setLevel(logging.WARNING)
+    pooch_logger.addFilter(_quiet)
     try:
         return _retrieve(url, f"md5:{md5}", raw_dir / "labels" / kind, fname, False)
     finally:
-        pooch_logger.setLevel(level)
+        pooch_logger.removeFilter(_quiet)
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
 
 
 def fetch_picai(
