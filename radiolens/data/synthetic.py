@@ -75,13 +75,13 @@ PRESETS: dict[str, dict[str, tuple]] = {
 #: Acquisition sites: scanner name, intensity scales, contrast, noise, resolution, coil bias.
 SITES: dict[str, dict[str, Any]] = {
     "A": {"scanner": "Siemens Skyra 3T", "share": 0.45, "t2_scale": 420.0, "t2_gamma": 1.0,
-          "dwi_scale": 160.0, "noise": 1.0, "adc_gain": 1.00, "t2_blur": 0.35, "dwi_blur": 0.9,
+          "dwi_scale": 160.0, "noise": 1.0, "adc_gain": 1.00, "t2_blur": 0.6, "dwi_blur": 1.0,
           "bias": 0.15},
     "B": {"scanner": "Philips Ingenia 3T", "share": 0.35, "t2_scale": 1350.0, "t2_gamma": 1.1,
-          "dwi_scale": 620.0, "noise": 0.8, "adc_gain": 0.97, "t2_blur": 0.5, "dwi_blur": 1.1,
+          "dwi_scale": 620.0, "noise": 0.8, "adc_gain": 0.97, "t2_blur": 0.75, "dwi_blur": 1.2,
           "bias": 0.2},
     "C": {"scanner": "GE Signa 1.5T", "share": 0.20, "t2_scale": 2600.0, "t2_gamma": 0.9,
-          "dwi_scale": 95.0, "noise": 1.6, "adc_gain": 1.03, "t2_blur": 0.6, "dwi_blur": 1.3,
+          "dwi_scale": 95.0, "noise": 1.6, "adc_gain": 1.03, "t2_blur": 0.9, "dwi_blur": 1.4,
           "bias": 0.25},
 }
 
@@ -209,11 +209,16 @@ class _Grid:
         mz = _axis_matrix(self.z[:, 0, 0], sz)
         my = _axis_matrix(self.y[0, :, 0], sy)
         mx = _axis_matrix(self.x[0, 0, :], sx)
-        g = self.rng.standard_normal((mz.shape[1], my.shape[1], mx.shape[1])).astype(np.float32)
-        # separable contraction: cheap compared with zooming a full 3D volume
-        out = np.einsum("zi,ijk->zjk", mz, g, optimize=True)
-        out = np.einsum("yj,zjk->zyk", my, out, optimize=True)
-        return np.einsum("xk,zyk->zyx", mx, out, optimize=True)
+        g = self.rng.standard_normal((mz.shape[1], my.shape[1], mx.shape[1]), dtype=np.float32)
+        # separable contraction as three plain 2D matrix products (BLAS): far cheaper than
+        # zooming a 3D volume, einsum or a broadcast matmul
+        cz, cy, cx = g.shape
+        D, H, W = mz.shape[0], my.shape[0], mx.shape[0]
+        out = (g.reshape(-1, cx) @ mx.T).reshape(cz, cy, W)
+        out = np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(cy, -1)
+        out = (my @ out).reshape(H, cz, W)
+        out = np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(cz, -1)
+        return (mz @ out).reshape(D, H, W)
 
 
 def _ellipsoid_r(grid: _Grid, c, radii) -> np.ndarray:
@@ -221,6 +226,15 @@ def _ellipsoid_r(grid: _Grid, c, radii) -> np.ndarray:
     cx, cy, cz = c
     rx, ry, rz = radii
     return np.sqrt(((grid.x - cx) / rx) ** 2 + ((grid.y - cy) / ry) ** 2 + ((grid.z - cz) / rz) ** 2)
+
+
+def _box(grid: _Grid, c, radii) -> tuple[slice, slice, slice]:
+    """Index box (z, y, x slices) covering an ellipsoid, to work on a small sub-volume."""
+    out = []
+    for coords, centre, radius in zip((grid.z[:, 0, 0], grid.y[0, :, 0], grid.x[0, 0, :]), c[::-1], radii[::-1]):
+        inside = np.flatnonzero(np.abs(coords - centre) <= radius + 1e-3)
+        out.append(slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0))
+    return tuple(out)
 
 
 def _paint(maps: dict[str, np.ndarray], where: np.ndarray, **values) -> None:
@@ -291,19 +305,21 @@ def simulate_case(
     shape_noise = g.noise(9.0)
     taper = rng.uniform(0.3, 0.45)
 
-    def gland_radius(a: float) -> np.ndarray:
+    def gland_radius(a: float, step: int = 1) -> np.ndarray:
+        x, y, sn = X[..., ::step], Y[:, ::step], shape_noise[:, ::step, ::step]
         b, c = a * ratio_ap, a * ratio_cc
         zn = Z / c
         # apex (inferior, z<0) narrower than the base; base a little flattened
         s = 1.0 - taper * np.clip(-zn, 0, 1) ** 1.6 - 0.08 * np.clip(zn, 0, 1) ** 2
-        by = b * (1.0 - 0.16 / (1.0 + np.exp(-Y / 2.0)))  # posterior surface flattened
-        return np.sqrt((X / (a * s)) ** 2 + (Y / (by * s)) ** 2 + zn**2) * (1.0 + 0.045 * shape_noise)
+        # posterior surface flattened, with a shallow midline indentation by the rectum
+        post = 1.0 / (1.0 + np.exp(-y / 2.0))
+        by = b * (1.0 - post * (0.14 + 0.12 * np.exp(-((x / (0.35 * a)) ** 2))))
+        return np.sqrt((x / (a * s)) ** 2 + (y / (by * s)) ** 2 + zn**2) * (1.0 + 0.045 * sn)
 
     a = (volume / (4.0 / 3.0 * np.pi * ratio_ap * ratio_cc * 0.85)) ** (1 / 3)
-    voxel = sx * sy * sz / k
+    voxel = sx * sy * sz / k * 4  # calibration runs on every 2nd voxel in-plane
     for _ in range(2):  # calibrate the size so the measured volume matches the target
-        rg = gland_radius(a)
-        measured = np.count_nonzero(rg < 1) * voxel
+        measured = np.count_nonzero(gland_radius(a, 2) < 1) * voxel
         a *= (volume / max(measured, 1.0)) ** (1 / 3)
     rg = gland_radius(a)
     b, c = a * ratio_ap, a * ratio_cc
@@ -315,50 +331,63 @@ def simulate_case(
     tz_c = (rng.normal(0, 1), -0.12 * b, 0.2 * c)
     rt = _ellipsoid_r(g, tz_c, (a * ft * 0.95, b * ft * 0.8, c * ft * 0.85)) * (1 + 0.06 * g.noise(6.0))
     tz = gland & (rt < 1.0)
-    afms = gland & ~tz & (Y < -0.45 * b) & (np.abs(X) < 0.5 * a)
+    # anterior fibromuscular stroma: a cap in front of the TZ, thinning laterally and at the apex
+    afms_edge = -0.45 * b - 0.6 * b * (X / (0.55 * a)) ** 2 - 0.15 * b * np.clip(-Z / c, 0, 1)
+    afms = gland & ~tz & (Y < afms_edge)
     pz = gland & ~tz & ~afms
     capsule = gland & (rg > 1.0 - 1.1 / a)
 
     # ---- tissue parameter maps (start as periprostatic fat) ------------------------------
-    fat_t2 = 1.55 * (1 + 0.05 * g.noise(3.0))
     maps = {
-        "t2": np.broadcast_to(fat_t2, fine).astype(np.float32).copy(),
-        "s0": np.full(fine, 0.07, np.float32),  # fat-suppressed diffusion
+        "t2": (1.45 * (1 + 0.06 * g.noise(4.0))).astype(np.float32),
+        "s0": np.full(fine, 0.05, np.float32),  # fat-suppressed diffusion
         "adc": np.full(fine, 700.0, np.float32),
     }
-    septa = np.abs(g.noise((6.0, 4.0, 4.0))) < 0.09
-    _paint(maps, septa & ~gland, t2=0.55, s0=0.25, adc=1600.0)
+    # fibrous septa: long, broken strands of varying thickness
+    strands, gate = g.noise((10.0, 7.0, 7.0)), g.noise(5.0)
+    septa = (np.abs(strands) < 0.05 + 0.03 * gate) & (gate > -0.2)
+    _paint(maps, septa & ~gland, t2=0.6, s0=0.2, adc=1600.0)
     # anterior venous plexus (slow flow: bright on T2) hugging the gland
-    plexus = (~gland) & (rg < 1.35) & (Y < -0.3 * b) & (g.noise(3.0) > 0.9)
+    plexus = (~gland) & (rg < 1.3) & (Y < -0.25 * b) & (gate > 1.0)
     _paint(maps, plexus, t2=1.9, s0=0.8, adc=2100.0)
 
     # pubic bone anteriorly (fatty marrow, dark cortex)
     pubic_y = -(b + rng.uniform(12, 18))
-    bone_r = np.sqrt((X / 22.0) ** 2 + ((Y - (pubic_y - 12)) / 12.0) ** 2)
-    _paint(maps, (bone_r < 1.0) & (Z < 0.4 * c), t2=1.15, s0=0.05, adc=450.0)
-    _paint(maps, (bone_r >= 0.86) & (bone_r < 1.0) & (Z < 0.4 * c), t2=0.08, s0=0.02, adc=300.0)
+    bone_r = np.sqrt((X / 22.0) ** 2 + ((Y - (pubic_y - 12)) / 12.0) ** 2) * (1 + 0.04 * shape_noise)
+    bone_z = Z < 0.4 * c
+    _paint(maps, (bone_r < 1.0) & bone_z, t2=1.2 * (1 + 0.1 * gate), s0=0.05, adc=450.0)
+    _paint(maps, (bone_r >= 0.85) & (bone_r < 1.0) & bone_z, t2=0.08, s0=0.02, adc=300.0)
 
-    # obturator internus (lateral) and levator ani (sling beside the gland and rectum)
-    lateral = a * (1 - taper * np.clip(-Z / c, 0, 1) ** 1.6)
-    obt_x = lateral + rng.uniform(13, 18) + 2.5 * g.noise(10.0)
+    # rectum posterior to the gland: flattened, with mucosal folds
+    r_out = rng.uniform(11, 16)
+    wall = rng.uniform(2.5, 4.0)
+    ry0 = 0.84 * b + rng.uniform(3, 6) + 0.8 * r_out
+    rect_y = ry0 + 0.12 * Z + 1.0 * g.noise(20.0)
+    fold = g.noise((6.0, 3.0, 3.0))
+    dr = np.sqrt((X / (1.35 * r_out)) ** 2 + ((Y - rect_y) / (0.8 * r_out)) ** 2) * (1 + 0.03 * fold)
+    d_in = dr * (1 + 0.1 * fold)
+    rectum = dr < 1.0
+    lumen = rectum & (d_in < 1.0 - wall / r_out)
+
+    # levator ani: a U-shaped sling around gland and rectum (below the mid-gland);
+    # obturator internus laterally, medial edge bowing in
     fibres = 1 + 0.08 * g.noise((12.0, 1.5, 1.5))  # striation along the muscle fibres
-    muscle_t2, muscle_adc = 0.42 * fibres, 1450.0 * (1 + 0.04 * g.noise(4.0))
+    muscle_t2, muscle_adc = 0.42 * fibres, 1450.0 * (1 + 0.04 * gate)
+    lateral = a * (1 - taper * np.clip(-Z / c, 0, 1) ** 1.6)
+    obt_x = lateral + rng.uniform(14, 20) + 0.012 * (Y - 0.3 * b) ** 2 + 2.0 * g.noise(10.0)
     obturator = np.abs(X) > obt_x
     _paint(maps, obturator, t2=muscle_t2, s0=0.3, adc=muscle_adc)
-    lev_in = lateral + rng.uniform(3, 6) + 1.5 * g.noise(8.0)
-    levator = (np.abs(X) > lev_in) & (np.abs(X) < lev_in + rng.uniform(4, 7)) & (Y > -0.3 * b) & (Z < 0.35 * c)
-    _paint(maps, levator & ~obturator, t2=muscle_t2, s0=0.3, adc=muscle_adc)
+    _paint(maps, obturator & (np.abs(X) < obt_x + 0.8), t2=0.3)  # fascia
+    sling_yc = 0.5 * (-0.3 * b + ry0 + r_out)
+    sling_ax = lateral + rng.uniform(3.5, 6.5) + 1.2 * g.noise(8.0)
+    sling_ay = 0.5 * (ry0 + r_out + 0.3 * b) + rng.uniform(3, 6)
+    d_sling = np.sqrt((X / sling_ax) ** 2 + ((Y - sling_yc) / sling_ay) ** 2)
+    thick_l = rng.uniform(3, 5.5)
+    levator = (d_sling >= 1.0) & (d_sling < 1.0 + thick_l / sling_ax) & (Y > -0.3 * b) & (Z < 0.3 * c)
+    _paint(maps, levator & ~obturator & ~rectum, t2=muscle_t2, s0=0.3, adc=muscle_adc)
 
-    # rectum posterior to the gland
-    r_out = rng.uniform(12, 17)
-    wall = rng.uniform(2.5, 4.0)
-    ry0 = 0.84 * b + rng.uniform(3, 6) + r_out
-    rect_y = ry0 + 0.12 * Z + 1.0 * g.noise(20.0)
-    dr = np.sqrt((X / (1.3 * r_out)) ** 2 + ((Y - rect_y) / r_out) ** 2)
-    rect_wall = (dr < 1.0) & (dr >= 1.0 - wall / r_out)
-    lumen = dr < 1.0 - wall / r_out
-    _paint(maps, rect_wall, t2=0.5 * fibres, s0=0.55, adc=1250.0)
-    mucosa = (dr < 1.0 - wall / r_out) & (dr >= 1.0 - (wall + 1.2) / r_out)
+    _paint(maps, rectum & ~lumen, t2=0.5 * fibres, s0=0.55, adc=1250.0)
+    mucosa = lumen & (d_in >= 1.0 - (wall + 1.3) / r_out)
     _paint(maps, mucosa, t2=0.95, s0=0.8, adc=1300.0)
     content = rng.choice(["air", "gel", "stool"], p=[0.45, 0.2, 0.35])
     inner = lumen & ~mucosa
@@ -377,12 +406,11 @@ def simulate_case(
     bladder = (bladder_r < 1.0) & ~gland
     _paint(maps, bladder, t2=2.3, s0=1.9, adc=3000.0)
     _paint(maps, bladder & (bladder_r > 1.0 - 3.0 / rb), t2=0.45, s0=0.4, adc=1500.0)
-    sv_noise = g.noise(2.0)
     for side in (-1, 1):
         sv_r = _ellipsoid_r(g, (side * (0.3 * a + 8), 0.8 * b, 0.85 * c), (13.0, 4.5, 7.0))
         sv = (sv_r < 1.0) & ~gland & ~bladder
         _paint(maps, sv, t2=0.6, s0=0.5, adc=1500.0)
-        _paint(maps, sv & (sv_noise > -0.2), t2=1.9, s0=1.4, adc=2500.0)
+        _paint(maps, sv & (fold > -0.2), t2=1.9, s0=1.4, adc=2500.0)
 
     # neurovascular bundles, posterolateral to the capsule
     for side in (-1, 1):
@@ -394,7 +422,7 @@ def simulate_case(
     # ---- the gland ---------------------------------------------------------------------------
     age = float(latent["age"])
     adc_pz, adc_tz = float(latent["adc_pz"]), float(latent["adc_tz"])
-    pz_t2 = (1.35 - 0.006 * (age - 50)) * (1 + 0.06 * g.noise(1.6))
+    pz_t2 = (1.6 - 0.006 * (age - 50)) * (1 + 0.06 * g.noise(1.6))
     _paint(maps, pz, t2=pz_t2, s0=1.0, adc=adc_pz * (1 + 0.04 * g.noise(2.0)))
     # benign patchy / band-like PZ hypointensity (prostatitis, atrophy): more with age
     infl = float(latent["inflammation"])
@@ -403,7 +431,8 @@ def simulate_case(
     _blend(maps, patch_w * 0.8, t2=0.75, s0=0.85, adc=1350.0)
 
     tz_tex = g.noise(2.0)
-    _paint(maps, tz, t2=0.82 * (1 + 0.09 * tz_tex), s0=0.78, adc=adc_tz * (1 + 0.05 * tz_tex))
+    tz_t2 = 0.82 * (1 + 0.1 * tz_tex + 0.08 * strands)
+    _paint(maps, tz, t2=tz_t2, s0=0.78, adc=adc_tz * (1 + 0.05 * tz_tex))
     _paint(maps, afms, t2=0.38, s0=0.35, adc=1050.0)
     # BPH nodules: stromal (dark, lower ADC) or glandular (bright, higher ADC), encapsulated
     n_nodules = int(rng.poisson(1 + 14 * bph))
@@ -414,24 +443,28 @@ def simulate_case(
         ncen = (float(X[0, 0, xi]), float(Y[0, yi, 0]), float(Z[zi, 0, 0]))
         rad = rng.uniform(2.0, 3.5 + 6.0 * bph)
         radii = rad * rng.uniform(0.8, 1.2, size=3)
-        rn = _ellipsoid_r(g, ncen, radii)
-        inside = (rn < 1.0) & tz
+        box = _box(g, ncen, radii * 1.05)
+        local = {name: m[box] for name, m in maps.items()}  # views: painting writes through
+        rn = np.sqrt(((X[..., box[2]] - ncen[0]) / radii[0]) ** 2 + ((Y[:, box[1]] - ncen[1]) / radii[1]) ** 2
+                     + ((Z[box[0]] - ncen[2]) / radii[2]) ** 2) * (1 + 0.1 * tz_tex[box])
+        tz_local = tz[box]
+        inside = (rn < 1.0) & tz_local
         if not inside.any():
             continue
         if rng.random() < 0.5:  # stromal
-            _paint(maps, inside, t2=0.55 * (1 + 0.05 * micro), s0=0.6, adc=rng.uniform(1000, 1150))
+            _paint(local, inside, t2=0.55 * (1 + 0.05 * micro[box]), s0=0.6, adc=rng.uniform(1000, 1150))
         else:  # glandular, with microcysts
-            _paint(maps, inside, t2=1.15 * (1 + 0.15 * micro), s0=0.95,
-                   adc=rng.uniform(1450, 1700) * (1 + 0.06 * micro))
-        _paint(maps, (rn >= 0.85) & (rn < 1.05) & tz, t2=0.45, s0=0.5, adc=1100.0)
+            _paint(local, inside, t2=1.15 * (1 + 0.15 * micro[box]), s0=0.95,
+                   adc=rng.uniform(1450, 1700) * (1 + 0.06 * micro[box]))
+        _paint(local, (rn >= 0.85) & (rn < 1.05) & tz_local, t2=0.45, s0=0.5, adc=1100.0)
     _paint(maps, capsule & pz, t2=0.6, s0=0.6)
 
     # urethra (curving anteriorly towards the base) and its sphincter
     uy = -0.05 * b - 0.22 * b * np.clip(Z / c, -1, 1)
     du = np.sqrt((X - 0.0) ** 2 + (Y - uy) ** 2)
     in_gland_z = rg < 1.05
-    _paint(maps, (du < 3.5) & in_gland_z, t2=0.5, s0=0.55, adc=1300.0)
-    _paint(maps, (du < 1.5) & in_gland_z, t2=1.1, s0=0.9, adc=1900.0)
+    _paint(maps, (du < 2.6) & in_gland_z, t2=0.6, s0=0.6, adc=1300.0)
+    _paint(maps, (du < 1.0) & in_gland_z, t2=1.0, s0=0.9, adc=1900.0)
 
     # ---- lesion ------------------------------------------------------------------------------
     group = int(latent["pirads_group"])
@@ -440,7 +473,8 @@ def simulate_case(
         zone = latent["lesion_zone"]
         host = pz if zone == "PZ" else (tz & (du > 5.0))
         if zone == "PZ":  # mostly mid-gland and apex, posterior-lateral
-            host = host & (Z < 0.5 * c)
+            preferred = host & (Z < 0.5 * c) & (Y > -0.3 * b)
+            host = preferred if preferred.any() else host
         idx = np.flatnonzero(host)
         if idx.size == 0:
             idx = np.flatnonzero(gland)
@@ -452,7 +486,7 @@ def simulate_case(
         else:  # lenticular
             radii = (half, half * 0.6, half * 0.8)
         rl = _ellipsoid_r(g, lc, radii)
-        rl = rl * (1 + (0.08 + 0.05 * group) * g.noise(2.5))  # spiculated with grade
+        rl = rl * (1 + (0.05 + 0.03 * group) * g.noise(3.5))  # more irregular with grade
         lesion = (rl < 1.0) & gland
         soft = np.clip((1.15 - rl) / 0.3, 0, 1) * gland  # ill-defined margins
         ladc = float(latent["lesion_adc"]) * (1 + 0.05 * g.noise(1.5))
@@ -483,8 +517,8 @@ def simulate_case(
     dwi_bias = np.exp(amp * out_grid.noise(60.0) + 0.004 * amp * out_grid.y)
 
     def rician(signal: np.ndarray, sigma: float) -> np.ndarray:
-        real = signal + rng.normal(0, sigma, signal.shape)
-        imag = rng.normal(0, sigma, signal.shape)
+        real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
+        imag = sigma * rng.standard_normal(signal.shape, dtype=np.float32)
         return np.sqrt(real**2 + imag**2)
 
     noise = float(site["noise"])
@@ -494,6 +528,8 @@ def simulate_case(
     with np.errstate(divide="ignore", invalid="ignore"):
         adc = np.log(acq[b_lo] / acq[b_hi]) / (b_hi - b_lo) * 1e6
     adc = np.nan_to_num(adc, nan=0.0, posinf=0.0, neginf=0.0).clip(0, 4000)
+    # like a scanner, blank the ADC where the low-b signal is lost in the noise (air, fat)
+    adc[acq[b_lo] < 5.0 * 0.02 * noise] = 0.0
     images = {
         "T2W": t2w.astype(np.float32),
         "DWI": (acq[B_VALUE] * float(site["dwi_scale"])).astype(np.float32),
@@ -519,8 +555,12 @@ def simulate_case(
 # the cohort
 # --------------------------------------------------------------------------------------------
 def _generate_one(index: int, latent: dict, shape, spacing, seed: int, out_dir: str) -> dict:
+    from threadpoolctl import threadpool_limits
+
     case_id = latent["case_id"]
-    images, masks = simulate_case(latent, shape, spacing, _case_rng(seed, index, 1))
+    # the matrix products are small: multi-threaded BLAS only adds contention
+    with threadpool_limits(limits=1, user_api="blas"):
+        images, masks = simulate_case(latent, shape, spacing, _case_rng(seed, index, 1))
     sx, sy, sz = spacing
     D, H, W = shape
     # the box is centred on the scanner's origin; geometry identical for all files of a case
