@@ -19,6 +19,7 @@ from radiolens.data import fetch
 from radiolens.data.cohort import load_cohort
 from radiolens.data.fetch import (
     ChecksumError,
+    DownloadError,
     fetch_msd_prostate,
     fetch_picai,
     fetch_prostate158,
@@ -290,3 +291,14 @@ def test_prostate158_converts_zones_and_lesions(web, p158_archive, monkeypatch, 
             np.testing.assert_array_equal(case.masks["lesion"], tumour)
             assert m.at[case_id, "lesion_volume_ml"] > 0
         assert m.at[case_id, "source_split"] == p158_archive.split[cid]
+
+    # a rebuild with other settings verifies the archive against the checksum Zenodo declared
+    # the first time, without asking Zenodo again
+    del web.zenodo[fetch.PROSTATE158_DOI]
+    n_requests = len(web.requests)
+    rebuilt = fetch_prostate158(tmp_path, seed=3, progressbar=False)
+    assert len(web.requests) == n_requests and sorted(rebuilt.case_ids) == sorted(m.index)
+    archive = tmp_path / "prostate158" / "raw" / p158_archive.archive.name
+    archive.write_bytes(b"truncated")
+    with pytest.raises(DownloadError, match="Zenodo record"):  # record gone: no silent reuse
+        fetch_prostate158(tmp_path, seed=4, progressbar=False)

@@ -196,9 +196,19 @@ def _retrieve(url: str, known_hash: str, folder: Path, fname: str, progressbar: 
 
 
 def _zenodo_retrieve(doi: str, fname: str, folder: Path, progressbar: bool) -> Path:
-    """Download one file of a Zenodo record, checked against the checksum Zenodo declares."""
+    """Download one file of a Zenodo record, checked against the checksum Zenodo declares.
+
+    The declared checksum is kept next to the file (``<fname>.checksum``), so a later call
+    verifies the local copy against it without asking Zenodo again (and works offline).
+    """
     pooch = _pooch()
     folder.mkdir(parents=True, exist_ok=True)
+    local, record = folder / fname, folder / f"{fname}.checksum"
+    if local.exists() and record.exists():
+        algorithm, _, expected = record.read_text().strip().rpartition(":")
+        if pooch.file_hash(str(local), alg=algorithm or "sha256") == expected.lower():
+            return local
+        logger.warning("%s does not match its recorded checksum; downloading it again", local)
     repo = pooch.create(path=folder, base_url=f"doi:{doi}/", registry=None)
     try:
         repo.load_registry_from_doi()
@@ -211,7 +221,7 @@ def _zenodo_retrieve(doi: str, fname: str, folder: Path, progressbar: bool) -> P
     if not repo.registry[fname]:
         raise DownloadError(f"Zenodo record doi:{doi} declares no checksum for {fname!r}")
     try:
-        return Path(repo.fetch(fname, progressbar=progressbar))
+        path = Path(repo.fetch(fname, progressbar=progressbar))
     except ValueError as err:
         if _is_hash_error(err):
             raise ChecksumError(
@@ -220,6 +230,8 @@ def _zenodo_retrieve(doi: str, fname: str, folder: Path, progressbar: bool) -> P
                 f"discarded; try again, and if it persists the record changed. ({err})"
             ) from err
         raise
+    atomic_write_text(record, repo.registry[fname] + "\n")
+    return path
 
 
 # ============================================================================================
