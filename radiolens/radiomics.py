@@ -6,7 +6,12 @@ one image file and one mask file. Units are
 
 * **exact**: each unit calls :class:`radiomics.featureextractor.RadiomicsFeatureExtractor`
   with the settings you give, unchanged, so the values are bit-identical to calling
-  PyRadiomics yourself;
+  PyRadiomics yourself. One caveat, measured: PyRadiomics' values depend in the last bits
+  (~1e-13 relative) on how many threads ITK uses, because multi-threaded reductions (the
+  image statistics behind normalisation) add in a different order. radiolens therefore always
+  runs PyRadiomics with one ITK thread - as PyRadiomics' own batch command line does - so a
+  value is the same whatever ``n_jobs``, backend or machine computed it (and the cache never
+  mixes values computed under different thread counts);
 * **parallel**: units run in ``n_jobs`` processes (joblib/loky) or on a ``dask.distributed``
   cluster, with BLAS/ITK threads limited to one per worker so two processes use two cores;
 * **cached**: every finished unit is stored at once, by the worker that computed it, in the
@@ -352,8 +357,26 @@ def _geometry_difference(image, mask, tolerance: float) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _single_itk_thread() -> Iterator[None]:
+    """One ITK thread while PyRadiomics runs (bit-reproducible values), then restore."""
+    import SimpleITK as sitk
+
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+
+
 def _extract_one(unit: WorkUnit, params: dict, params_hash: str, resample_mask: bool) -> dict:
     """Run PyRadiomics on one unit after checks that turn vague failures into clear errors."""
+    with _single_itk_thread():
+        return _extract_one_checked(unit, params, params_hash, resample_mask)
+
+
+def _extract_one_checked(unit: WorkUnit, params: dict, params_hash: str, resample_mask: bool) -> dict:
     import SimpleITK as sitk
 
     where = unit.describe()
@@ -449,6 +472,10 @@ def _run_unit(
     import SimpleITK as sitk
 
     record["worker"] = {"pid": os.getpid(), "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}
+    if limit_threads:
+        from threadpoolctl import threadpool_info
+
+        record["worker"]["blas_threads"] = sorted({int(p.get("num_threads", 0)) for p in threadpool_info()})
     if cache_root is not None:
         _store(cache_root, key, unit, record)
     return record

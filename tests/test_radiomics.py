@@ -25,12 +25,17 @@ from radiolens.naming import FAMILIES, parse_column
 HELPER = Path(__file__).with_name("_radiomics_helpers.py")
 
 
-def _direct(image, mask, settings, label=1) -> dict:
-    """PyRadiomics called the plain way, for comparison."""
+def _direct(image, mask, settings, label=1, itk_threads=1) -> dict:
+    """PyRadiomics called the plain way (with one ITK thread, as radiolens runs it)."""
     from radiomics import featureextractor
 
-    extractor = featureextractor.RadiomicsFeatureExtractor(json.loads(json.dumps(settings)))
-    out = extractor.execute(str(image), str(mask), label=label)
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
+    try:
+        extractor = featureextractor.RadiomicsFeatureExtractor(json.loads(json.dumps(settings)))
+        out = extractor.execute(str(image), str(mask), label=label)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
     return {k: float(v) for k, v in out.items() if not k.startswith("diagnostics_")}
 
 
@@ -109,6 +114,24 @@ def test_full_default_settings_exact_on_two_cases(tmp_path):
         row = result.features.loc[case_id]
         assert len(direct) == len(row) > 700
         assert all(row[f"T2W__{k}"] == v or (np.isnan(v) and np.isnan(row[f"T2W__{k}"])) for k, v in direct.items())
+
+
+def test_values_do_not_depend_on_the_callers_itk_threads(tmp_path):
+    # Multi-threaded ITK reductions change the last bits; radiolens pins one thread and
+    # restores the caller's setting afterwards.
+    big = H.make_cohort(tmp_path / "d", n_cases=1, shape=(24, 64, 64))
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        values = []
+        for threads in (1, 2, 4):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            result = R.extract(big, modalities=("T2W",), settings=H.REDUCED_SETTINGS, cache_dir=False, progress=False)
+            assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+            values.append(result)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+    for other in values[1:]:  # without the pin, 2 threads change 16 values in the last bits
+        pd.testing.assert_frame_equal(values[0], other, check_exact=True)
 
 
 def test_two_rois_and_cases_without_lesion_are_missing_not_zero(cohort):
@@ -230,6 +253,7 @@ def test_joblib_workers_are_single_threaded(cohort, tmp_path):
     cache = ArtifactCache(cache_dir, R.CACHE_NAMESPACE)
     workers = [cache.get_json(k)["worker"] for k in result.units.cache_key]
     assert {w["itk_threads"] for w in workers} == {1}
+    assert all(set(w["blas_threads"]) <= {1} for w in workers)
     assert os.getpid() not in {w["pid"] for w in workers}
 
 
@@ -366,7 +390,7 @@ def test_extract_returns_features_and_warns(tmp_path, caplog):
 # resumable: real SIGKILL
 # --------------------------------------------------------------------------------------------
 def _spec(tmp_path, n_cases, n_jobs, settings) -> tuple[Path, list[R.WorkUnit], Path]:
-    cohort = H.make_cohort(tmp_path / "data", n_cases=n_cases, shape=(16, 32, 32))
+    cohort = H.make_cohort(tmp_path / "data", n_cases=n_cases, shape=(12, 28, 28))
     units = R.make_units(cohort)
     cache_dir = tmp_path / "cache"
     spec = {
@@ -383,7 +407,8 @@ def _spec(tmp_path, n_cases, n_jobs, settings) -> tuple[Path, list[R.WorkUnit], 
 
 def _start(spec_path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HELPER.parent), *sys.path]))
-    return subprocess.Popen([sys.executable, str(HELPER), str(spec_path)], env=env, start_new_session=True)
+    log = open(spec_path.with_suffix(".log"), "wb")
+    return subprocess.Popen([sys.executable, str(HELPER), str(spec_path)], env=env, start_new_session=True, stderr=log)
 
 
 def _wait_for_entries(cache_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> int:
@@ -417,7 +442,7 @@ def _check_cache_sound(cache_dir: Path) -> list[str]:
     return keys
 
 
-# Original + Wavelet on a 16x32x32 volume: ~0.1-0.3 s per unit, slow enough to kill mid-run.
+# Original + Wavelet on a 12x28x28 volume: ~0.1-0.2 s per unit, slow enough to kill mid-run.
 _KILL_SETTINGS = {
     "setting": {"normalize": True, "normalizeScale": 100, "binCount": 16, "label": 1, "preCrop": True},
     "imageType": {"Original": {}, "Wavelet": {}},
@@ -427,7 +452,7 @@ _KILL_SETTINGS = {
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_sigkill_of_the_parent_loses_nothing_finished(tmp_path):
-    spec, units, cache_dir = _spec(tmp_path, n_cases=6, n_jobs=1, settings=_KILL_SETTINGS)
+    spec, units, cache_dir = _spec(tmp_path, n_cases=5, n_jobs=1, settings=_KILL_SETTINGS)
     proc = _start(spec)
     try:
         _wait_for_entries(cache_dir, 3, proc)
@@ -446,14 +471,14 @@ def test_sigkill_of_the_parent_loses_nothing_finished(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_sigkill_of_a_worker_is_survived(tmp_path):
-    spec, units, cache_dir = _spec(tmp_path, n_cases=6, n_jobs=2, settings=_KILL_SETTINGS)
+    spec, units, cache_dir = _spec(tmp_path, n_cases=5, n_jobs=2, settings=_KILL_SETTINGS)
     proc = _start(spec)
     try:
         _wait_for_entries(cache_dir, 2, proc)
         workers = []
         for child in _children(proc.pid):
             try:
-                if b"loky" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"LokyProcess" in Path(f"/proc/{child}/cmdline").read_bytes():
                     workers.append(child)
             except OSError:
                 pass
@@ -463,6 +488,7 @@ def test_sigkill_of_a_worker_is_survived(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    assert "a worker process died" in spec.with_suffix(".log").read_text()  # the kill did land
     statuses = json.loads((tmp_path / "out.json").read_text())["status"]
     assert len(statuses) == len(units) and set(statuses) <= {"computed", "cached"}
     assert len(_check_cache_sound(cache_dir)) == len(units)
