@@ -75,7 +75,7 @@ def _ipywidgets():
     return ipywidgets
 
 
-def _new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None):
+def _new_figure(width: float, height: float, dpi: int = 100, layout: str | None = "constrained"):
     """A matplotlib Figure not registered with pyplot (no global state, no GUI backend)."""
     try:
         from matplotlib.figure import Figure
@@ -89,7 +89,7 @@ def _figure_png(fig) -> bytes:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
@@ -321,7 +321,7 @@ def case_figure(
     masks = tuple(masks)
     z = _default_slice(case) if slice_index is None else int(slice_index)
     sy, sx = _spacing_yx(case)
-    fig = _new_figure(panel_size * len(modalities), panel_size + 0.6, layout="constrained")
+    fig = _new_figure(panel_size * len(modalities), panel_size + 0.6)
     axes = fig.subplots(1, len(modalities), squeeze=False)[0]
     case_masks = getattr(case, "masks", None) or {}
     masks2d = {k: (None if v is None else v[z]) for k, v in case_masks.items()}
@@ -936,7 +936,7 @@ def feature_definition(column: str) -> str:
 # ======================================================================================
 
 RANK_MODES: tuple[str, ...] = ("gained", "lost", "stable")
-RANK_BY: tuple[str, ...] = ("delta_I", "delta_r2")
+RANK_BY: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2")
 
 _BY_LABELS = {
     "delta_I": "ΔI = I_ft − I_pre (decoder row norm)",
@@ -967,7 +967,7 @@ def _ranked_columns(ranked) -> list[str]:
 def rank_features(
     report,
     mode: str = "gained",
-    by: str = "delta_I",
+    by: str = "rel_delta_I",
     k: int | None = 10,
     modalities: Iterable[str] | None = None,
     families: Iterable[str] | None = None,
@@ -986,7 +986,8 @@ def rank_features(
     mode
         ``"gained"``, ``"lost"`` or ``"stable"``.
     by
-        ``"delta_I"`` (the paper's importance change) or ``"delta_r2"`` (held-out R² change).
+        ``"rel_delta_I"`` (the paper's relative importance change ΔI / I_pre), ``"delta_I"``
+        (absolute change) or ``"delta_r2"`` (held-out R² change), passed to the report.
     k
         Number of rows to keep; None keeps all.
     modalities, families
@@ -1021,11 +1022,6 @@ def _short_label(row) -> str:
     return f"{row['modality']} · {FAMILY_LABELS.get(row['family'], row['family'])} · {row['feature']} ({image})"
 
 
-def _bar_value(by: str) -> str:
-    """The quantity a ranking orders by: relative ΔI (as the paper's Fig. 3) or ΔR²."""
-    return "rel_delta_I" if by == "delta_I" else by
-
-
 def _intervals(table: pd.DataFrame, value: str) -> tuple[np.ndarray, np.ndarray, str] | None:
     """Bootstrap interval of ``value`` per row, from ``{value}_lo/_hi`` columns if present.
 
@@ -1042,13 +1038,12 @@ def _intervals(table: pd.DataFrame, value: str) -> tuple[np.ndarray, np.ndarray,
     return None
 
 
-def ranking_figure(table: pd.DataFrame, by: str = "delta_I", title: str = ""):
+def ranking_figure(table: pd.DataFrame, by: str = "rel_delta_I", title: str = ""):
     """Horizontal bars of a ranking in order, with bootstrap intervals when the table has them.
 
-    The bars show what the ranking orders by: the relative change ``rel_delta_I``
-    (= ΔI / I_pre, the paper's Fig. 3) for ``by="delta_I"``, ``delta_r2`` for
-    ``by="delta_r2"``. Intervals come from ``{value}_lo`` / ``{value}_hi`` columns
-    (``compare(..., n_bootstrap=B)``).
+    The bars show what the ranking orders by (``table[by]``): the relative change
+    ``rel_delta_I`` (= ΔI / I_pre, the paper's Fig. 3), ``delta_I`` or ``delta_r2``.
+    Intervals come from ``{by}_lo`` / ``{by}_hi`` columns (``compare(..., n_bootstrap=B)``).
 
     Returns
     -------
@@ -1061,7 +1056,7 @@ def ranking_figure(table: pd.DataFrame, by: str = "delta_I", title: str = ""):
         ax.text(0.5, 0.5, "no features match the filters", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    value = _bar_value(by)
+    value = by
     y = np.arange(len(table))[::-1]
     values = table[value].to_numpy(dtype=float)
     colours = [_MODALITY_COLOURS.get(m, "#888888") for m in table["modality"]]
@@ -1075,7 +1070,7 @@ def ranking_figure(table: pd.DataFrame, by: str = "delta_I", title: str = ""):
             err = np.clip(np.vstack([values - low, high - values])[:, ok], 0, None)
             ax.errorbar(values[ok], y[ok], xerr=err, fmt="none", ecolor="black", elinewidth=1,
                         capsize=2)
-            xlabel += f" · whiskers: {what}"
+            xlabel += f"\nwhiskers: {what}"
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels([_short_label(r) for _, r in table.iterrows()], fontsize=8)
@@ -1123,7 +1118,7 @@ class WeightChangeExplorer:
     """Explore which radiomic features fine-tuning made more or less decodable.
 
     Controls: task, modality and family filters, top-k, ranking mode (gained / lost /
-    stable) and measure (``delta_I`` / ``delta_r2``). Shows the ranked features as bars with
+    stable) and measure (``rel_delta_I`` / ``delta_I`` / ``delta_r2``). Shows the ranked features as bars with
     bootstrap intervals; choosing a feature shows its definition, its decoded-vs-true scatter
     before and after fine-tuning and, when a cohort is given, the case with the most extreme
     value of that feature, its ROI outlined.
@@ -1158,7 +1153,7 @@ class WeightChangeExplorer:
         roi: str = "gland",
         k: int = 10,
         mode: str = "gained",
-        by: str = "delta_I",
+        by: str = "rel_delta_I",
         interactive: bool | None = None,
     ):
         widgets = _ipywidgets()
@@ -1492,6 +1487,11 @@ class SweepExplorer:
             raise KeyError(f"sweep table has no column {value!r}; it has {list(sweep_table.columns)}")
         self.table = sweep_table.groupby(["l1", "l2"], as_index=False)[value].mean()
         self.value = value
+        # penalty_sweep marks its choice; keep it rather than re-deciding ties
+        self._selected = None
+        if "selected" in sweep_table.columns and sweep_table["selected"].astype(bool).sum() == 1:
+            row = sweep_table[sweep_table["selected"].astype(bool)].iloc[0]
+            self._selected = (row["l1"], row["l2"])
         self.interactive = interactive
         best = self.best()
         self.l1 = widgets.Dropdown(options=sorted(self.table["l1"].unique()), value=best["l1"],
@@ -1510,7 +1510,10 @@ class SweepExplorer:
         return self.table.pivot(index="l2", columns="l1", values=self.value).sort_index()
 
     def best(self) -> pd.Series:
-        """The row of the sweep with the lowest validation loss."""
+        """The sweep's chosen row: the one marked ``selected``, else the lowest loss."""
+        if self._selected is not None:
+            l1, l2 = self._selected
+            return self.table[(self.table["l1"] == l1) & (self.table["l2"] == l2)].iloc[0]
         return self.table.loc[self.table[self.value].idxmin()]
 
     def selected_loss(self) -> float:
@@ -1531,11 +1534,17 @@ class SweepExplorer:
         ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index], fontsize=8)
         ax.set_xlabel("λ1 (L1 penalty)")
         ax.set_ylabel("λ2 (L2 penalty)")
+        ax.set_title("validation loss · red box: shown · ★: chosen by the sweep", fontsize=9)
+        values = grid.to_numpy(float)
+        for (r, c), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7, color="black",
+                        bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 1})
         col = list(grid.columns).index(self.l1.value)
         row = list(grid.index).index(self.l2.value)
         ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=2))
         best = self.best()
-        ax.plot(list(grid.columns).index(best["l1"]), list(grid.index).index(best["l2"]),
+        ax.plot(list(grid.columns).index(best["l1"]) - 0.3, list(grid.index).index(best["l2"]) - 0.25,
                 marker="*", color="white", markersize=12, markeredgecolor="black")
         return fig
 

@@ -226,8 +226,9 @@ def test_definition_of_unknown_feature_names_it():
 class FakeReport:
     """LensReport's contract, with the paper's three rankings written out independently.
 
-    gained: descending rel_delta_I (by="delta_I") or delta_r2; lost: ascending; stable: among
-    features at or above the median importance both before and after, ascending |delta|.
+    gained: descending ``by`` (rel_delta_I, delta_I or delta_r2); lost: ascending; stable:
+    among features at or above the median importance (for delta_r2: median R²) both before
+    and after, ascending |by|.
     """
 
     def __init__(self, seed, case_ids):
@@ -260,18 +261,16 @@ class FakeReport:
         self.decoded_pre = self.observed + rng.normal(0, 0.05, self.observed.shape)
         self.decoded_ft = self.observed + rng.normal(0, 0.2, self.observed.shape)
 
-    def _key(self, by):
-        return self.importance["rel_delta_I" if by == "delta_I" else "delta_r2"]
+    def gained(self, k=10, by="rel_delta_I"):
+        return self.importance.loc[self.importance[by].sort_values(ascending=False).index].head(k)
 
-    def gained(self, k=10, by="delta_I"):
-        return self.importance.loc[self._key(by).sort_values(ascending=False).index].head(k)
-
-    def lost(self, k=10, by="delta_I"):
-        return self.importance.loc[self._key(by).sort_values(ascending=True).index].head(k)
+    def lost(self, k=10, by="rel_delta_I"):
+        return self.importance.loc[self.importance[by].sort_values(ascending=True).index].head(k)
 
     def stable(self, k=10, by="delta_I"):
         imp = self.importance
-        keep = (imp["I_pre"] >= imp["I_pre"].median()) & (imp["I_ft"] >= imp["I_ft"].median())
+        a, b = ("r2_pre", "r2_ft") if by == "delta_r2" else ("I_pre", "I_ft")
+        keep = (imp[a] >= imp[a].median()) & (imp[b] >= imp[b].median())
         delta = imp.loc[keep, by].abs().sort_values()
         return imp.loc[delta.index].head(k)
 
@@ -286,10 +285,37 @@ def test_unfiltered_ranking_matches_the_reports_own(explorer):
     report = explorer.report
     n = len(report.importance)
     for mode in ("gained", "lost", "stable"):
-        for by in ("delta_I", "delta_r2"):
-            explorer.update(mode=mode, by=by, k=n)
+        for by in ("rel_delta_I", "delta_I", "delta_r2"):
             expected = list(getattr(report, mode)(n, by=by)["column"])
-            assert list(explorer.ranked()["column"]) == expected, (mode, by)
+            assert list(W.rank_features(report, mode, by, k=None)["column"]) == expected, (mode, by)
+    explorer.update(mode="stable", by="delta_r2", k=n)
+    assert list(explorer.ranked()["column"]) == list(report.stable(n, by="delta_r2")["column"])
+    explorer.update(mode="lost", by="rel_delta_I", k=4)
+    assert list(explorer.ranked()["column"]) == list(report.lost(4)["column"])
+
+
+def test_explorer_on_a_real_lens_report(cohort):
+    """The same plumbing on radiolens.lens.LensReport's own rankings and tables."""
+    lens = pytest.importorskip("radiolens.lens")
+    fake = FakeReport(4, cohort.case_ids)
+    report = lens.LensReport(
+        importance=fake.importance, scores=pd.DataFrame(), tests=pd.DataFrame(),
+        observed=fake.observed, decoded_pre=fake.decoded_pre, decoded_ft=fake.decoded_ft,
+    )
+    ex = W.WeightChangeExplorer({"pirads": report}, k=50)
+    n = len(report.importance)
+    for mode in ("gained", "lost", "stable"):
+        for by in ("rel_delta_I", "delta_I", "delta_r2"):
+            expected = list(getattr(report, mode)(n, by=by)["column"])
+            assert list(W.rank_features(report, mode, by, k=None)["column"]) == expected, (mode, by)
+    assert list(ex.ranked()["column"]) == list(report.gained(n)["column"])
+    ex.update(modalities=("DWI",), mode="lost", by="delta_r2", k=3)
+    lost = [c for c in report.lost(n, by="delta_r2")["column"] if c.startswith("DWI__")][:3]
+    assert list(ex.ranked()["column"]) == lost
+    column = ex.current_feature
+    assert column in lost  # the chosen feature stays chosen while it is still listed
+    data = ex.scatter_data()
+    np.testing.assert_array_equal(data[data.stage == "ft"]["decoded"], report.decoded_ft[column])
 
 
 def test_ranking_rules(explorer):
@@ -308,8 +334,15 @@ def test_ranking_rules(explorer):
     stable = explorer.ranked()
     imp = explorer.report.importance
     assert stable["delta_r2"].abs().is_monotonic_increasing
-    assert (stable["I_pre"] >= imp["I_pre"].median()).all()
+    assert (stable["r2_pre"] >= imp["r2_pre"].median()).all()
+    assert (stable["r2_ft"] >= imp["r2_ft"].median()).all()
     assert len(stable) < len(imp)
+    explorer.update(by="delta_I")
+    stable = explorer.ranked()
+    assert stable["delta_I"].abs().is_monotonic_increasing
+    assert (stable["I_pre"] >= imp["I_pre"].median()).all()
+    explorer.update(mode="gained")
+    assert explorer.ranked()["delta_I"].is_monotonic_decreasing
 
 
 def test_filters_and_top_k(explorer):
@@ -323,7 +356,7 @@ def test_filters_and_top_k(explorer):
     assert set(table["modality"]) == {"ADC"}
     assert len(table) == 6  # all ADC features, nothing else
     # filtered order is the unfiltered order with other modalities removed
-    full = W.rank_features(explorer.report, "gained", "delta_I", k=None)
+    full = W.rank_features(explorer.report, "gained", "rel_delta_I", k=None)
     assert list(table["column"]) == [c for c in full["column"] if c.startswith("ADC__")]
     explorer.family_filter.value = ("glcm",)
     assert set(explorer.ranked()["family"]) == {"glcm"} and len(explorer.ranked()) == 2
@@ -423,3 +456,9 @@ def test_sweep_explorer_selects_and_highlights():
     assert sweep.grid().shape == (3, 3)
     with pytest.raises(KeyError, match="val_loss"):
         W.SweepExplorer(pd.DataFrame({"l1": [0], "l2": [0], "score": [1]}))
+    # a penalty_sweep table marks its choice; the explorer starts there
+    table = pd.DataFrame(rows).assign(selected=False)
+    table.loc[7, "selected"] = True
+    marked = W.SweepExplorer(table)
+    assert (marked.l1.value, marked.l2.value) == (table.loc[7, "l1"], table.loc[7, "l2"])
+    assert marked.best()["val_loss"] == table.loc[7, "val_loss"]
