@@ -99,16 +99,25 @@ def _ellipsoid(shape_zyx, centre, radii) -> np.ndarray:
 
 
 def _zones(shape_zyx, rng) -> np.ndarray:
-    """0 background, 1 peripheral (posterior part of the gland), 2 transition (the rest)."""
+    """0 background, 1 peripheral zone (the outer shell), 2 transition zone (an inner,
+    slightly anterior ellipsoid), as on axial prostate MRI (y grows posteriorly)."""
     nz, ny, nx = shape_zyx
     centre = (nz / 2 - 0.5, ny / 2 + rng.uniform(-1, 1), nx / 2 + rng.uniform(-1, 1))
-    gland = _ellipsoid(shape_zyx, centre, (nz / 2.5, ny / 3.2, nx / 2.8))
+    radii = (nz / 2.5, ny / 3.2, nx / 2.8)
+    gland = _ellipsoid(shape_zyx, centre, radii)
+    inner_centre = (centre[0], centre[1] - 0.15 * radii[1], centre[2])
+    inner = _ellipsoid(shape_zyx, inner_centre, (radii[0] * 0.8, radii[1] * 0.6, radii[2] * 0.6))
     zones = np.zeros(shape_zyx, dtype=np.uint8)
-    zones[gland] = 2
-    posterior = np.zeros(shape_zyx, dtype=bool)
-    posterior[:, int(centre[1]) + 1 :, :] = True
-    zones[gland & posterior] = 1
+    zones[gland] = 1
+    zones[gland & inner] = 2
     return zones
+
+
+def _blob_in(zones: np.ndarray, label: int, radii) -> np.ndarray:
+    """A small ellipsoid lesion centred in the middle voxel of one zone, clipped to it."""
+    voxels = np.argwhere(zones == label)
+    centre = voxels[len(voxels) // 2]
+    return _ellipsoid(zones.shape, centre, radii) & (zones == label)
 
 
 def _image(array_zyx, spacing, origin, pixel=None):
@@ -275,9 +284,7 @@ def make_picai(
             label("anatomical_delineations/zonal_pz_tz/AI/HeviAI23", "zones_heviai23", case, zones_img)
             lesion = np.zeros(t2_shape, dtype=np.uint16)
             if lesion_source is not None and case != "10000_1000000":
-                centre = np.argwhere(zones == 1)[len(np.argwhere(zones == 1)) // 2]
-                radii = (1.2, t2_shape[1] / 12.8, t2_shape[2] / 12.8)
-                blob = _ellipsoid(t2_shape, centre, radii) & gland
+                blob = _blob_in(zones, 1, (1.2, t2_shape[1] / 12.8, t2_shape[2] / 12.8))
                 lesion[blob] = 3  # ISUP 3, as the expert masks carry ISUP grades
             if lesion_source == "resampled":
                 label("csPCa_lesion_delineations/human_expert/resampled", "lesion_resampled", case,
@@ -321,12 +328,17 @@ class Prostate158Fake:
     split: dict[str, str]
 
 
-def make_prostate158_zip(folder: Path, n_cases: int = 10, seed: int = 2) -> Prostate158Fake:
+def make_prostate158_zip(
+    folder: Path, n_cases: int = 10, seed: int = 2, pz_label: int = 2
+) -> Prostate158Fake:
+    """Prostate158's training zip; ``pz_label`` is the anatomy label of the peripheral zone
+    (2 in the published data; 1 builds a data set that breaks that convention)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     shape, spacing, origin = (6, 24, 24), (0.4, 0.4, 3.0), (0.0, 0.0, 0.0)
     fake = Prostate158Fake(folder / "prostate158_train.zip", "", {}, {}, {})
-    header = "ID,t2,adc,dwi,t2_anatomy_reader1,t2_tumor_reader1,adc_tumor_reader1"
+    header = ("ID,t2,adc,dwi,t2_anatomy_reader1,t2_anatomy_reader2,t2_tumor_reader1,"
+              "adc_tumor_reader1,adc_tumor_reader2")
     rows = {"train": [header], "valid": [header]}
     with zipfile.ZipFile(fake.archive, "w") as zf:
 
@@ -342,8 +354,8 @@ def make_prostate158_zip(folder: Path, n_cases: int = 10, seed: int = 2) -> Pros
             cid = f"{20 + i:03d}"
             zones = _zones(shape, rng)  # 1 = PZ, 2 = TZ
             published = np.zeros(shape, np.uint8)
-            published[zones == 2] = 1  # Prostate158: 1 = transition zone
-            published[zones == 1] = 2  # 2 = peripheral zone
+            published[zones == 2] = 3 - pz_label  # Prostate158: 1 = transition zone
+            published[zones == 1] = pz_label  # 2 = peripheral zone
             base = f"train/{cid}"
             add(_image(rng.uniform(0, 500, shape), spacing, origin, np.float32), f"{base}/t2.nii.gz")
             add(_image(rng.uniform(500, 2000, shape), spacing, origin, np.float32), f"{base}/adc.nii.gz")
@@ -352,17 +364,19 @@ def make_prostate158_zip(folder: Path, n_cases: int = 10, seed: int = 2) -> Pros
             tumour = None
             t2_tumour = adc_tumour = ""
             if i % 3 == 0:
-                tumour = _ellipsoid(shape, (3, 14, 12), (1, 2, 2)) & (zones == 1)
-                add(_image(tumour.astype(np.uint8), spacing, origin), f"{base}/adc_tumor_reader1.nii.gz")
-                add(_image(tumour.astype(np.uint8), spacing, origin), f"{base}/t2_tumor_reader1.nii.gz")
+                tumour = _blob_in(zones, 1, (1, 2, 2))
+                add(_image(tumour.astype(np.float32), spacing, origin), f"{base}/adc_tumor_reader1.nii.gz")
+                # the real T2 tumour masks mark lesions with the value 3
+                add(_image(3 * tumour.astype(np.float32), spacing, origin), f"{base}/t2_tumor_reader1.nii.gz")
                 adc_tumour, t2_tumour = f"{base}/adc_tumor_reader1.nii.gz", f"{base}/t2_tumor_reader1.nii.gz"
             elif i % 3 == 1:
                 add(_image(np.zeros(shape, np.uint8), spacing, origin), f"{base}/empty.nii.gz")
                 adc_tumour = t2_tumour = f"{base}/empty.nii.gz"
             split = "valid" if i >= n_cases - 2 else "train"
             rows[split].append(
-                f"{cid},{base}/t2.nii.gz,{base}/adc.nii.gz,{base}/dwi.nii.gz,"
-                f"{base}/t2_anatomy_reader1.nii.gz,{t2_tumour},{adc_tumour}"
+                # IDs are not zero-padded in the tables; the second readers are often empty
+                f"{int(cid)},{base}/t2.nii.gz,{base}/adc.nii.gz,{base}/dwi.nii.gz,"
+                f"{base}/t2_anatomy_reader1.nii.gz,,{t2_tumour},{adc_tumour},"
             )
             fake.anatomy[cid], fake.tumour[cid], fake.split[cid] = published, tumour, split
         for split, lines in rows.items():

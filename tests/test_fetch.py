@@ -7,6 +7,8 @@ fake Zenodo record that declares md5 checksums. pooch's own checksum verificatio
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,8 @@ def test_msd_converts_to_a_valid_cohort(web, msd_archive, monkeypatch, tmp_path)
     assert m["pirads_group"].isna().all() and m["lesion_volume_ml"].isna().all()
     assert (m["source"] == "MSD Task05_Prostate").all()
     assert m["split"].value_counts().to_dict() == {"train": 7, "val": 1, "test": 2}
+    info = json.loads((tmp_path / "msd_prostate" / "cohort" / "fetch.json").read_text())
+    assert info["zone_check"]["consistent"] and info["skipped"] == {}
 
     voxel_ml = float(np.prod(msd_archive.spacing)) / 1000.0
     for case_id, published in msd_archive.labels.items():
@@ -291,6 +295,8 @@ def test_prostate158_converts_zones_and_lesions(web, p158_archive, monkeypatch, 
             np.testing.assert_array_equal(case.masks["lesion"], tumour)
             assert m.at[case_id, "lesion_volume_ml"] > 0
         assert m.at[case_id, "source_split"] == p158_archive.split[cid]
+    info = json.loads((tmp_path / "prostate158" / "cohort" / "fetch.json").read_text())
+    assert info["zone_check"]["consistent"] and info["zone_check"]["cases_compared"] == len(m)
 
     # a rebuild with other settings verifies the archive against the checksum Zenodo declared
     # the first time, without asking Zenodo again
@@ -302,3 +308,14 @@ def test_prostate158_converts_zones_and_lesions(web, p158_archive, monkeypatch, 
     archive.write_bytes(b"truncated")
     with pytest.raises(DownloadError, match="Zenodo record"):  # record gone: no silent reuse
         fetch_prostate158(tmp_path, seed=4, progressbar=False)
+
+
+def test_prostate158_warns_when_zone_labels_look_swapped(web, monkeypatch, tmp_path, caplog):
+    # a release whose anatomy masks used 1 = PZ would be converted the wrong way round
+    swapped = make_prostate158_zip(tmp_path / "served", n_cases=4, pz_label=1)
+    web.zenodo[fetch.PROSTATE158_DOI] = {swapped.archive.name: (swapped.archive, swapped.md5)}
+    with caplog.at_level("WARNING", logger="radiolens.data.fetch"):
+        fetch_prostate158(tmp_path / "data", progressbar=False)
+    assert "zone labels may be the other way round" in caplog.text
+    info = json.loads((tmp_path / "data" / "prostate158" / "cohort" / "fetch.json").read_text())
+    assert info["zone_check"] == {"cases_compared": 4, "peripheral_on_rim": 0, "consistent": False}

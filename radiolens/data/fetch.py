@@ -460,6 +460,7 @@ def _build_cohort(
         table, skipped = convert(tmp, work)
         if table.empty:
             raise DownloadError(f"no case of {settings['dataset']} could be converted: {skipped}")
+        zone_check = _check_zone_convention(tmp, table, settings["dataset"])
         write_manifest(table, tmp, split_seed=seed)
         info = {
             "dataset": settings["dataset"],
@@ -467,6 +468,7 @@ def _build_cohort(
             "settings_hash": hash_json(settings),
             "n_cases": int(len(table)),
             "skipped": skipped,
+            "zone_check": zone_check,
         }
         atomic_write_text(tmp / "fetch.json", json.dumps(info, indent=2, default=str))
         if cohort_dir.exists():
@@ -478,6 +480,50 @@ def _build_cohort(
                 shutil.rmtree(leftover, ignore_errors=True)
     # write_manifest has just checked every voxel; the rename changed no file
     return load_cohort(cohort_dir, check_pixels=False)
+
+
+def _rim_fractions(zones: np.ndarray) -> tuple[float, float]:
+    """Share of each zone's voxels that touch the outside of the gland within their slice.
+
+    The peripheral zone is the gland's outer shell and the transition zone its core, so the
+    first share is normally the larger one: a check on which label is which.
+    """
+    outside = zones == 0
+    touches = np.zeros(zones.shape, dtype=bool)
+    touches[:, 1:, :] |= outside[:, :-1, :]
+    touches[:, :-1, :] |= outside[:, 1:, :]
+    touches[:, :, 1:] |= outside[:, :, :-1]
+    touches[:, :, :-1] |= outside[:, :, 1:]
+    shares = []
+    for label in (1, 2):
+        region = zones == label
+        count = np.count_nonzero(region)
+        shares.append(np.count_nonzero(region & touches) / count if count else np.nan)
+    return shares[0], shares[1]
+
+
+def _check_zone_convention(cohort_dir: Path, table: pd.DataFrame, dataset: str) -> dict:
+    """Count the cases whose label 1 (peripheral zone) lies more on the rim than label 2.
+
+    Zone labels are a convention that a data set's files do not always state; when most
+    cases contradict the mapping used, a warning says so (and ``fetch.json`` records it).
+    """
+    sitk = _sitk()
+    compared = outer = 0
+    for rel in table.get("zones", pd.Series(dtype=object)).dropna():
+        zones = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort_dir / rel)))
+        pz, tz = _rim_fractions(zones)
+        if np.isfinite(pz) and np.isfinite(tz):
+            compared += 1
+            outer += int(pz > tz)
+    consistent = compared == 0 or outer * 2 > compared
+    if not consistent:
+        logger.warning(
+            "%s: in %d of %d cases the zone labelled peripheral (1) is not the gland's outer "
+            "shell; the data set's zone labels may be the other way round", dataset,
+            compared - outer, compared,
+        )
+    return {"cases_compared": compared, "peripheral_on_rim": outer, "consistent": consistent}
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
