@@ -241,6 +241,12 @@ def test_picai_converts_labels_and_provenance(web, picai_archives, monkeypatch, 
     # the two studies of patient 10008 stay in one split
     assert m.at["10008_1000008", "split"] == m.at["10008_1000009", "split"]
 
+    # a smaller rebuild reuses every verified download (images and labels)
+    n_requests = len(web.requests)
+    small = fetch_picai(tmp_path, folds=(0,), max_cases=4, progressbar=False)
+    assert small.case_ids == sorted(m.index)[:4]
+    assert len(web.requests) == n_requests
+
 
 def test_picai_zenodo_checksum_mismatch(web, picai_archives, monkeypatch, tmp_path):
     serve_picai(web, picai_archives, monkeypatch)
