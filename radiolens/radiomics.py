@@ -624,7 +624,11 @@ def extract_detailed(
         Show a ``tqdm`` progress bar with an ETA.
     client
         A ``dask.distributed.Client`` to use with ``backend="dask"``; by default a local
-        cluster of ``n_jobs`` single-threaded worker processes is started and closed.
+        cluster of ``n_jobs`` single-threaded worker processes is started and closed (in a
+        script, call it under ``if __name__ == "__main__":``, as for any process pool). On
+        a real cluster, ``cache_dir`` should be a folder every worker can write: workers
+        store each finished unit themselves, so a dying client loses nothing; if it is not
+        shared, the client stores the results it receives.
 
     Returns
     -------
@@ -894,7 +898,9 @@ def _run_joblib(jobs, *, params, params_hash, resample_mask, cache_root, n_jobs,
         from joblib import Parallel, delayed, parallel_config
         from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-        todo = list(jobs)
+        # Largest first (mask file size grows with the ROI): a long unit started last would
+        # leave one worker busy while the others idle.
+        todo = sorted(jobs, key=_size_hint, reverse=True)
         for attempt in range(max_restarts + 1):
             try:
                 with parallel_config(backend="loky", inner_max_num_threads=1):
@@ -926,6 +932,13 @@ def _run_joblib(jobs, *, params, params_hash, resample_mask, cache_root, n_jobs,
             for i, unit, _key in todo:
                 results[i] = {"status": "failed", "error_type": "WorkerDied", "message": f"{unit.describe()}: worker process died {max_restarts + 1} times; not computed", "seconds": 0.0}
     return results
+
+
+def _size_hint(job) -> int:
+    try:
+        return os.path.getsize(job[1].mask) + os.path.getsize(job[1].image) // 64
+    except OSError:
+        return 0
 
 
 def _indexed(i, unit, key, params, params_hash, resample_mask, cache_root):
