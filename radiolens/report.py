@@ -44,6 +44,13 @@ __all__ = ["javascript_bundle", "slug", "write_report"]
 
 log = logging.getLogger(__name__)
 
+#: Ranking measures shown, in order: the paper's first.
+_MEASURES = (
+    ("rel_delta_I", "the paper's measure, relative ΔI = ΔI / I<sub>pre</sub> (Fig. 3)"),
+    ("delta_I", "ΔI = I<sub>ft</sub> − I<sub>pre</sub>, with bootstrap intervals"),
+    ("delta_r2", "held-out ΔR² (radiolens; reliable in the planted-truth check)"),
+)
+
 _RANKING_TEXT = {
     "gained": "gained most",
     "lost": "lost most",
@@ -211,7 +218,7 @@ def _data_sentence(facts: Mapping[str, Any], data_description: str | None) -> st
         )
     if facts["synthetic"]:
         n = f" ({facts['n_cases']} cases)" if facts["n_cases"] else ""
-        return f"radiolens's built-in synthetic prostate mpMRI cohort{n}"
+        return f"the built-in synthetic prostate mpMRI cohort{n}"
     where = f" from {facts['path']}" if facts["path"] else ""
     return f"the '{facts['source']}' cohort{where}"
 
@@ -299,7 +306,8 @@ table.tbl caption{text-align:left;font-weight:600;padding:4px 0}
 table.tbl th,table.tbl td{border-bottom:1px solid #e4e4e4;padding:3px 8px}
 table.tbl th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:12px 0 20px}figcaption{font-size:0.88em;color:#555;max-width:900px}
-.grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+.grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.grid>figure{margin:0}
+.grid figcaption{max-width:520px}
 .note{color:#555}.warn{color:#8a3b00}ul.warnings li{color:#8a3b00}
 pre{background:#f6f6f6;padding:10px;overflow:auto;font-size:0.85em;max-height:420px}
 .vega-bindings{margin:8px 0}.vega-bind{display:inline-block;margin-right:14px}
@@ -343,10 +351,10 @@ def _ranking_table(report, kind: str, k: int, by: str) -> pd.DataFrame:
     table = views.ranked(report, kind, k, by)
     out = pd.DataFrame({"rank": table["rank"], "feature": table["column"]})
     for column, label in (
+        ("rel_delta_I", "relative ΔI"),
         ("delta_I", "ΔI"),
         ("delta_I_lo", "ΔI low"),
         ("delta_I_hi", "ΔI high"),
-        ("rel_delta_I", "relative ΔI"),
         ("delta_r2", "ΔR²"),
         ("delta_r2_lo", "ΔR² low"),
         ("delta_r2_hi", "ΔR² high"),
@@ -389,8 +397,9 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
             _table_html(
                 shown,
                 f"table1-{s}",
-                "MSE and R² of the decoded radiomics, pre-trained vs fine-tuned; Wilcoxon signed-rank "
-                "test of per-case squared errors per family (* p<0.05, ** p<0.01, *** p<0.001, adjusted)",
+                "MSE and R² of the decoded radiomics on the evaluation cases, pre-trained vs fine-tuned; "
+                "Wilcoxon signed-rank test of per-case squared errors per family, modalities pooled "
+                "(stars on the unadjusted p as in the paper: * <0.05, ** <0.01, *** <0.001; adjusted p beside)",
             )
         )
         overall = t1[t1["level"] == "overall"]
@@ -404,20 +413,22 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
     page.chart(lambda: views.modality_r2_chart(report), f"{task}: R² per modality (Fig. 2).")
     page.add("</div>")
 
-    # Fig. 3, with the paper's measure and with held-out decodability
-    has_r2 = "delta_r2" in importance.columns
-    measures = [("delta_I", "the paper's measure, ΔI (decoder row norm)")]
-    if has_r2:
-        measures.append(("delta_r2", "radiolens's held-out measure, ΔR²"))
+    # Fig. 3 with the paper's measure, then with the measures radiolens adds
+    measures = [(by, label) for by, label in _MEASURES if by in importance.columns]
     ranking_frames = []
     for by, label in measures:
-        page.add(f"<h3>Features that changed most, by {_esc(label)} (Fig. 3)</h3>")
+        page.add(f"<h3>Features that changed most, by {label}</h3>")
+        interval = (
+            "error bars: bootstrap interval"
+            if f"{by}_lo" in importance.columns
+            else "no interval (the lens bootstraps ΔI and ΔR², not this measure; see the ΔI interval in the tooltip)"
+        )
         page.add('<div class="grid">')
         for kind in ("gained", "lost", "stable"):
             page.chart(
                 lambda kind=kind, by=by: views.ranking_chart(report, kind, k, by),
-                f"{task}: top {k} features that {_RANKING_TEXT[kind]} by {by}; bars: bootstrap interval "
-                "where computed; tooltips: relative ΔI, R² before/after, permutation p-values.",
+                f"{task}: top {k} features that {_RANKING_TEXT[kind]} by {by}; {interval}; "
+                "tooltips: every measure, R² before/after, permutation p-values.",
             )
         page.add("</div>")
         for kind in ("gained", "lost", "stable"):
@@ -426,7 +437,7 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
             except Exception as error:  # noqa: BLE001
                 page.add(f'<p class="note warn">Ranking {kind} by {by} failed: {_esc(error)}</p>')
                 continue
-            facts[f"top_{kind}" + ("" if by == "delta_I" else f"_{by}")] = list(table["feature"])
+            facts[f"top_{kind}" + ("" if by == "rel_delta_I" else f"_{by}")] = list(table["feature"])
             page.add(
                 _table_html(table, f"{kind}-{by}-{s}", f"Top {k} {_RANKING_TEXT[kind]} by {by}")
             )

@@ -108,7 +108,7 @@ def _check_tasks(reports: Mapping[str, Any]) -> dict[str, Any]:
     return dict(reports)
 
 
-def ranked(report, kind: str = "gained", k: int | None = 10, by: str = "delta_I") -> pd.DataFrame:
+def ranked(report, kind: str = "gained", k: int | None = 10, by: str = "rel_delta_I") -> pd.DataFrame:
     """One of the paper's three rankings as a table with a ``rank`` column (1 = first).
 
     Parameters
@@ -120,7 +120,8 @@ def ranked(report, kind: str = "gained", k: int | None = 10, by: str = "delta_I"
     k
         Number of features; None for every feature the ranking returns.
     by
-        Measure the lens ranks by: ``"delta_I"`` (the paper's) or ``"delta_r2"``.
+        Measure the lens ranks by: ``"rel_delta_I"`` (the paper's Fig. 3), ``"delta_I"`` or
+        ``"delta_r2"`` (held-out decodability, radiolens's addition).
 
     Returns
     -------
@@ -154,8 +155,8 @@ def table1(report) -> pd.DataFrame:
     Rows are the feature families (in the paper's order), then the image types, then all
     features together; columns give MSE and R^2 of the pre-trained and fine-tuned decoders on
     the evaluation cases and, for families, the Wilcoxon signed-rank test of per-case squared
-    errors (pre vs fine-tuned) with its stars (* p < 0.05, ** p < 0.01, *** p < 0.001 after
-    the lens's adjustment).
+    errors (pre vs fine-tuned), pooled over modalities, with the lens's stars (* p < 0.05,
+    ** p < 0.01, *** p < 0.001 on the unadjusted p, as in the paper) and adjusted p.
 
     Returns
     -------
@@ -178,7 +179,9 @@ def table1(report) -> pd.DataFrame:
 
     tests = report.tests
     if tests is not None and len(tests):
-        tests = tests.set_index("family")
+        if "modality" in tests:  # the lens also tests each modality; Table 1 pools them
+            tests = tests[tests["modality"].astype(str).str.lower() == "all"]
+        tests = tests.drop_duplicates("family").set_index("family")
         is_family = wide["level"] == "family"
         for column in ("p_value", "p_adjusted", "stars"):
             if column in tests:
@@ -228,48 +231,42 @@ def family_scores_chart(report, title: str | None = None):
     long["stage"] = long["key"].str.split("_").str[1].map(STAGE_LABELS)
     long["level"] = long["level"].map(_LEVEL_LABELS)
     long = long.drop(columns="key")
-    order = list(table["label"])
-    base = alt.Chart().encode(
-        x=alt.X("label:N", sort=order, title=None, axis=alt.Axis(labelAngle=-30)),
-    )
-    bars = base.mark_bar().encode(
-        xOffset=alt.XOffset("stage:N", sort=list(STAGE_LABELS.values())),
-        y=alt.Y("value:Q", title=None),
-        color=alt.Color(
-            "stage:N",
-            title="Encoder",
-            scale=alt.Scale(domain=list(STAGE_LABELS.values()), range=_STAGE_COLORS),
-        ),
-        tooltip=[
-            alt.Tooltip("label:N", title="group"),
-            "stage:N",
-            "metric:N",
-            alt.Tooltip("value:Q", format=".4f"),
-            alt.Tooltip("p_value:Q", format=".2g", title="Wilcoxon p"),
-            alt.Tooltip("p_adjusted:Q", format=".2g", title="adjusted p"),
-        ],
-    )
-    stars = (
-        base.transform_filter(alt.datum.stage == STAGE_LABELS["ft"])
-        .transform_filter(alt.datum.stars != "")
-        .mark_text(dy=-8, fontSize=13, fontWeight="bold")
-        .encode(
-            xOffset=alt.XOffset("stage:N", sort=list(STAGE_LABELS.values())),
-            y=alt.Y("value:Q"),
-            text="stars:N",
+    levels = [lvl for lvl in _LEVEL_LABELS.values() if lvl in set(long["level"])]
+    stage_order = list(STAGE_LABELS.values())
+
+    def panel(level: str, metric: str, first: bool):
+        order = list(table.loc[table["level"].map(_LEVEL_LABELS) == level, "label"])
+        base = alt.Chart(long).transform_filter(
+            (alt.datum.level == level) & (alt.datum.metric == metric)
+        ).encode(x=alt.X("label:N", sort=order, title=level if metric == "MSE" else None,
+                         axis=alt.Axis(labelAngle=-30)))
+        bars = base.mark_bar().encode(
+            xOffset=alt.XOffset("stage:N", sort=stage_order),
+            y=alt.Y("value:Q", title=metric if first else None),
+            color=alt.Color("stage:N", title="Encoder", scale=alt.Scale(domain=stage_order, range=_STAGE_COLORS)),
+            tooltip=[
+                alt.Tooltip("label:N", title="group"),
+                "stage:N",
+                "metric:N",
+                alt.Tooltip("value:Q", format=".4f"),
+                alt.Tooltip("p_value:Q", format=".2g", title="Wilcoxon p"),
+                alt.Tooltip("p_adjusted:Q", format=".2g", title="adjusted p"),
+            ],
         )
-    )
-    chart = (
-        alt.layer(bars, stars, data=long)
-        .properties(width=alt.Step(22), height=170)
-        .facet(
-            row=alt.Row("metric:N", title=None, sort=["R²", "MSE"]),
-            column=alt.Column("level:N", title=None, sort=list(_LEVEL_LABELS.values())),
+        stars = (
+            base.transform_filter(alt.datum.stage == STAGE_LABELS["ft"])
+            .transform_filter(alt.datum.stars != "")
+            .mark_text(dy=-8, fontSize=13, fontWeight="bold")
+            .encode(xOffset=alt.XOffset("stage:N", sort=stage_order), y=alt.Y("value:Q"), text="stars:N")
         )
-        .resolve_scale(x="independent", y="independent")
-    )
-    return chart.properties(
-        title=title or "Decoding of radiomics per feature family and image type (Table 1; * Wilcoxon p)"
+        return alt.layer(bars, stars).properties(width=alt.Step(22), height=170)
+
+    rows = [
+        alt.hconcat(*[panel(level, metric, i == 0) for i, level in enumerate(levels)])
+        for metric in ("R²", "MSE")
+    ]
+    return alt.vconcat(*rows).properties(
+        title=title or "Decoding of radiomics per feature family and image type (Table 1; stars: Wilcoxon p)"
     )
 
 
@@ -291,7 +288,7 @@ def modality_r2_chart(report, title: str | None = None):
         alt.Chart(data)
         .mark_bar()
         .encode(
-            x=alt.X("modality:N", sort=order, title="Modality"),
+            x=alt.X("modality:N", sort=order, title="Modality", axis=alt.Axis(labelAngle=0)),
             xOffset=alt.XOffset("stage:N", sort=list(STAGE_LABELS.values())),
             y=alt.Y("r2:Q", title="R² of decoded radiomics"),
             color=alt.Color(
@@ -330,6 +327,8 @@ def _ranking_tooltip(alt) -> list:
         alt.Tooltip("delta_r2:Q", format=".3f", title="ΔR²"),
         alt.Tooltip("lo:Q", format=".4g", title="interval low"),
         alt.Tooltip("hi:Q", format=".4g", title="interval high"),
+        alt.Tooltip("delta_I_lo:Q", format=".4g", title="ΔI interval low"),
+        alt.Tooltip("delta_I_hi:Q", format=".4g", title="ΔI interval high"),
         alt.Tooltip("p_value:Q", format=".3g", title="permutation p"),
         alt.Tooltip("p_adjusted:Q", format=".3g", title="adjusted p"),
     ]
@@ -341,18 +340,20 @@ def _with_interval(table: pd.DataFrame, measure: str) -> pd.DataFrame:
     table["value"] = table[measure]
     table["lo"] = table[f"{measure}_lo"] if f"{measure}_lo" in table else np.nan
     table["hi"] = table[f"{measure}_hi"] if f"{measure}_hi" in table else np.nan
-    for column in ("I_pre", "I_ft", "delta_I", "rel_delta_I", "r2_pre", "r2_ft", "delta_r2", "p_value", "p_adjusted"):
+    for column in ("I_pre", "I_ft", "delta_I", "delta_I_lo", "delta_I_hi", "rel_delta_I", "r2_pre", "r2_ft",
+                   "delta_r2", "p_value", "p_adjusted"):
         if column not in table:
             table[column] = np.nan
     return table
 
 
-def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "delta_I", title: str | None = None):
+def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "rel_delta_I", title: str | None = None):
     """Fig. 3: the top-k features that gained, lost or kept their importance.
 
     Bars show the ranking measure (``by``), error bars its bootstrap interval when the lens
-    computed one (``compare(..., n_bootstrap=B)``), colour the modality; tooltips carry the
-    relative change, the R^2 before and after and the permutation p-values.
+    computed one (``compare(..., n_bootstrap=B)`` gives intervals for ``delta_I`` and
+    ``delta_r2``, not for the paper's ``rel_delta_I``), colour the modality; tooltips carry
+    every measure, the R^2 before and after, the ΔI interval and the permutation p-values.
 
     Parameters
     ----------
@@ -363,15 +364,17 @@ def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "delta_I"
     k
         Number of features shown.
     by
-        ``"delta_I"`` (the paper's importance) or ``"delta_r2"`` (held-out decodability).
+        ``"rel_delta_I"`` (the paper's Fig. 3), ``"delta_I"`` or ``"delta_r2"`` (held-out
+        decodability).
     """
     alt = _alt()
     table = _with_interval(ranked(report, kind, k, by), by)
     keep = ["rank", "column", "modality", "image_type", "family", "feature", "value", "lo", "hi", "I_pre", "I_ft",
-            "delta_I", "rel_delta_I", "r2_pre", "r2_ft", "delta_r2", "p_value", "p_adjusted"]
+            "delta_I", "delta_I_lo", "delta_I_hi", "rel_delta_I", "r2_pre", "r2_ft", "delta_r2", "p_value",
+            "p_adjusted"]
     table = table[keep]
     order = list(table["column"])
-    y = alt.Y("column:N", sort=order, title=None, axis=alt.Axis(labelLimit=320))
+    y = alt.Y("column:N", sort=order, title=None, axis=alt.Axis(labelLimit=300))
     bars = alt.Chart().mark_bar().encode(
         y=y,
         x=alt.X("value:Q", title=_MEASURE_TITLES.get(by, by)),
@@ -382,7 +385,7 @@ def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "delta_I"
     zero = alt.Chart().mark_rule(color="#444", strokeDash=[3, 3]).encode(x=alt.datum(0))
     headline = {"gained": "gained most", "lost": "lost most", "stable": "changed least (important before and after)"}
     return alt.layer(bars, intervals, zero, data=table).properties(
-        width=360,
+        width=240,
         height=alt.Step(16),
         title=title or f"Top {len(table)} features that {headline[kind]}, by {by} (Fig. 3)",
     )
@@ -462,7 +465,7 @@ def delta_heatmap(reports: Mapping[str, Any], value: str = "delta_I", title: str
 
 def explorer_data(
     reports: Mapping[str, Any],
-    measures: tuple[str, ...] = ("delta_I", "delta_r2"),
+    measures: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2"),
     top_max: int = 25,
     scatter_top: int = 5,
     max_cases: int = 60,
@@ -485,7 +488,8 @@ def explorer_data(
     reports = _check_tasks(reports)
     rank_frames, scatter_frames = [], []
     keep = ["task", "measure", "mode", "rank", "column", "modality", "image_type", "family", "family_label",
-            "feature", "value", "lo", "hi", "rel_delta_I", "I_pre", "I_ft", "r2_pre", "r2_ft", "p_value", "p_adjusted"]
+            "feature", "value", "lo", "hi", "rel_delta_I", "delta_I", "delta_I_lo", "delta_I_hi", "I_pre", "I_ft",
+            "r2_pre", "r2_ft", "delta_r2", "p_value", "p_adjusted"]
     rng = np.random.default_rng(random_state)
     for task, report in reports.items():
         n_features = len(_importance(report))
@@ -536,7 +540,7 @@ def explorer_data(
 
 def delta_explorer(
     reports: Mapping[str, Any],
-    measures: tuple[str, ...] = ("delta_I", "delta_r2"),
+    measures: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2"),
     k: int = 10,
     top_max: int = 25,
     scatter_top: int = 5,
@@ -546,8 +550,8 @@ def delta_explorer(
 ):
     """An interactive explorer of what fine-tuning changed, with no kernel needed.
 
-    Controls (Vega-Lite parameters bound to HTML inputs): task, measure (``delta_I`` or
-    ``delta_r2``), ranking mode (gained / lost / stable), modality and family filters and a
+    Controls (Vega-Lite parameters bound to HTML inputs): task, measure (``rel_delta_I``,
+    ``delta_I`` or ``delta_r2``), ranking mode (gained / lost / stable), modality and family filters and a
     top-k slider. Bars show the measure with its bootstrap interval; clicking a bar shows that
     feature's decoded-vs-true scatter, pre-trained and fine-tuned, on the evaluation cases.
 
@@ -613,7 +617,7 @@ def delta_explorer(
     datasets.update(more)
 
     y = alt.Y("column:N", sort=alt.EncodingSortField("position", op="min", order="ascending"), title=None,
-              axis=alt.Axis(labelLimit=320))
+              axis=alt.Axis(labelLimit=300))
     base = (
         alt.Chart(ranks_data)
         .transform_filter((alt.datum.task == task) & (alt.datum.measure == measure) & (alt.datum["mode"] == mode))
@@ -624,7 +628,7 @@ def delta_explorer(
     )
     bars = base.mark_bar(cursor="pointer").encode(
         y=y,
-        x=alt.X("value:Q", title="change (measure chosen above)"),
+        x=alt.X("value:Q", title="change in the measure chosen above"),
         color=alt.Color("modality:N", scale=alt.Scale(domain=list(MODALITIES)), title="Modality"),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.65)),
         stroke=alt.condition(pick, alt.value("black"), alt.value(None)),

@@ -17,6 +17,7 @@ Example
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -198,6 +199,7 @@ def open_page(
     timeout: float = 60,
     settle: float = 0.5,
     chromium: str | None = None,
+    screenshot: str | os.PathLike | None = None,
 ) -> PageResult:
     """Open a page in headless Chromium, offline, and report what happened.
 
@@ -219,6 +221,8 @@ def open_page(
         Seconds to keep collecting console messages after waiting.
     chromium
         Browser executable; default :func:`find_chromium`.
+    screenshot
+        Save a full-page PNG here (to look at a page while developing).
 
     Returns
     -------
@@ -323,6 +327,11 @@ def open_page(
             "Runtime.evaluate", {"expression": "document.documentElement.outerHTML", "returnByValue": True}, session=session
         )
         result.dom = answer.get("result", {}).get("value", "")
+        if screenshot is not None:
+            shot = pipe.call(
+                "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
+            )
+            Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
         _collect(pipe.events, result)
         try:
             pipe.send("Browser.close")

@@ -31,17 +31,10 @@ class SavingReport:
     """A fake report that can also save itself, like LensReport.to_dir."""
 
     def __init__(self, inner):
-        self.__dict__.update(inner.__dict__)
         self._inner = inner
 
-    def gained(self, k=10, by="delta_I"):
-        return self._inner.gained(k, by)
-
-    def lost(self, k=10, by="delta_I"):
-        return self._inner.lost(k, by)
-
-    def stable(self, k=10, by="delta_I"):
-        return self._inner.stable(k, by)
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
     def to_dir(self, path):
         self.importance.to_csv(f"{path}/importance.csv", index=False)
@@ -138,9 +131,9 @@ def test_report_draws_every_chart_offline_without_console_errors(written, study)
     assert page.values["undrawn"] == []
     reports = study["reports"]
     before = [t for t in page.values["labels_before"] if "__" in t]
-    assert before == list(views.ranked(reports["pirads"], "gained", k, "delta_I")["column"])
+    assert before == list(reports["pirads"].gained(k, by="rel_delta_I")["column"])
     after = [t for t in page.values["labels_after"] if "__" in t]
-    assert after == list(views.ranked(reports["volume"], "lost", k, "delta_I")["column"])
+    assert after == list(reports["volume"].lost(k, by="rel_delta_I")["column"])
     # the explorer starts with the top feature selected, so its scatter is not empty
     assert page.values["pick"] == [before[0]]
     assert f">{before[0]}<" in page.dom
@@ -169,7 +162,7 @@ def test_browser_check_catches_a_page_that_needs_the_cdn(tmp_path, study):
 def test_honest_header(written):
     _, html = written
     header = unescape(html[html.index('<header class="box"'): html.index("</header>")])
-    assert "radiolens</b> applied to radiolens's built-in synthetic prostate mpMRI cohort (60 cases)" in header
+    assert "radiolens</b> applied to the built-in synthetic prostate mpMRI cohort (60 cases)" in header
     assert "The data are SYNTHETIC" in header and "not expected" in header
     assert "The paper's method" in header and "What radiolens adds" in header
     for addition in ("held-out", "ridge", "bootstrap", "permutation", "scale-aware", "planted-truth"):
@@ -201,16 +194,19 @@ def test_rankings_in_page_and_summary_match_the_reports(written, study):
         s = slug(task)
         facts = summary["tasks"][task]
         for kind in ("gained", "lost", "stable"):
-            expected = list(getattr(report, kind)(k, by="delta_I")["column"])
+            expected = list(getattr(report, kind)(k, by="rel_delta_I")["column"])  # the paper's measure
             assert facts[f"top_{kind}"] == expected
-            assert [row[1] for row in _cells(html, f"{kind}-delta_I-{s}")] == expected
-            expected_r2 = list(getattr(report, kind)(k, by="delta_r2")["column"])
-            assert facts[f"top_{kind}_delta_r2"] == expected_r2
-        top = report.gained(1)["column"].iloc[0]
-        row = _cells(html, f"gained-delta_I-{s}")[0]
+            assert [row[1] for row in _cells(html, f"{kind}-rel_delta_I-{s}")] == expected
+            for by in ("delta_I", "delta_r2"):
+                expected = list(getattr(report, kind)(k, by=by)["column"])
+                assert facts[f"top_{kind}_{by}"] == expected
+                assert [row[1] for row in _cells(html, f"{kind}-{by}-{s}")] == expected
+        top = report.gained(1)["column"].iloc[0]  # the lens's default ranking
+        row = _cells(html, f"gained-rel_delta_I-{s}")[0]
         assert row[1] == top
         imp = report.importance.set_index("column").loc[top]
-        assert float(row[2]) == pytest.approx(imp["delta_I"], rel=1e-3)  # ΔI, 4 significant digits
+        assert float(row[2]) == pytest.approx(imp["rel_delta_I"], rel=1e-3)  # 4 significant digits
+        assert float(row[3]) == pytest.approx(imp["delta_I"], rel=1e-3)
         assert facts["n_features"] == len(report.importance)
         assert facts["overall"]["r2_ft"] == pytest.approx(
             report.scores.query("stage == 'ft' and level == 'overall'")["r2"].item()

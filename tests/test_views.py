@@ -13,9 +13,9 @@ from radiolens import views
 from radiolens.naming import parse_columns
 
 # --------------------------------------------------------------------------------------------
-# A stand-in LensReport with the attributes and methods of radiolens.lens.LensReport (issue 7),
-# built from random numbers with a known answer, so that views can be tested independently
-# of the lens's numerics.
+# A stand-in LensReport with the attributes and ranking semantics of radiolens.lens.LensReport
+# (issue 7), built from random numbers with a known answer, so that views can be tested
+# independently of the lens's numerics (and quickly).
 # --------------------------------------------------------------------------------------------
 
 _FEATURES = {
@@ -52,22 +52,17 @@ class FakeLensReport:
     decoded_ft: pd.DataFrame
     diagnostics: dict = field(default_factory=dict)
 
-    def _rank(self, k, by, ascending):
-        key = "rel_delta_I" if by == "delta_I" else by
-        table = self.importance.sort_values(key, ascending=ascending, kind="stable")
-        return table.head(k).reset_index(drop=True)
+    def gained(self, k=10, by="rel_delta_I"):
+        return self.importance.sort_values(by, ascending=False, kind="stable").head(k)
 
-    def gained(self, k=10, by="delta_I"):
-        return self._rank(k, by, ascending=False)
+    def lost(self, k=10, by="rel_delta_I"):
+        return self.importance.sort_values(by, ascending=True, kind="stable").head(k)
 
-    def lost(self, k=10, by="delta_I"):
-        return self._rank(k, by, ascending=True)
-
-    def stable(self, k=10, by="delta_I"):
-        table = self.importance
-        important = table[(table["I_pre"] >= table["I_pre"].median()) & (table["I_ft"] >= table["I_ft"].median())]
-        order = important[by].abs().sort_values(kind="stable").index
-        return important.loc[order].head(k).reset_index(drop=True)
+    def stable(self, k=10, by="delta_I", quantile=0.5):
+        imp = self.importance
+        a, b = ("r2_pre", "r2_ft") if by == "delta_r2" else ("I_pre", "I_ft")
+        sub = imp[(imp[a] >= imp[a].quantile(quantile)) & (imp[b] >= imp[b].quantile(quantile))]
+        return sub.loc[sub[by].abs().sort_values(kind="stable").index].head(k)
 
 
 def _r2(true: np.ndarray, pred: np.ndarray) -> float:
@@ -115,11 +110,15 @@ def make_report(seed: int = 0, n_cases: int = 40, intervals: bool = True) -> Fak
                      "mse": float(((true - pred) ** 2).mean())}
                 )
     scores = pd.DataFrame(rows)
+    # like the lens: pooled ("all") rows, the paper's test, then one block per modality
     p = np.array([0.2, 0.04, 0.003, 0.0004, 0.5, 0.01])
-    tests = pd.DataFrame(
-        {"family": list(_FEATURES), "statistic": rng.uniform(10, 100, size=6), "p_value": p / 2, "p_adjusted": p}
-    )
-    tests["stars"] = tests["p_adjusted"].map(_stars)
+    blocks = [pd.DataFrame({"modality": "all", "family": list(_FEATURES), "p_value": p})]
+    blocks += [pd.DataFrame({"modality": m, "family": list(_FEATURES), "p_value": rng.uniform(size=6)})
+               for m in ("T2W", "DWI", "ADC")]
+    tests = pd.concat(blocks, ignore_index=True)
+    tests["statistic"] = rng.uniform(10, 100, size=len(tests))
+    tests["p_adjusted"] = np.minimum(tests["p_value"] * 2, 1.0)
+    tests["stars"] = tests["p_value"].map(_stars)
     return FakeLensReport(
         importance, scores, tests, observed, decoded_pre, decoded_ft,
         {"warnings": [f"fake warning {seed}"], "condition_number": 12.5},
@@ -207,7 +206,8 @@ def test_table1_matches_scores_and_tests(report):
         assert row.r2_pre == pytest.approx(scores.loc[("pre", row.level, row.group), "r2"])
         assert row.mse_ft == pytest.approx(scores.loc[("ft", row.level, row.group), "mse"])
         assert row.delta_r2 == pytest.approx(row.r2_ft - row.r2_pre)
-    stars = dict(zip(report.tests["family"], report.tests["stars"]))
+    pooled = report.tests[report.tests["modality"] == "all"]
+    stars = dict(zip(pooled["family"], pooled["stars"]))
     fam = table[table["level"] == "family"]
     assert dict(zip(fam["group"], fam["stars"])) == stars
     assert set(table.loc[table["level"] != "family", "stars"]) == {""}
@@ -243,7 +243,7 @@ def test_modality_chart_uses_modality_scores(report):
 
 @pytest.mark.parametrize("kind", ["gained", "lost", "stable"])
 def test_ranking_chart_follows_the_lens_ranking_with_intervals(report, kind):
-    chart = views.ranking_chart(report, kind=kind, k=7)
+    chart = views.ranking_chart(report, kind=kind, k=7, by="delta_I")
     data = chart.data
     expected = getattr(report, kind)(7, by="delta_I")
     assert list(data["column"]) == list(expected["column"])
@@ -259,6 +259,14 @@ def test_ranking_chart_follows_the_lens_ranking_with_intervals(report, kind):
     assert spec["layer"][1]["mark"]["type"] == "rule"  # the interval
     # the y axis keeps the lens's order, not alphabetical order
     assert spec["layer"][0]["encoding"]["y"]["sort"] == list(expected["column"])
+
+
+def test_ranking_chart_default_is_the_papers_relative_change(report):
+    data = views.ranking_chart(report, kind="lost", k=6).data
+    assert list(data["column"]) == list(report.lost(6, by="rel_delta_I")["column"])
+    assert np.allclose(data["value"], data["rel_delta_I"])
+    assert data["lo"].isna().all()  # the lens bootstraps delta_I, not its ratio: no made-up interval
+    assert np.allclose(data["delta_I_lo"], report.importance.set_index("column").loc[data["column"], "delta_I_lo"])
 
 
 def test_ranking_chart_by_delta_r2_and_without_intervals():
@@ -313,6 +321,7 @@ def test_explorer_data_keeps_exact_topk_for_every_filter(reports):
     ranks = tables["ranks"]
     report = reports["volume"]
     full = views.ranked(report, "lost", None, "delta_I")
+    assert list(full["column"]) == list(report.lost(len(report.importance), by="delta_I")["column"])
     # for a family filter, the kept rows must contain that family's true top 3
     kept = ranks[(ranks["task"] == "volume") & (ranks["measure"] == "delta_I") & (ranks["mode"] == "lost")]
     for family in ("glcm", "ngtdm"):
@@ -344,14 +353,15 @@ def test_explorer_is_kernel_free_with_bound_controls(reports):
     assert '"pick"' in text and '"click"' in text
     assert set(spec["datasets"]) == {"explorer_ranks", "explorer_scatter", "explorer_features"}
     # the embedded data are bounded: p features x tasks would be far more rows
-    assert len(spec["datasets"]["explorer_scatter"]) <= len(reports) * 6 * 5 * 60
+    assert params["measure"]["bind"]["options"] == ["rel_delta_I", "delta_I", "delta_r2"]
+    assert len(spec["datasets"]["explorer_scatter"]) <= len(reports) * 9 * 5 * 60
     svg = _compiles(chart)
     assert "Top k" not in svg  # the controls are HTML inputs, not part of the drawing
-    # the initial view draws the top-k gained of the first task by delta_I
-    first = views.ranked(reports["pirads"], "gained", 8, "delta_I")
+    # the initial view draws the top-k gained of the first task by the paper's relative change
+    first = views.ranked(reports["pirads"], "gained", 8, "rel_delta_I")
     positions = [svg.index(f">{column}<") for column in first["column"]]
     assert positions == sorted(positions)  # drawn top to bottom in the lens's order
-    assert views.ranked(reports["pirads"], "gained", 9, "delta_I")["column"].iloc[-1] not in svg
+    assert views.ranked(reports["pirads"], "gained", 9, "rel_delta_I")["column"].iloc[-1] not in svg
 
 
 # --------------------------------------------------------------------------------------------
