@@ -1,5 +1,6 @@
 """Cohorts: the contract and its validation, the built-in synthetic cohort, your own data,
-splitting and preprocessing.
+splitting and preprocessing (:func:`radiolens.data.preprocess.preprocess`; not re-exported
+here, so that ``radiolens.data.preprocess`` stays the module).
 
 Every data source produces a :class:`Cohort` (a folder of images plus one manifest table);
 every later stage reads nothing else.
@@ -17,6 +18,7 @@ from radiolens.data.cohort import (
     Case,
     Cohort,
     CohortError,
+    cohort_from_table,
     load_cohort,
     plot_cases,
     split_cases,
@@ -37,6 +39,7 @@ __all__ = [
     "Case",
     "Cohort",
     "CohortError",
+    "cohort_from_table",
     "load_cohort",
     "make_synthetic_cohort",
     "plot_cases",

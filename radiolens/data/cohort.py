@@ -57,11 +57,13 @@ from radiolens.cache import (
     ArtifactCache,
     atomic_write_bytes,
     atomic_write_text,
+    default_cache_dir,
     hash_file,
     hash_json,
 )
 
 __all__ = [
+    "COLUMN_ALIASES",
     "FILE_KEYS",
     "IMAGE_KEYS",
     "LABEL_COLUMNS",
@@ -73,6 +75,7 @@ __all__ = [
     "Case",
     "Cohort",
     "CohortError",
+    "cohort_from_table",
     "load_cohort",
     "plot_cases",
     "split_cases",
@@ -293,6 +296,27 @@ def _read_header(path: Path):
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     return reader
+
+
+def _is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """Voxels in (z, y, x) order, exactly as stored (scaling applied).
+
+    NIfTI files are read with nibabel because ITK's NIfTI reader silently turns NaN voxels
+    into 0, which would hide them from the checks. The voxel order of both libraries is the
+    file's, so transposing nibabel's (i, j, k) array gives SimpleITK's (k, j, i) one.
+    """
+    if _is_nifti(path):
+        import nibabel as nib
+
+        array = np.asarray(nib.load(str(path)).dataobj)
+        return array.transpose(tuple(range(array.ndim))[::-1])
+    sitk = _sitk()
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def _geometry(obj) -> dict[str, tuple]:
@@ -626,7 +650,6 @@ class Cohort:
             A file is unreadable, not 3D, NaN-holding, a non-binary or empty mask, or its
             geometry differs from the case's other files.
         """
-        sitk = _sitk()
         row = self._row(case_id)
         keys = list(FILE_KEYS if keys is None else keys)
         for key in keys:
@@ -642,23 +665,32 @@ class Cohort:
             if path is None:
                 missing.append(key)
                 continue
-            img = self.read_image(case_id, key)
-            if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+            if not path.exists():
+                raise _error(case_id, key, path, "file does not exist")
+            try:
+                header = _read_header(path)
+            except RuntimeError as err:
+                raise _error(case_id, key, path, f"cannot read image header (corrupted or "
+                             f"unsupported file): {_last_line(err)}") from err
+            if header.GetDimension() != 3 or header.GetNumberOfComponents() != 1:
                 raise _error(
                     case_id, key, path,
-                    f"expected a 3D single-channel image, got {img.GetDimension()}D "
-                    f"with {img.GetNumberOfComponentsPerPixel()} component(s)",
+                    f"expected a 3D single-channel image, got {header.GetDimension()}D "
+                    f"with {header.GetNumberOfComponents()} component(s)",
                 )
-            geo = _geometry(img)
+            geo = _geometry(header)
             if ref is None:
                 ref, ref_key = geo, key
             else:
                 problem = _geometry_mismatch(ref, geo)
                 if problem:
                     raise _error(case_id, key, path, f"geometry mismatch with {ref_key}: {problem}")
-            array = sitk.GetArrayFromImage(img)
-            if min(array.shape) < 2:
-                raise _error(case_id, key, path, f"image is 2D in disguise (shape {array.shape})")
+            try:
+                array = _read_array(path)
+            except Exception as err:  # truncated or damaged voxel data
+                raise _error(case_id, key, path, f"cannot read image (corrupted file): {_last_line(err)}") from err
+            if array.ndim != 3 or min(array.shape) < 2:
+                raise _error(case_id, key, path, f"expected a 3D image, got voxel array of shape {array.shape}")
             problem, array = _check_pixels(key, array)
             if problem:
                 raise _error(case_id, key, path, problem)
@@ -757,12 +789,11 @@ class Cohort:
             return
         from tqdm.auto import tqdm
 
-        sitk = _sitk()
         problems: list[tuple] = []
         for case_id, key, path in tqdm(files, desc="checking voxels", disable=not show_progress):
             try:
-                array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            except RuntimeError as err:
+                array = _read_array(path)
+            except Exception as err:  # truncated or damaged voxel data
                 problems.append((case_id, key, path, f"cannot read image (corrupted file): "
                                  f"{_last_line(err)}"))
                 continue
@@ -1138,3 +1169,181 @@ def plot_cases(
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# your own data
+# --------------------------------------------------------------------------------------------
+#: Accepted alternative column names (case-insensitive) in a user's table.
+COLUMN_ALIASES: dict[str, str] = {
+    "case": "case_id", "id": "case_id", "study_id": "case_id", "caseid": "case_id",
+    "t2": "T2W", "t2w": "T2W", "t2_path": "T2W",
+    "dwi": "DWI", "hbv": "DWI", "high_b": "DWI", "highb": "DWI", "dwi_path": "DWI",
+    "adc": "ADC", "adc_path": "ADC",
+    "gland": "gland", "prostate": "gland", "gland_mask": "gland", "whole_gland": "gland",
+    "zones": "zones", "zone": "zones", "zonal": "zones", "zones_mask": "zones",
+    "lesion": "lesion", "lesions": "lesion", "lesion_mask": "lesion",
+    "pirads_group": "pirads_group", "pirads": "pirads", "pi-rads": "pirads", "pirads_score": "pirads",
+    "gland_volume_ml": "gland_volume_ml", "lesion_volume_ml": "lesion_volume_ml",
+    "split": "split", "source": "source", "site": "site", "scanner": "scanner",
+    "patient_id": "patient_id", "patient": "patient_id",
+}
+
+
+def _pirads_score_to_group(value: Any, case_id: str) -> Any:
+    """PI-RADS score 1..5 -> group 0..3 (1-2 -> 0, 3 -> 1, 4 -> 2, 5 -> 3)."""
+    if _is_missing(value):
+        return pd.NA
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        score = np.nan
+    if not (np.isfinite(score) and score == int(score) and 1 <= score <= 5):
+        raise CohortError(
+            f"case {case_id!r}, column 'pirads': unknown PI-RADS score {value!r}: expected 1..5 or empty",
+            case_id, "pirads",
+        )
+    return max(0, int(score) - 2)
+
+
+def cohort_from_table(
+    table: str | os.PathLike | pd.DataFrame,
+    out_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    resample: bool = False,
+    fmt: str = "csv",
+    show_progress: bool = False,
+) -> Cohort:
+    """Make a cohort from a table of your own NIfTI / NRRD / MHA files and labels.
+
+    Parameters
+    ----------
+    table
+        CSV/Parquet path or DataFrame, one row per case. Columns (case-insensitive; common
+        aliases such as ``t2``, ``hbv``, ``prostate`` are understood, see
+        :data:`COLUMN_ALIASES`):
+
+        * ``case_id`` (required), optionally ``patient_id`` (keeps a patient's studies in one
+          split);
+        * image paths ``T2W``, ``DWI`` (high b-value), ``ADC`` - at least one;
+        * mask paths ``gland``, ``zones`` (1 = peripheral, 2 = transition), ``lesion``;
+        * ``pirads_group`` (0..3 for PI-RADS <3, 3, 4, 5) *or* ``pirads`` (the score 1..5);
+        * optional ``gland_volume_ml``, ``lesion_volume_ml`` (measured from the masks when
+          empty), ``split`` (assigned 7:1:2, stratified by PI-RADS group, when absent),
+          ``source``, ``site``, ``scanner`` and any extra columns (kept).
+
+        Relative paths are relative to the table's folder (to the working folder for a
+        DataFrame). Empty cells mean "missing" and stay missing.
+    out_dir
+        Where the manifest (and, with ``resample``, resampled files) is written. Default:
+        ``<radiolens cache>/cohorts/table-<hash of the table>``. Your files are not copied:
+        the manifest points to them with absolute paths.
+    seed
+        Seed of the split when the table has none.
+    resample
+        Images or masks whose grid differs from the case's first image (e.g. an ADC map at
+        DWI resolution) are resampled onto it (linear for images, nearest neighbour for
+        masks) and written into ``out_dir``. Without it such a case is an error, as in
+        :func:`load_cohort`.
+    fmt
+        Manifest format, ``"csv"`` or ``"parquet"``.
+    show_progress
+        Progress bar for the voxel checks.
+
+    Returns
+    -------
+    Cohort
+        Validated exactly like :func:`load_cohort` (with voxel checks).
+    """
+    if isinstance(table, pd.DataFrame):
+        frame, base, source = table.copy(), Path.cwd(), "table"
+    else:
+        path = Path(table).expanduser()
+        if not path.exists():
+            raise CohortError(f"table {str(path)!r} does not exist", path=path)
+        if path.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        base, source = path.resolve().parent, repr(str(path))
+    if frame.index.name is not None and frame.index.name.lower() in ("case_id", "case", "id"):
+        frame = frame.reset_index()
+    rename = {}
+    for col in frame.columns:
+        canon = COLUMN_ALIASES.get(str(col).strip().lower())
+        if canon and canon not in rename.values():
+            rename[col] = canon
+    frame = frame.rename(columns=rename)
+    if "case_id" not in frame.columns:
+        raise CohortError(f"table {source} has no case_id column (columns: {list(frame.columns)})")
+    if not any(k in frame.columns for k in IMAGE_KEYS):
+        raise CohortError(f"table {source} has none of the image columns {list(IMAGE_KEYS)}")
+    if "pirads" in frame.columns:
+        scores = [
+            _pirads_score_to_group(v, str(c)) for c, v in zip(frame["case_id"], frame["pirads"])
+        ]
+        if "pirads_group" in frame.columns:
+            given = frame["pirads_group"]
+            frame["pirads_group"] = [s if _is_missing(g) else g for s, g in zip(scores, given)]
+        else:
+            frame["pirads_group"] = scores
+        frame = frame.drop(columns="pirads")
+    for key in FILE_KEYS:
+        if key not in frame.columns:
+            frame[key] = None
+        else:
+            frame[key] = [
+                None if _is_missing(v) else str((base / Path(str(v).strip()).expanduser()).resolve())
+                for v in frame[key]
+            ]
+    if "split" not in frame.columns or frame["split"].map(_is_missing).all():
+        frame["split"] = split_cases(frame.assign(case_id=frame["case_id"].astype(str)), seed=seed).to_numpy()
+
+    if out_dir is None:
+        key = hash_json({"table": frame.astype(str).to_dict(orient="list"), "resample": resample})[:16]
+        out_dir = default_cache_dir() / "cohorts" / f"table-{key}"
+    out_dir = Path(out_dir).expanduser().resolve()
+
+    if resample:
+        frame = _resample_rows(frame, out_dir)
+    return write_manifest(frame, out_dir, fmt=fmt, check_pixels=True, fill_volumes=True,
+                          split_seed=seed, show_progress=show_progress)
+
+
+def _resample_rows(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Put every file of a case on the grid of its first image (files written to out_dir)."""
+    from radiolens.data.preprocess import resample_to_reference
+
+    sitk = _sitk()
+    frame = frame.copy()
+    for row in frame.index:
+        case_id = str(frame.at[row, "case_id"])
+        present = [k for k in FILE_KEYS if not _is_missing(frame.at[row, k])]
+        ref_key = next((k for k in IMAGE_KEYS if k in present), None)
+        if ref_key is None:
+            continue
+        ref_path = Path(frame.at[row, ref_key])
+        try:
+            ref = _read_header(ref_path)
+        except RuntimeError as err:
+            raise _error(case_id, ref_key, ref_path, f"cannot read image header: {_last_line(err)}") from err
+        ref_geo = _geometry(ref)
+        reference = None
+        for key in present:
+            if key == ref_key:
+                continue
+            path = Path(frame.at[row, key])
+            try:
+                geo = _geometry(_read_header(path))
+            except RuntimeError as err:
+                raise _error(case_id, key, path, f"cannot read image header: {_last_line(err)}") from err
+            if _geometry_mismatch(ref_geo, geo) is None:
+                continue
+            if reference is None:
+                reference = sitk.ReadImage(str(ref_path))
+            moved = resample_to_reference(sitk.ReadImage(str(path)), reference, is_mask=key in MASK_KEYS)
+            target = out_dir / "resampled" / f"{case_id}_{key}.nii.gz"
+            write_image(moved, target)
+            logger.info("case %r: %s resampled onto the %s grid", case_id, key, ref_key)
+            frame.at[row, key] = str(target)
+    return frame
