@@ -122,6 +122,8 @@ def _bundle(widget, png: bytes, text: str, interactive: bool | None) -> dict[str
 # ======================================================================================
 
 #: Mask overlays: mask name -> list of (label value or None for "any non-zero", legend, RGB).
+#: The zones tile the gland, so they are drawn as a translucent tint (:data:`FILLED`) under
+#: the gland and lesion outlines; as outlines they would hide under the gland's.
 OVERLAYS: dict[str, list[tuple[int | None, str, tuple[int, int, int]]]] = {
     "gland": [(None, "gland", (255, 215, 0))],
     "zones": [(1, "peripheral zone", (0, 200, 255)), (2, "transition zone", (230, 80, 230))],
@@ -131,6 +133,9 @@ OVERLAYS: dict[str, list[tuple[int | None, str, tuple[int, int, int]]]] = {
 #: ADC display window in 1e-6 mm^2/s: restricted diffusion (cancer, ~600-1000) dark, normal
 #: peripheral zone (~1500-1900) bright, free water (~3000) saturated.
 ADC_WINDOW = (0.0, 2500.0)
+
+#: Overlays drawn as a translucent tint (with this opacity) rather than an outline.
+FILLED: dict[str, float] = {"zones": 0.2}
 
 
 def window_for(modality: str, volume: np.ndarray) -> tuple[float, float]:
@@ -170,10 +175,9 @@ def window_for(modality: str, volume: np.ndarray) -> tuple[float, float]:
 
 
 def _mask_layers(masks2d: Mapping[str, np.ndarray | None], names: Iterable[str]):
-    """Yield (binary 2-D mask, legend, colour) for every overlay requested and present.
+    """Yield (mask name, binary 2-D mask, legend, colour) per overlay requested and present.
 
-    Drawn in a fixed order, zones first, so the gland outline stays visible on top of the
-    zones that tile it, and the lesion on top of both.
+    In a fixed drawing order: zones (tinted) first, then the gland and lesion outlines.
     """
     names = set(names)
     for name in ("zones", "gland", "lesion"):
@@ -185,7 +189,7 @@ def _mask_layers(masks2d: Mapping[str, np.ndarray | None], names: Iterable[str])
         for value, legend, colour in OVERLAYS[name]:
             binary = mask > 0 if value is None else mask == value
             if binary.any():
-                yield binary, legend, colour
+                yield name, binary, legend, colour
 
 
 def _upsample(a: np.ndarray, ry: int, rx: int) -> np.ndarray:
@@ -198,7 +202,7 @@ def render_slice(
     masks2d: Mapping[str, np.ndarray | None] | None = None,
     show: Iterable[str] = ("gland", "zones", "lesion"),
     spacing_yx: tuple[float, float] = (1.0, 1.0),
-    min_size: int = 256,
+    min_size: int = 360,
 ) -> np.ndarray:
     """Window one slice to grey levels and draw mask outlines on it, as an RGB array.
 
@@ -232,16 +236,24 @@ def render_slice(
     rx = max(1, int(np.ceil(min_size / max(grey.shape))))
     ry = max(1, int(round(rx * spacing_yx[0] / spacing_yx[1])))
     rgb = np.repeat(_upsample(grey, ry, rx)[..., None], 3, axis=-1)
-    for binary, _legend, colour in _mask_layers(masks2d or {}, show):
+    for name, binary, _legend, colour in _mask_layers(masks2d or {}, show):
         big = _upsample(binary, ry, rx)
-        edge = big & ~binary_erosion(big, border_value=0)
-        rgb[edge] = colour
+        if name in FILLED:
+            alpha = FILLED[name]
+            tinted = (1 - alpha) * rgb[big] + alpha * np.asarray(colour, dtype=float)
+            rgb[big] = np.round(tinted).astype(np.uint8)
+        else:
+            edge = big & ~binary_erosion(big, border_value=0)
+            rgb[edge] = colour
     return rgb
 
 
 def _default_slice(case) -> int:
-    """The slice through the middle of the gland (the middle slice when there is no gland)."""
+    """The slice with the most lesion, else the middle of the gland, else the middle slice."""
     masks = getattr(case, "masks", None) or {}
+    lesion = masks.get("lesion")
+    if lesion is not None and np.any(lesion):
+        return int(np.argmax((lesion > 0).sum(axis=(1, 2))))
     gland = masks.get("gland")
     shape = next(iter(v for v in case.images.values() if v is not None)).shape
     if gland is not None and np.any(gland):
@@ -303,7 +315,7 @@ def case_figure(
     case_id
         Shown in the title.
     slice_index
-        Axial slice; default the middle of the gland.
+        Axial slice; default the slice with the most lesion, else the middle of the gland.
     modalities
         Panels to draw; default every modality the case has.
     masks
@@ -325,7 +337,7 @@ def case_figure(
     axes = fig.subplots(1, len(modalities), squeeze=False)[0]
     case_masks = getattr(case, "masks", None) or {}
     masks2d = {k: (None if v is None else v[z]) for k, v in case_masks.items()}
-    legend: dict[str, tuple[int, int, int]] = {}
+    legend: dict[str, tuple[tuple[int, int, int], bool]] = {}
     for ax, modality in zip(axes, modalities):
         volume = case.images.get(modality)
         ax.set_xticks([])
@@ -336,10 +348,15 @@ def case_figure(
         window = window_for(modality, volume)
         ax.imshow(volume[z], cmap="gray", vmin=window[0], vmax=window[1], aspect=sy / sx,
                   interpolation="nearest")
-        for binary, name, colour in _mask_layers(masks2d, masks):
+        for mask_name, binary, name, colour in _mask_layers(masks2d, masks):
             rgb = tuple(c / 255 for c in colour)
-            ax.contour(binary.astype(float), levels=[0.5], colors=[rgb], linewidths=1.0)
-            legend[name] = colour
+            if mask_name in FILLED:
+                tint = np.zeros((*binary.shape, 4))
+                tint[binary] = (*rgb, FILLED[mask_name])
+                ax.imshow(tint, aspect=sy / sx, interpolation="nearest")
+            else:
+                ax.contour(binary.astype(float), levels=[0.5], colors=[rgb], linewidths=1.0)
+            legend[name] = (colour, mask_name in FILLED)
         ax.set_title(f"{modality} · slice {z}", fontsize=10)
         ax.set_xlabel(_window_label(modality, window), fontsize=8)
     labels = getattr(case, "labels", None)
@@ -353,7 +370,13 @@ def case_figure(
             title += f" · gland {float(labels['gland_volume_ml']):.0f} ml"
     fig.suptitle(title, fontsize=11)
     if legend:
-        handles = [Line2D([], [], color=tuple(c / 255 for c in col), lw=2) for col in legend.values()]
+        from matplotlib.patches import Patch
+
+        handles = [
+            Patch(color=tuple(c / 255 for c in col), alpha=0.5) if filled
+            else Line2D([], [], color=tuple(c / 255 for c in col), lw=2)
+            for col, filled in legend.values()
+        ]
         fig.legend(handles, list(legend), loc="outside lower center", ncol=len(legend),
                    fontsize=8, frameon=False)
     return fig
@@ -529,7 +552,8 @@ def show_case(
     masks
         Overlays switched on at first (``gland``, ``zones``, ``lesion``).
     slice_index
-        Axial slice shown first; default the middle of the gland.
+        Axial slice shown first; default the slice with the most lesion, else the middle of
+        the gland.
     interactive
         ``False`` displays only the static image; default: interactive unless the environment
         variable ``RADIOLENS_STATIC_VIEWS`` is set.

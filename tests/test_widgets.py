@@ -115,6 +115,14 @@ def test_rendered_pixels_are_the_windowed_slice_and_overlays_toggle(cohort):
     viewer.slider.value = 2  # the lesion is only on slice 4
     assert (viewer.render() == red).all(axis=-1).sum() == 0
 
+    # zones are a translucent tint: peripheral zone pixels lean cyan, transition ones magenta
+    viewer.mask_toggles["zones"].value = True
+    rgb = viewer.render().astype(int)[::factor, ::factor]
+    zones = cohort.cases["case00"].masks["zones"][2]
+    assert (rgb[zones == 1][:, 2] > rgb[zones == 1][:, 0]).all()
+    assert (rgb[zones == 2][:, 0] > rgb[zones == 2][:, 1]).all()
+    assert (rgb[zones == 0][:, 0] == rgb[zones == 0][:, 1]).all()
+
 
 def test_static_fallback_png_reflects_the_slice(cohort):
     viewer = W.show_case(cohort, "case02", slice_index=2)
@@ -462,3 +470,33 @@ def test_sweep_explorer_selects_and_highlights():
     marked = W.SweepExplorer(table)
     assert (marked.l1.value, marked.l2.value) == (table.loc[7, "l1"], table.loc[7, "l2"])
     assert marked.best()["val_loss"] == table.loc[7, "val_loss"]
+
+
+# --------------------------------------------------------------------------------------
+# on the built-in synthetic cohort (radiolens.data.Cohort)
+# --------------------------------------------------------------------------------------
+
+
+def test_views_on_the_synthetic_cohort(synthetic_cohort):
+    cohort = synthetic_cohort
+    labels = cohort.labels
+    case_id = labels.sort_values("pirads_group").index[-1]  # a case with a lesion
+    viewer = W.show_case(cohort, case_id, modality="ADC")
+    case = cohort.load_case(case_id)
+    assert viewer.n_slices == viewer.slider.max + 1 == case.images["T2W"].shape[0]
+    assert viewer.windows["ADC"] == W.ADC_WINDOW  # the synthetic ADC is in 1e-6 mm^2/s
+    lesion = case.masks["lesion"]
+    assert lesion[viewer.slice_index].sum() == (lesion > 0).sum(axis=(1, 2)).max()
+    np.testing.assert_array_equal(viewer.current_slice(), case.images["ADC"][viewer.slice_index])
+    assert _png_array(viewer.static_png()).ndim == 3
+    with pytest.raises(KeyError, match="'synth_9999'"):
+        W.show_case(cohort, "synth_9999")
+
+    # the explorer's example case comes from the cohort, drawn with its ROI
+    report = FakeReport(5, cohort.case_ids)
+    explorer = W.WeightChangeExplorer({"task": report}, cohort=cohort, roi="gland")
+    column = explorer.current_feature
+    assert explorer.example_case() in cohort.case_ids
+    assert explorer.case_png()[:8] == PNG_MAGIC
+    assert explorer.example_case() in explorer.case_info.value
+    assert column in explorer.definition.value
