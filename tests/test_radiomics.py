@@ -504,3 +504,12 @@ def test_units_without_a_cohort(tmp_path):
     result = R.extract_units([unit], settings=H.REDUCED_SETTINGS, cache_dir=False, progress=False)
     assert result.features.loc["solo", "T2W__original_firstorder_Mean"] == _direct(paths["T2W"], paths["gland"], H.REDUCED_SETTINGS)["original_firstorder_Mean"]
     assert hash_json(result.provenance["settings"]) == result.provenance["settings_hash"]
+
+
+def test_a_missing_file_is_a_recorded_failure(cohort, tmp_path):
+    cohort.cases["case02"]["ADC"] = tmp_path / "gone.nii.gz"
+    result = R.extract_detailed(cohort, settings=H.REDUCED_SETTINGS, cache_dir=tmp_path / "cache", progress=False)
+    row = result.failures.set_index(["case_id", "modality"]).loc[("case02", "ADC")]
+    assert row.error_type == "FileNotFoundError" and "gone.nii.gz" in row.message
+    assert result.features.loc["case02"].filter(like="ADC__").isna().all()
+    assert result.features.loc["case02"].filter(like="T2W__").notna().all()
