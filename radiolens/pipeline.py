@@ -435,7 +435,7 @@ class Study:
             table = cache.get_frame(key)
             if table is None:
                 kwargs = dict(hidden_dims=(16, 256), n_cases=(300,)) if quick else {}
-                table = self._timed("planted truth", simulate.ols_reliability_table, random_state=self.seed, **kwargs)
+                table = self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
                 cache.put_frame(key, table)
             self._memo["planted"] = table
         return self._memo["planted"]
