@@ -86,7 +86,9 @@ MSD_MD5 = "35138f08b1efaef89d7424d2bcc928db"
 PICAI_IMAGES_DOI = "10.5281/zenodo.6624726"
 PICAI_FOLDS = (0, 1, 2, 3, 4)
 PICAI_LABELS_COMMIT = "ce4a4723d7c46d882a6cbaacb40ed6c4be86282f"
-PICAI_LABELS_URL = f"https://raw.githubusercontent.com/DIAGNijmegen/picai_labels/{PICAI_LABELS_COMMIT}"
+PICAI_LABELS_URL = (
+    f"https://raw.githubusercontent.com/DIAGNijmegen/picai_labels/{PICAI_LABELS_COMMIT}"
+)
 # Folder in the labels repository of each kind of file in the registry.
 PICAI_LABEL_FOLDERS = {
     "marksheet": "clinical_information",
@@ -387,10 +389,9 @@ def _write_case(
         rel = folder / f"{key}.nii.gz"
         write_image(mask, cohort_dir / rel)
         row[key] = rel.as_posix()
-    row["gland_volume_ml"] = _volume_ml(masks["gland"]) if masks.get("gland") is not None else np.nan
-    row["lesion_volume_ml"] = (
-        _volume_ml(masks["lesion"]) if masks.get("lesion") is not None else np.nan
-    )
+    for key in ("gland", "lesion"):
+        mask = masks.get(key)
+        row[f"{key}_volume_ml"] = _volume_ml(mask) if mask is not None else np.nan
     return row
 
 
@@ -689,7 +690,9 @@ def pirads_group_from_scores(scores: Any, case_id: str | None = None) -> int | N
             number = 0
         if not 1 <= number <= 5:
             where = f"case {case_id!r}: " if case_id else ""
-            raise ValueError(f"{where}lesion_PIRADS {text!r} has {token!r}, not a PI-RADS score 1-5")
+            raise ValueError(
+                f"{where}lesion_PIRADS {text!r} has {token!r}, not a PI-RADS score 1-5"
+            )
         values.append(number)
     if not values:
         return None
@@ -707,7 +710,6 @@ def _picai_label_file(
     kind: str,
     case: str,
     raw_dir: Path,
-    progressbar: bool,
 ) -> Path | None:
     md5 = registry.get((kind, case))
     if md5 is None:
@@ -783,7 +785,9 @@ def fetch_picai(
     folds = tuple(sorted({int(f) for f in folds}))
     bad = [f for f in folds if f not in PICAI_FOLDS]
     if bad or not folds:
-        raise ValueError(f"folds must be a non-empty subset of {list(PICAI_FOLDS)}, got {bad or folds}")
+        raise ValueError(
+            f"folds must be a non-empty subset of {list(PICAI_FOLDS)}, got {bad or folds}"
+        )
     root = resolve_data_dir(data_dir)
     dataset_dir = root / "picai"
     raw_dir = dataset_dir / "raw"
@@ -796,14 +800,17 @@ def fetch_picai(
     def convert(cohort_tmp: Path, work: Path):
         sitk = _sitk()
         registry = _load_picai_registry()
-        marksheet_path = _picai_label_file(registry, "marksheet", "-", raw_dir, progressbar)
+        marksheet_path = _picai_label_file(registry, "marksheet", "-", raw_dir)
         marksheet = pd.read_csv(marksheet_path, dtype=str, keep_default_na=False)
         needed = {"patient_id", "study_id", "lesion_PIRADS", "center"}
         if not needed <= set(marksheet.columns):
             raise DownloadError(
-                f"{marksheet_path}: marksheet lacks column(s) {sorted(needed - set(marksheet.columns))}"
+                f"{marksheet_path}: marksheet lacks column(s) "
+                f"{sorted(needed - set(marksheet.columns))}"
             )
-        marksheet["case_id"] = marksheet["patient_id"].str.strip() + "_" + marksheet["study_id"].str.strip()
+        marksheet["case_id"] = (
+            marksheet["patient_id"].str.strip() + "_" + marksheet["study_id"].str.strip()
+        )
         clinical = marksheet.set_index("case_id")
 
         # which studies each fold holds, and where their sequences are in the zip
@@ -836,12 +843,12 @@ def fetch_picai(
                 for seq, name in members.items()
             }
             t2 = images["T2W"]
-            gland_file = _picai_label_file(registry, "gland_guerbet23", case_id, raw_dir, progressbar)
-            zones_file = _picai_label_file(registry, "zones_heviai23", case_id, raw_dir, progressbar)
-            lesion_file = _picai_label_file(registry, "lesion_resampled", case_id, raw_dir, progressbar)
+            gland_file = _picai_label_file(registry, "gland_guerbet23", case_id, raw_dir)
+            zones_file = _picai_label_file(registry, "zones_heviai23", case_id, raw_dir)
+            lesion_file = _picai_label_file(registry, "lesion_resampled", case_id, raw_dir)
             lesion_kind = "human_expert/resampled"
             if lesion_file is None:
-                lesion_file = _picai_label_file(registry, "lesion_pooch25", case_id, raw_dir, progressbar)
+                lesion_file = _picai_label_file(registry, "lesion_pooch25", case_id, raw_dir)
                 lesion_kind = "human_expert/Pooch25"
             if gland_file is None:
                 skipped[case_id] = "no whole-gland delineation"
@@ -852,7 +859,8 @@ def fetch_picai(
                 continue
             masks = {"gland": gland}
             if zones_file is not None:
-                masks["zones"] = _mask_from(sitk.ReadImage(str(zones_file)), t2, mapping={1: 1, 2: 2})
+                zones = sitk.ReadImage(str(zones_file))
+                masks["zones"] = _mask_from(zones, t2, mapping={1: 1, 2: 2})
             if lesion_file is not None:
                 masks["lesion"] = _mask_from(sitk.ReadImage(str(lesion_file)), t2, binary=True)
             else:
@@ -955,7 +963,9 @@ def fetch_prostate158(
                 return None
             path = Path(entry["_base"]) / value
             if not path.exists():
-                raise DownloadError(f"case {entry.get('ID')!r}: {column} file {value!r} is not in the archive")
+                raise DownloadError(
+                    f"case {entry.get('ID')!r}: {column} file {value!r} is not in the archive"
+                )
             return path
 
         rows, skipped = [], {}
