@@ -744,10 +744,22 @@ def _size_texture(units: str, size: str, small: str, large: str, small_word: str
         ),
         low_gl: f"Average of 1 / (grey level)² over all {units}: high when dark {units} dominate.",
         high_gl: f"Average of (grey level)² over all {units}: high when bright {units} dominate.",
-        f"{small}LowGrayLevelEmphasis": f"Like {small}Emphasis, weighted towards dark {units}: high for {small_word} dark {units}.",
-        f"{small}HighGrayLevelEmphasis": f"Like {small}Emphasis, weighted towards bright {units}: high for {small_word} bright {units}.",
-        f"{large}LowGrayLevelEmphasis": f"Like {large}Emphasis, weighted towards dark {units}: high for {large_word} dark {units}.",
-        f"{large}HighGrayLevelEmphasis": f"Like {large}Emphasis, weighted towards bright {units}: high for {large_word} bright {units}.",
+        f"{small}LowGrayLevelEmphasis": (
+            f"Like {small}Emphasis, weighted towards dark {units}: high for {small_word} dark "
+            f"{units}."
+        ),
+        f"{small}HighGrayLevelEmphasis": (
+            f"Like {small}Emphasis, weighted towards bright {units}: high for {small_word} "
+            f"bright {units}."
+        ),
+        f"{large}LowGrayLevelEmphasis": (
+            f"Like {large}Emphasis, weighted towards dark {units}: high for {large_word} dark "
+            f"{units}."
+        ),
+        f"{large}HighGrayLevelEmphasis": (
+            f"Like {large}Emphasis, weighted towards bright {units}: high for {large_word} "
+            f"bright {units}."
+        ),
         "GrayLevelNonUniformity": (
             f"Sum over grey levels of the squared number of {units}, divided by the number of "
             f"{units}: large when {units} concentrate on few grey levels; grows with ROI size."
@@ -805,7 +817,8 @@ def _glszm() -> dict[str, str]:
 def _gldm() -> dict[str, str]:
     defs = _size_texture("voxels", "dependence count", "SmallDependence", "LargeDependence",
                          "weakly dependent (few similar neighbours)",
-                         "strongly dependent (many similar neighbours)", "LowGrayLevelEmphasis", "HighGrayLevelEmphasis")
+                         "strongly dependent (many similar neighbours)", "LowGrayLevelEmphasis",
+                         "HighGrayLevelEmphasis")
     defs.update({
         "DependenceNonUniformity": (
             "Sum over dependence counts of the squared number of voxels, divided by the number "
@@ -1042,8 +1055,10 @@ def rank_features(
 
 
 def _short_label(row) -> str:
-    image = "orig" if row["image_type"] == "Original" else str(row["column"]).split("__")[1].split("_")[0]
-    return f"{row['modality']} · {FAMILY_LABELS.get(row['family'], row['family'])} · {row['feature']} ({image})"
+    token = str(row["column"]).split("__", 1)[-1].split("_")[0]  # e.g. "wavelet-LHL"
+    image = "orig" if row["image_type"] == "Original" else token
+    family = FAMILY_LABELS.get(row["family"], row["family"])
+    return f"{row['modality']} · {family} · {row['feature']} ({image})"
 
 
 def _intervals(table: pd.DataFrame, value: str) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -1585,4 +1600,5 @@ class SweepExplorer:
         return _bundle(self.widget, _figure_png(self.figure()), repr(self), self.interactive)
 
     def __repr__(self) -> str:
-        return f"SweepExplorer(l1={self.l1.value!r}, l2={self.l2.value!r}, {self.value}={self.selected_loss():.4g})"
+        return (f"SweepExplorer(l1={self.l1.value!r}, l2={self.l2.value!r}, "
+                f"{self.value}={self.selected_loss():.4g})")

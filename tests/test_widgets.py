@@ -379,6 +379,31 @@ def test_filters_and_top_k(explorer):
         explorer.update(task="segmentation")
 
 
+def test_bars_carry_the_bootstrap_intervals(explorer):
+    from matplotlib.container import ErrorbarContainer
+
+    table = W.rank_features(explorer.report, "gained", "delta_r2", k=5)
+    fig = W.ranking_figure(table, by="delta_r2")
+    ax = fig.axes[0]
+    bars = [p.get_width() for p in ax.patches[:5]]
+    np.testing.assert_allclose(bars, table["delta_r2"])
+    (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = container.lines[2][0].get_segments()
+    np.testing.assert_allclose([seg[0][0] for seg in segments], table["delta_r2_lo"])
+    np.testing.assert_allclose([seg[1][0] for seg in segments], table["delta_r2_hi"])
+    # no rel_delta_I interval in the report: the ΔI interval over I_pre, and the axis says so
+    table = W.rank_features(explorer.report, "gained", "rel_delta_I", k=5)
+    ax = W.ranking_figure(table, by="rel_delta_I").axes[0]
+    (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    lows = [seg[0][0] for seg in container.lines[2][0].get_segments()]
+    np.testing.assert_allclose(lows, table["delta_I_lo"] / table["I_pre"])
+    assert "I_pre" in ax.get_xlabel()
+    # without interval columns: plain bars
+    bare = table.drop(columns=[c for c in table.columns if c.endswith(("_lo", "_hi"))])
+    ax = W.ranking_figure(bare, by="rel_delta_I").axes[0]
+    assert not [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
 def test_chart_follows_the_controls(explorer):
     first = explorer.chart.value
     assert first[:8] == PNG_MAGIC
@@ -451,7 +476,11 @@ def test_explorer_without_cohort_and_bad_input(cohort):
 
 def test_sweep_explorer_selects_and_highlights():
     l1s, l2s = [0, 1e-7, 1e-6], [0, 1e-5, 1e-4]
-    rows = [{"l1": a, "l2": b, "val_loss": 1 + i + 0.1 * j} for i, a in enumerate(l1s) for j, b in enumerate(l2s)]
+    rows = [
+        {"l1": a, "l2": b, "val_loss": 1 + i + 0.1 * j}
+        for i, a in enumerate(l1s)
+        for j, b in enumerate(l2s)
+    ]
     rows[4]["val_loss"] = 0.5  # l1=1e-7, l2=1e-5 is best
     sweep = W.SweepExplorer(pd.DataFrame(rows))
     assert (sweep.l1.value, sweep.l2.value) == (1e-7, 1e-5)
