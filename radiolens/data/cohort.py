@@ -502,7 +502,10 @@ def _read_manifest_file(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        # contract text columns stay text ("007" is a case id, not 7); extra columns are
+        # inferred; only empty cells mean missing ("NA" may be a real site name)
+        text = {c: str for c in ("case_id", "split", *FILE_KEYS, *PROVENANCE_COLUMNS, "patient_id")}
+        return pd.read_csv(path, dtype=text, keep_default_na=False, na_values=[""])
     except Exception as err:  # any parser error: name the file
         raise CohortError(f"manifest {str(path)!r} cannot be read: {err}", path=path) from err
 
