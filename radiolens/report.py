@@ -406,7 +406,8 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
         if len(overall):
             row = overall.iloc[0]
             facts["overall"] = {k_: row[k_] for k_ in ("r2_pre", "r2_ft", "mse_pre", "mse_ft")}
-        facts["families_significant"] = list(t1.loc[(t1["level"] == "family") & (t1["stars"] != ""), "group"])
+        starred = t1["stars"].str.contains("*", regex=False)
+        facts["families_significant"] = list(t1.loc[(t1["level"] == "family") & starred, "group"])
 
     page.add('<div class="grid">')
     page.chart(lambda: views.family_scores_chart(report), f"{task}: Table 1 as a chart.")
@@ -608,7 +609,13 @@ def write_report(
                 "on the evaluation cases (grey: pre-trained, red: fine-tuned). To keep the page "
                 "light, only the top features of each ranking carry case data.</p>"
             )
-            page.chart(lambda: views.delta_explorer(task_reports, k=top_k, top_max=max(15, top_k)), None, "explorer")
+            page.chart(
+                lambda: views.delta_explorer(
+                    task_reports, k=top_k, top_max=max(15, top_k), definitions=_feature_definitions()
+                ),
+                None,
+                "explorer",
+            )
         page.add("</section>")
 
     if sweeps is not None:
@@ -716,6 +723,16 @@ def _save_dir_atomically(target: Path, save) -> None:
             tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _feature_definitions():
+    """radiolens's plain-language PyRadiomics definitions, or None when unavailable."""
+    try:
+        from radiolens.widgets import feature_definition
+    except ImportError as error:  # widgets needs ipywidgets/matplotlib; definitions are optional
+        log.info("feature definitions unavailable in the explorer: %s", error)
+        return None
+    return feature_definition
 
 
 def _library_versions() -> dict[str, str]:

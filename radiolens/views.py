@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -255,7 +256,7 @@ def family_scores_chart(report, title: str | None = None):
         )
         stars = (
             base.transform_filter(alt.datum.stage == STAGE_LABELS["ft"])
-            .transform_filter(alt.datum.stars != "")
+            .transform_filter("indexof(datum.stars, '*') >= 0")  # not "" or the lens's "ns"
             .mark_text(dy=-8, fontSize=13, fontWeight="bold")
             .encode(xOffset=alt.XOffset("stage:N", sort=stage_order), y=alt.Y("value:Q"), text="stars:N")
         )
@@ -538,6 +539,28 @@ def explorer_data(
     return {"ranks": ranks.reset_index(drop=True), "scatter": scatter, "features": features.reset_index(drop=True)}
 
 
+_NOT_EMBEDDED = "(scatter not embedded for this feature: only the top features of each ranking carry case data)"
+
+
+def _definition(definitions, column: str) -> str:
+    if definitions is None:
+        return ""
+    try:
+        text = definitions(column) if callable(definitions) else definitions.get(column, "")
+    except (KeyError, ValueError):  # e.g. a feature the definitions do not know
+        return ""
+    return str(text or "")
+
+
+def _note(definition: str, has_scatter: bool, width: int = 62, lines: int = 5) -> list[str]:
+    text = definition if has_scatter else f"{definition} {_NOT_EMBEDDED}".strip()
+    wrapped = textwrap.wrap(text, width) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1] + "…"
+    return wrapped
+
+
 def delta_explorer(
     reports: Mapping[str, Any],
     measures: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2"),
@@ -545,7 +568,7 @@ def delta_explorer(
     top_max: int = 25,
     scatter_top: int = 5,
     max_cases: int = 60,
-    definitions: Mapping[str, str] | None = None,
+    definitions: Mapping[str, str] | Callable[[str], str] | None = None,
     random_state: int = 0,
 ):
     """An interactive explorer of what fine-tuning changed, with no kernel needed.
@@ -572,15 +595,16 @@ def delta_explorer(
     scatter_top, max_cases, random_state
         Which features and cases carry scatter data (see above).
     definitions
-        Optional ``{feature name: one-line definition}`` shown for the clicked feature.
+        Optional definitions shown for the clicked feature: ``{column: text}`` or a function
+        of the column name (e.g. :func:`radiolens.widgets.feature_definition`); wrapped to
+        five lines.
     """
     alt = _alt()
     tables = explorer_data(reports, measures, top_max, scatter_top, max_cases, random_state)
     ranks, scatter, features = tables["ranks"], tables["scatter"], tables["features"]
-    if definitions:
-        features["definition"] = features["feature"].map(dict(definitions)).fillna("")
-    else:
-        features["definition"] = ""
+    features["note"] = [
+        _note(_definition(definitions, column), has) for column, has in zip(features["column"], features["has_scatter"])
+    ]
     tasks = list(dict.fromkeys(ranks["task"]))
     modalities = _order(ranks["modality"], MODALITIES)
     families = _order(ranks["family"], FAMILIES)
@@ -670,23 +694,15 @@ def delta_explorer(
         alt.Chart(features_data)
         .transform_filter(selected)
         .transform_filter(pick)
-        .transform_calculate(
-            line1="datum.column",
-            line2="datum.has_scatter ? datum.definition : 'scatter not embedded for this feature "
-            "(only the top features of each ranking carry case data)'",
-        )
-        .mark_text(align="left", baseline="top", fontSize=12)
-        .encode(
-            text="line1:N",
-            x=alt.value(0),
-            y=alt.value(0),
-        )
+        .mark_text(align="left", baseline="top", fontSize=12, fontWeight="bold")
+        .encode(text="column:N", x=alt.value(0), y=alt.value(0))
     )
-    note = info.mark_text(align="left", baseline="top", fontSize=11, color="#555").encode(
-        text="line2:N", x=alt.value(0), y=alt.value(16)
+    # "note" holds a list of lines: Vega draws an array as multi-line text
+    note = info.mark_text(align="left", baseline="top", fontSize=11, color="#555", fontWeight="normal").encode(
+        text="note:N", x=alt.value(0), y=alt.value(18)
     )
     scatter_view = alt.layer(points, identity).properties(width=300, height=300)
-    header = alt.layer(info, note).properties(width=300, height=36, view=alt.ViewBackground(stroke=None))
+    header = alt.layer(info, note).properties(width=300, height=90, view=alt.ViewBackground(stroke=None))
     chart = (
         alt.hconcat(ranking, alt.vconcat(header, scatter_view))
         .add_params(task, measure, mode, modality, family, top_k)
@@ -835,7 +851,7 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
         alt.Chart(data)
         .mark_bar()
         .encode(
-            x=alt.X("regime:N", sort=regimes, title=None),
+            x=alt.X("regime:N", sort=regimes, title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("value:Q", title=None),
             color=alt.Color("regime:N", sort=regimes, scale=alt.Scale(range=_STAGE_COLORS), title="Regime"),
             tooltip=["task:N", "metric:N", "regime:N", alt.Tooltip("value:Q", format=".4g")],

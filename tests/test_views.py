@@ -410,3 +410,25 @@ def test_table2_and_downstream_chart():
     assert set(chart.data["panel"]) == {"pirads (qwk)", "volume (mse)", "lesion (dice)"}
     assert _spec(chart)["resolve"]["scale"]["y"] == "independent"
     assert "<svg" in _compiles(chart)
+
+
+def test_explorer_shows_definitions_and_says_when_scatter_is_missing(reports):
+    def define(column):
+        if "ngtdm" in column:
+            raise ValueError("unknown")  # like feature_definition for an unknown feature
+        return f"definition of {column} " * 4
+
+    spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions=define))
+    rows = spec["datasets"]["explorer_features"]
+    embedded = [r for r in rows if r["has_scatter"] and "ngtdm" not in r["column"]]
+    missing = [r for r in rows if not r["has_scatter"]]
+    assert embedded and missing
+    note = embedded[0]["note"]
+    assert isinstance(note, list) and 2 <= len(note) <= 5 and all(len(line) <= 62 for line in note)
+    assert " ".join(note).startswith(f"definition of {embedded[0]['column']}")
+    assert "not embedded" in " ".join(missing[-1]["note"])
+    assert all(r["note"] in ([""], []) for r in rows if r["has_scatter"] and "ngtdm" in r["column"])
+    column = rows[0]["column"]
+    spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions={column: "short text"}))
+    by_column = {(r["task"], r["column"]): r["note"] for r in spec["datasets"]["explorer_features"]}
+    assert by_column[(rows[0]["task"], column)][0].startswith("short text")
