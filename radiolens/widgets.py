@@ -1314,12 +1314,13 @@ class WeightChangeExplorer:
         if column not in set(imp["column"]):
             raise KeyError(f"feature {column!r} is not in the {self.task.value!r} report")
         self.current_feature = column
-        if column in self.feature.options and self.feature.value != column:
-            self._busy = True
+        listed = [value for _label, value in self.feature.options]
+        if column in listed and self.feature.value != column:
+            busy, self._busy = self._busy, True
             try:
                 self.feature.value = column
             finally:
-                self._busy = False
+                self._busy = busy
         self._show_feature()
 
     def scatter_data(self, column: str | None = None) -> pd.DataFrame:
@@ -1412,6 +1413,8 @@ class WeightChangeExplorer:
         self.family_filter.value = tuple(fams)
 
     def _on_task(self, change=None) -> None:
+        if self._busy:  # update() sets the filters itself
+            return
         self._busy = True
         try:
             imp = _importance(self.report)

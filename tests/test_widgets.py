@@ -420,6 +420,11 @@ def test_task_switch_uses_that_tasks_report(explorer):
     assert set(explorer.modality_filter.value) == {"T2W", "DWI", "ADC"}
     expected = list(explorer.reports["volume"].gained(5)["column"])
     assert list(explorer.ranked()["column"]) == expected
+    # update(): the task switch first, then the filters given with it
+    explorer.update(task="pirads", modalities=("DWI",), k=2)
+    assert explorer.report is explorer.reports["pirads"]
+    full = explorer.reports["pirads"].gained(18)["column"]
+    assert list(explorer.ranked()["column"]) == [c for c in full if c.startswith("DWI__")][:2]
 
 
 def test_select_feature_shows_definition_scatter_and_case(explorer, cohort):
@@ -454,6 +459,9 @@ def test_feature_dropdown_drives_the_details(explorer):
     assert explorer.current_feature == options[0]
     explorer.feature.value = options[2]
     assert explorer.current_feature == options[2]
+    assert options[2] in explorer.definition.value
+    explorer.select_feature(options[1])  # and the dropdown follows select_feature
+    assert explorer.feature.value == options[1]
 
 
 def test_explorer_without_cohort_and_bad_input(cohort):
