@@ -197,11 +197,11 @@ def preprocess(
     if len(crop_shape) != 3 or min(crop_shape) < 1:
         raise ValueError(f"crop_shape must be three positive voxel counts (D, H, W), got {crop_shape}")
     settings = {"version": _VERSION, "cohort": cohort.fingerprint, "spacing": spacing, "crop_shape": crop_shape}
-    key = hash_json(settings)[:16]
-    out = Path(out_dir) if out_dir is not None else default_cache_dir() / "preprocessed" / key
+    cache_key = hash_json(settings)[:16]
+    out = Path(out_dir) if out_dir is not None else default_cache_dir() / "preprocessed" / cache_key
     out = out.expanduser().resolve()
     stamp = out / "preprocess.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == cache_key:
         try:
             logger.info("reusing preprocessed cohort in %s", out)
             return load_cohort(out)
@@ -228,6 +228,6 @@ def preprocess(
     for key in FILE_KEYS:
         frame[key] = [r.get(key) for r in results]
     new = write_manifest(frame.reset_index(), out, check_pixels=False, fill_volumes=False)
-    atomic_write_text(stamp, json.dumps({"key": key, "settings": settings}, indent=1))
+    atomic_write_text(stamp, json.dumps({"key": cache_key, "settings": settings}, indent=1))
     return new
 
