@@ -1157,8 +1157,8 @@ class WeightChangeExplorer:
     """Explore which radiomic features fine-tuning made more or less decodable.
 
     Controls: task, modality and family filters, top-k, ranking mode (gained / lost /
-    stable) and measure (``rel_delta_I`` / ``delta_I`` / ``delta_r2``). Shows the ranked features as bars with
-    bootstrap intervals; choosing a feature shows its definition, its decoded-vs-true scatter
+    stable) and measure (``rel_delta_I`` / ``delta_I`` / ``delta_r2``). Shows the ranked
+    features as bars with bootstrap intervals; choosing a feature shows its definition, its decoded-vs-true scatter
     before and after fine-tuning and, when a cohort is given, the case with the most extreme
     value of that feature, its ROI outlined.
 
@@ -1286,11 +1286,16 @@ class WeightChangeExplorer:
             raise ValueError(f"ranking mode {mode!r} is not one of {list(RANK_MODES)}")
         if by is not None and by not in RANK_BY:
             raise ValueError(f"ranking measure by={by!r} is not one of {list(RANK_BY)}")
+        imp = _importance(self.reports[task if task is not None else self.task.value])
+        for name, given, known in (("modalities", modalities, imp["modality"]),
+                                   ("families", families, imp["family"])):
+            unknown = sorted(set(given or ()) - set(known))
+            if unknown:
+                raise ValueError(f"{name} {unknown} are not in the report; it has {sorted(set(known))}")
         self._busy = True
         try:
             if task is not None and task != self.task.value:
                 self.task.value = task
-                imp = _importance(self.report)
                 self._set_filter_options(imp)
                 self.top_k.max = max(1, min(50, len(imp)))
             if modalities is not None:

@@ -377,6 +377,8 @@ def test_filters_and_top_k(explorer):
     assert set(table["family"]) <= {"ngtdm", "firstorder"}
     with pytest.raises(KeyError, match="'segmentation'"):
         explorer.update(task="segmentation")
+    with pytest.raises(ValueError, match="'PET'"):
+        explorer.update(modalities=("T2W", "PET"))
 
 
 def test_bars_carry_the_bootstrap_intervals(explorer):
