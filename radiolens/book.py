@@ -102,8 +102,18 @@ def execute_chapters(
             ) from None
         finally:
             unexecuted.unlink(missing_ok=True)
+        _strip_widget_state(target)
         print(f"[radiolens book] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
     return output_dir
+
+
+def _strip_widget_state(path: Path) -> None:
+    """Drop saved ipywidgets state: it bloats the notebook, and static pages show fallbacks."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    if notebook.metadata.pop("widgets", None) is not None:
+        nbformat.write(notebook, path)
 
 
 def render_html(root: Path, executed_dir: Path) -> Path:
