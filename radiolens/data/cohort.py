@@ -226,6 +226,12 @@ def _sitk():
     return sitk
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     for suffix in _IMAGE_SUFFIXES:
@@ -283,6 +289,7 @@ def write_image(
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp_name, compress)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; data is shared
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
@@ -954,8 +961,6 @@ def write_manifest(
         raise CohortError("manifest table has no 'case_id' column")
     for col in MANIFEST_COLUMNS:
         if col not in frame.columns:
-            if col in ("T2W",):
-                continue
             frame[col] = None
     if frame["split"].map(_is_missing).all():
         frame["split"] = split_cases(frame, seed=split_seed).to_numpy()

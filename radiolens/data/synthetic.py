@@ -75,13 +75,13 @@ PRESETS: dict[str, dict[str, tuple]] = {
 #: Acquisition sites: scanner name, intensity scales, contrast, noise, resolution, coil bias.
 SITES: dict[str, dict[str, Any]] = {
     "A": {"scanner": "Siemens Skyra 3T", "share": 0.45, "t2_scale": 420.0, "t2_gamma": 1.0,
-          "dwi_scale": 160.0, "noise": 1.0, "adc_gain": 1.00, "t2_blur": 0.6, "dwi_blur": 1.0,
+          "dwi_scale": 900.0, "noise": 1.0, "adc_gain": 1.00, "t2_blur": 0.6, "dwi_blur": 1.0,
           "bias": 0.15},
     "B": {"scanner": "Philips Ingenia 3T", "share": 0.35, "t2_scale": 1350.0, "t2_gamma": 1.1,
-          "dwi_scale": 620.0, "noise": 0.8, "adc_gain": 0.97, "t2_blur": 0.75, "dwi_blur": 1.2,
+          "dwi_scale": 2400.0, "noise": 0.8, "adc_gain": 0.97, "t2_blur": 0.75, "dwi_blur": 1.2,
           "bias": 0.2},
     "C": {"scanner": "GE Signa 1.5T", "share": 0.20, "t2_scale": 2600.0, "t2_gamma": 0.9,
-          "dwi_scale": 95.0, "noise": 1.6, "adc_gain": 1.03, "t2_blur": 0.9, "dwi_blur": 1.4,
+          "dwi_scale": 450.0, "noise": 1.6, "adc_gain": 1.03, "t2_blur": 0.9, "dwi_blur": 1.4,
           "bias": 0.25},
 }
 
@@ -565,6 +565,8 @@ def _generate_one(index: int, latent: dict, shape, spacing, seed: int, out_dir: 
     D, H, W = shape
     # the box is centred on the scanner's origin; geometry identical for all files of a case
     origin = (-(W - 1) / 2 * sx, -(H - 1) / 2 * sy, -(D - 1) / 2 * sz)
+    # stored as scanners do: integers (ADC in 1e-6 mm^2/s), which also halves the files
+    images = {k: np.clip(np.rint(v), 0, np.iinfo(np.int16).max).astype(np.int16) for k, v in images.items()}
     paths = {}
     for key, array in (*images.items(), *masks.items()):
         rel = f"images/{case_id}_{key}.nii.gz"
