@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serial: {np.mean(per_unit):.2f} s/unit wall (median {np.median(per_unit):.2f}, "
           f"CPU {cpu_serial / n:.2f} s/unit) for gland ROIs of {voxels.mean():.0f} voxels on average "
           f"({voxels.min():.0f}-{voxels.max():.0f}); {len(cold.features.columns) // 3} features per modality")
+    busy = cold.units["cpu_seconds"].sum()
+    print(f"radiolens cold: workers used {busy:.1f} CPU-s in {t_cold:.1f} s wall = {busy / t_cold:.2f} cores on "
+          f"average (of {args.jobs}); serial loop got {cpu_serial / t_serial:.2f} of 1 core "
+          "(less than the requested cores means other processes shared the machine)")
     print()
     targets = [
         (f"cold radiolens >= batch CLI (--jobs {args.jobs})", t_cli / t_cold, 1.0),

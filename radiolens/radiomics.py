@@ -461,12 +461,13 @@ def _run_unit(
     nothing). Never raises for bad input: an exception becomes a ``"failed"`` record."""
     if limit_threads:
         _limit_threads()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         record = _extract_one(unit, params, params_hash, resample_mask)
     except Exception as err:  # one bad unit must not crash the run: record it
         return {"status": "failed", "error_type": type(err).__name__, "message": _message(unit, err), "seconds": time.perf_counter() - start}
     record["seconds"] = time.perf_counter() - start
+    record["cpu_seconds"] = time.process_time() - cpu
     record["radiomics_version"] = radiomics_version()
     # Where and how it ran (tests check that workers are single-threaded).
     import SimpleITK as sitk
@@ -515,7 +516,8 @@ class RadiomicsResult:
         Same index, columns ``"{modality}__diagnostics_..."``: PyRadiomics' provenance entries.
     units
         One row per work unit: ``case_id, modality, roi, status`` (``computed``, ``cached``,
-        ``missing``, ``failed``), ``seconds``, ``n_voxels``, ``error_type``, ``message``,
+        ``missing``, ``failed``), ``seconds`` and ``cpu_seconds`` (0 when cached), ``n_voxels``
+        (ROI size), ``error_type``, ``message``,
         ``cache_key``, ``image``, ``mask``.
     failures
         ``case_id, modality, roi, error_type, message`` for failed units and for units with
@@ -538,7 +540,7 @@ class RadiomicsResult:
 
 
 _FAILURE_COLUMNS = ["case_id", "modality", "roi", "error_type", "message"]
-_UNIT_COLUMNS = ["case_id", "modality", "roi", "status", "seconds", "n_voxels", "error_type", "message", "cache_key", "image", "mask"]
+_UNIT_COLUMNS = ["case_id", "modality", "roi", "status", "seconds", "cpu_seconds", "n_voxels", "error_type", "message", "cache_key", "image", "mask"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -823,6 +825,7 @@ def _assemble(units, records, keys, case_ids, rois, modalities) -> RadiomicsResu
                 "roi": unit.roi,
                 "status": status,
                 "seconds": float(record.get("seconds", 0.0)) if status != "cached" else 0.0,
+                "cpu_seconds": float(record.get("cpu_seconds", 0.0)) if status != "cached" else 0.0,
                 "n_voxels": record.get("n_voxels"),
                 "error_type": record.get("error_type"),
                 "message": record.get("message"),

@@ -240,7 +240,7 @@ def test_truncated_or_corrupt_entry_is_detected_and_recomputed(cohort, tmp_path,
 # --------------------------------------------------------------------------------------------
 # parallel backends
 # --------------------------------------------------------------------------------------------
-def test_joblib_workers_give_identical_values_with_one_thread_each(cohort):
+def test_joblib_workers_give_identical_values(cohort):
     serial = R.extract_detailed(cohort, settings=H.REDUCED_SETTINGS, cache_dir=False, progress=False)
     parallel = R.extract_detailed(cohort, settings=H.REDUCED_SETTINGS, cache_dir=False, n_jobs=2, progress=False)
     pd.testing.assert_frame_equal(serial.features, parallel.features)
