@@ -464,6 +464,24 @@ def delta_heatmap(reports: Mapping[str, Any], value: str = "delta_I", title: str
 # --------------------------------------------------------------------------------------------
 
 
+def _round_sig(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Floats rounded to ``digits`` significant digits (a page does not need 17)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if pd.api.types.is_float_dtype(frame[column]):
+            values = frame[column].to_numpy(dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                magnitude = np.floor(np.log10(np.abs(values)))
+            magnitude = np.where(np.isfinite(magnitude), magnitude, 0).astype(int)
+            factor = 10.0 ** (digits - 1 - magnitude)
+            frame[column] = np.round(values * factor) / factor
+    return frame
+
+
+_FEATURE_FIELDS = ["column", "image_type", "rel_delta_I", "delta_I", "delta_I_lo", "delta_I_hi", "I_pre", "I_ft",
+                   "r2_pre", "r2_ft", "delta_r2", "p_value", "p_adjusted"]
+
+
 def explorer_data(
     reports: Mapping[str, Any],
     measures: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2"),
@@ -472,38 +490,50 @@ def explorer_data(
     max_cases: int = 60,
     random_state: int = 0,
 ) -> dict[str, pd.DataFrame]:
-    """The tables behind :func:`delta_explorer`.
+    """The tables behind :func:`delta_explorer`, normalised to keep the page small.
 
     Returns
     -------
     dict
         ``"ranks"``: one row per task, measure, ranking mode and feature kept (the top
         ``top_max`` per modality and family of each ranking, so that any filter shows a correct
-        top-k for k <= top_max); columns ``task, measure, mode, rank, column, modality,
-        image_type, family, family_label, feature, value, lo, hi, ...``.
-        ``"scatter"``: wide decoded-vs-true rows ``task, column, case, true, pre, ft`` for the
+        top-k for k <= top_max): ``task, measure, mode, rank, fid, modality, family, value,
+        lo, hi`` (``value`` is the measure, ``lo``/``hi`` its bootstrap interval).
+        ``"features"``: one row per task and kept feature, ``fid`` (unique over tasks),
+        ``task, column``, every measure and p-value, and ``has_scatter``.
+        ``"scatter"``: wide decoded-vs-true rows ``task, fid, case, true, pre, ft`` for the
         top ``scatter_top`` features of every ranking and at most ``max_cases`` evaluation
         cases (sampled with ``random_state``).
-        ``"features"``: one row per task and kept feature with ``has_scatter``.
+        Floats are rounded to 4 significant digits.
     """
     reports = _check_tasks(reports)
-    rank_frames, scatter_frames = [], []
-    keep = ["task", "measure", "mode", "rank", "column", "modality", "image_type", "family", "family_label",
-            "feature", "value", "lo", "hi", "rel_delta_I", "delta_I", "delta_I_lo", "delta_I_hi", "I_pre", "I_ft",
-            "r2_pre", "r2_ft", "delta_r2", "p_value", "p_adjusted"]
+    rank_frames, feature_frames, scatter_frames = [], [], []
     rng = np.random.default_rng(random_state)
+    next_fid = 0
     for task, report in reports.items():
-        n_features = len(_importance(report))
+        importance = _importance(report)
+        offset = next_fid
+        fids = pd.Series(np.arange(offset, offset + len(importance)), index=importance["column"].to_numpy())
+        next_fid += len(importance)
         scatter_columns: list[str] = []
         for measure in measures:
             for mode in _RANKINGS:
-                table = _with_interval(ranked(report, mode, n_features, measure), measure)
-                table["family_label"] = table["family"].map(_family_label)
+                table = _with_interval(ranked(report, mode, len(importance), measure), measure)
                 table["task"], table["measure"], table["mode"] = task, measure, mode
+                table["fid"] = fids.loc[table["column"]].to_numpy()
                 scatter_columns += list(table["column"].head(scatter_top))
                 # top_max per modality and family keeps every filtered top-k exact
                 table = table.sort_values("rank").groupby(["modality", "family"], observed=True).head(top_max)
-                rank_frames.append(table[keep])
+                rank_frames.append(
+                    table[["task", "measure", "mode", "rank", "fid", "modality", "family", "value", "lo", "hi"]]
+                )
+        kept = pd.unique(pd.concat([f["fid"] for f in rank_frames[-len(measures) * len(_RANKINGS):]]))
+        features = _with_interval(importance, measures[0]).set_index("column").loc[fids.index[kept - offset]]
+        features = features.reset_index()
+        features.insert(0, "task", task)
+        features.insert(0, "fid", kept)
+        feature_frames.append(features[["fid", "task", *_FEATURE_FIELDS]])
+
         scatter_columns = list(dict.fromkeys(scatter_columns))
         observed = getattr(report, "observed", None)
         decoded_pre = getattr(report, "decoded_pre", None)
@@ -516,27 +546,27 @@ def explorer_data(
             cases = sorted(rng.choice(len(cases), size=max_cases, replace=False))
             cases = [observed.index[i] for i in cases]
         columns = [c for c in scatter_columns if c in observed.columns]
-        wide = pd.DataFrame(
-            {
-                "task": task,
-                "column": np.repeat(columns, len(cases)),
-                "case": np.tile([str(c) for c in cases], len(columns)),
-                "true": observed.loc[cases, columns].to_numpy().T.ravel(),
-                "pre": decoded_pre.loc[cases, columns].to_numpy().T.ravel(),
-                "ft": decoded_ft.loc[cases, columns].to_numpy().T.ravel(),
-            }
+        scatter_frames.append(
+            pd.DataFrame(
+                {
+                    "task": task,
+                    "fid": np.repeat(fids.loc[columns].to_numpy(), len(cases)),
+                    "case": np.tile([str(c) for c in cases], len(columns)),
+                    "true": observed.loc[cases, columns].to_numpy(dtype=float).T.ravel(),
+                    "pre": decoded_pre.loc[cases, columns].to_numpy(dtype=float).T.ravel(),
+                    "ft": decoded_ft.loc[cases, columns].to_numpy(dtype=float).T.ravel(),
+                }
+            )
         )
-        scatter_frames.append(wide)
     ranks = pd.concat(rank_frames, ignore_index=True)
+    features = pd.concat(feature_frames, ignore_index=True)
     scatter = (
         pd.concat(scatter_frames, ignore_index=True)
         if scatter_frames
-        else pd.DataFrame(columns=["task", "column", "case", "true", "pre", "ft"])
+        else pd.DataFrame(columns=["task", "fid", "case", "true", "pre", "ft"])
     )
-    features = ranks.drop_duplicates(["task", "column"])[["task", "column", "modality", "family_label", "feature"]].copy()
-    with_scatter = set(zip(scatter["task"], scatter["column"]))
-    features["has_scatter"] = [(t, c) in with_scatter for t, c in zip(features["task"], features["column"])]
-    return {"ranks": ranks.reset_index(drop=True), "scatter": scatter, "features": features.reset_index(drop=True)}
+    features["has_scatter"] = features["fid"].isin(set(scatter["fid"]))
+    return {"ranks": _round_sig(ranks), "features": _round_sig(features), "scatter": _round_sig(scatter)}
 
 
 _NOT_EMBEDDED = "(scatter not embedded for this feature: only the top features of each ranking carry case data)"
@@ -580,7 +610,8 @@ def delta_explorer(
 
     To keep the page light, the scatter is embedded only for the top ``scatter_top`` features
     of every ranking (per task and measure) and at most ``max_cases`` evaluation cases; other
-    features say so when clicked. The slider goes up to ``top_max``.
+    features say so when clicked. The slider goes up to ``top_max``. Feature definitions are
+    embedded for those features only, too.
 
     Parameters
     ----------
@@ -602,8 +633,10 @@ def delta_explorer(
     alt = _alt()
     tables = explorer_data(reports, measures, top_max, scatter_top, max_cases, random_state)
     ranks, scatter, features = tables["ranks"], tables["scatter"], tables["features"]
+    # Definitions only for the features with scatter data: at p = 2500 they would dominate the page.
     features["note"] = [
-        _note(_definition(definitions, column), has) for column, has in zip(features["column"], features["has_scatter"])
+        _note(_definition(definitions, column) if has else "", has)
+        for column, has in zip(features["column"], features["has_scatter"])
     ]
     tasks = list(dict.fromkeys(ranks["task"]))
     modalities = _order(ranks["modality"], MODALITIES)
@@ -629,10 +662,8 @@ def delta_explorer(
     )
     # Start with the top feature of the first view selected, so the scatter is never blank.
     first = ranks[(ranks["task"] == tasks[0]) & (ranks["measure"] == measures[0]) & (ranks["mode"] == "gained")]
-    initial = [{"column": first.sort_values("rank")["column"].iloc[0]}] if len(first) else None
-    pick = alt.selection_point(
-        name="pick", fields=["column"], on="click", empty=False, clear="dblclick", value=initial
-    )
+    initial = [{"fid": int(first.sort_values("rank")["fid"].iloc[0])}] if len(first) else None
+    pick = alt.selection_point(name="pick", fields=["fid"], on="click", empty=False, clear="dblclick", value=initial)
 
     ranks_data, datasets = _named_data(alt, "explorer_ranks", ranks)
     scatter_data, more = _named_data(alt, "explorer_scatter", scatter)
@@ -649,6 +680,9 @@ def delta_explorer(
         .transform_filter((family == "All") | (alt.datum.family == family))
         .transform_window(position="row_number()", sort=[alt.SortField("rank", order="ascending")])
         .transform_filter(alt.datum.position <= top_k)
+        .transform_lookup(
+            lookup="fid", from_=alt.LookupData(data=features_data, key="fid", fields=_FEATURE_FIELDS)
+        )
     )
     bars = base.mark_bar(cursor="pointer").encode(
         y=y,

@@ -318,7 +318,11 @@ def test_delta_heatmap_rejects_empty_and_unknown_measure(report):
 
 def test_explorer_data_keeps_exact_topk_for_every_filter(reports):
     tables = views.explorer_data(reports, top_max=3, scatter_top=2, max_cases=10)
-    ranks = tables["ranks"]
+    features = tables["features"]
+    assert features["fid"].is_unique  # one id per task and feature
+    column_of = features.set_index("fid")["column"]
+    ranks = tables["ranks"].assign(column=lambda t: column_of.loc[t["fid"]].to_numpy())
+    assert set(features["task"] + "|" + features["column"]) == set(ranks["task"] + "|" + ranks["column"])
     report = reports["volume"]
     full = views.ranked(report, "lost", None, "delta_I")
     assert list(full["column"]) == list(report.lost(len(report.importance), by="delta_I")["column"])
@@ -332,11 +336,17 @@ def test_explorer_data_keeps_exact_topk_for_every_filter(reports):
     assert ranks.groupby(["task", "measure", "mode", "modality", "family"]).size().max() == 3
     scatter = tables["scatter"]
     assert scatter.groupby("task")["case"].nunique().max() == 10
-    row = scatter.iloc[0]
-    source = reports[row["task"]]
-    assert row["true"] == pytest.approx(source.observed.loc[row["case"], row["column"]])
-    assert row["ft"] == pytest.approx(source.decoded_ft.loc[row["case"], row["column"]])
-    assert tables["features"]["has_scatter"].any() and not tables["features"]["has_scatter"].all()
+    for row in scatter.sample(20, random_state=0).itertuples():
+        source = reports[row.task]
+        column = column_of.loc[row.fid]
+        assert features.set_index("fid").loc[row.fid, "task"] == row.task
+        assert row.true == pytest.approx(source.observed.loc[row.case, column], rel=1e-3)  # 4 digits kept
+        assert row.ft == pytest.approx(source.decoded_ft.loc[row.case, column], rel=1e-3)
+    # the scatter features are the top 2 of every ranking of each task
+    volume = set(column_of.loc[scatter.loc[scatter["task"] == "volume", "fid"].unique()])
+    assert set(report.gained(2, by="delta_r2")["column"]) <= volume
+    assert set(report.stable(2, by="rel_delta_I")["column"]) <= volume
+    assert features["has_scatter"].any() and not features["has_scatter"].all()
 
 
 def test_explorer_is_kernel_free_with_bound_controls(reports):
@@ -421,6 +431,9 @@ def test_explorer_shows_definitions_and_says_when_scatter_is_missing(reports):
     spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions=define))
     rows = spec["datasets"]["explorer_features"]
     embedded = [r for r in rows if r["has_scatter"] and "ngtdm" not in r["column"]]
+    # at p = 2500 definitions of every kept feature would swamp the page: only the embedded ones
+    assert all(r["note"] == [views._NOT_EMBEDDED[:62].rsplit(" ", 1)[0]] or "not embedded" in " ".join(r["note"])
+               for r in rows if not r["has_scatter"])
     missing = [r for r in rows if not r["has_scatter"]]
     assert embedded and missing
     note = embedded[0]["note"]
