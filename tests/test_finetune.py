@@ -252,6 +252,23 @@ def test_frozen_keeps_encoder_bit_identical_and_full_changes_it(cohort):
     assert len(frozen.history) == 2 and np.isfinite(frozen.history["train_loss"]).all()
 
 
+def test_frozen_without_precomputed_features_keeps_batchnorm_statistics(cohort):
+    enc = _encoder()
+    before = _state(enc)
+    res = finetune(enc, cohort, "pirads", "frozen", epochs=2, batch_size=4, progress=False,
+                   augment=True, precompute_frozen=False)
+    assert res.config["augment"] and not res.config["precomputed_features"]
+    assert _same_state(_state(res.encoder), before)  # incl. bn.running_mean / running_var
+
+
+def test_precomputed_frozen_features_give_the_same_training(cohort):
+    kw = dict(epochs=2, batch_size=4, progress=False, augment=False)
+    a = finetune(_encoder(), cohort, "volume", "frozen", precompute_frozen=True, **kw)
+    b = finetune(_encoder(), cohort, "volume", "frozen", precompute_frozen=False, **kw)
+    assert a.config["precomputed_features"] and not b.config["precomputed_features"]
+    np.testing.assert_allclose(a.history[["train_loss", "val_loss"]], b.history[["train_loss", "val_loss"]], rtol=1e-4)
+
+
 def test_frozen_segmentation_trains_only_the_decoder(cohort):
     enc = _encoder()
     before = _state(enc)

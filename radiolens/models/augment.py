@@ -234,7 +234,7 @@ def _intensity(image: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         out = ((out - lo) / span).clamp(0.0, 1.0) ** params.gamma * span + lo
     out = out * params.intensity_scale + params.intensity_shift
     if params.noise_std > 0:
-        noise = np.random.default_rng(params.noise_seed).standard_normal(tuple(out.shape))
+        noise = np.random.default_rng(params.noise_seed).standard_normal(tuple(out.shape), dtype=np.float32)
         out = out + params.noise_std * torch.as_tensor(noise, dtype=out.dtype, device=out.device)
     return out
 

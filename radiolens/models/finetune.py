@@ -221,6 +221,7 @@ class _Split:
     case_ids: list[str]
     x: np.ndarray  # (N, C, D, H, W) float32
     y: np.ndarray  # (N,) int / float, or (N, D, H, W) uint8 masks
+    feats: Any = None  # frozen encoder outputs, when precomputed: (N, d) or a list of stage maps
 
 
 class _CaseStore:
@@ -250,6 +251,11 @@ class _CaseStore:
     def image(self, case_id: str, channels: tuple[str, ...]) -> np.ndarray:
         key = (case_id, channels)
         if key not in self._images:
+            # channels are normalised independently: a subset of a loaded stack is exact
+            for (cid, have), image in list(self._images.items()):
+                if cid == case_id and set(channels) <= set(have):
+                    self._images[key] = np.ascontiguousarray(image[[have.index(c) for c in channels]])
+                    return self._images[key]
             keys = list(channels) + ([] if case_id in self._lesions else ["lesion"])
             case = self.cohort.load_case(case_id, keys=keys)
             image = _case_image(case, channels)
@@ -351,20 +357,26 @@ class TaskModel(nn.Module):
             self.encoder.eval()
         return self
 
-    def _encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor):
+        """Encoder part: the embedding, or the stage maps for the lesion task."""
         fn = self.encoder.forward_stages if self.task == "lesion" else self.encoder
         if self.frozen:
             with torch.no_grad():
-                return fn(x)
-        return fn(x)
+                feats = fn(x)
+        else:
+            feats = fn(x)
+        if self.task != "lesion" and isinstance(feats, (tuple, list)):
+            feats = feats[0]
+        return feats
+
+    def decode(self, feats, out_size) -> torch.Tensor:
+        """Head part: class logits, standardised volume, or lesion logits at ``out_size``."""
+        if self.task == "lesion":
+            return self.head(feats, out_size=out_size)
+        return self.head(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self._encode(x)
-        if self.task == "lesion":
-            return self.head(feats, out_size=x.shape[2:])
-        if isinstance(feats, (tuple, list)):
-            feats = feats[0]
-        return self.head(feats)
+        return self.decode(self.encode(x), x.shape[2:])
 
 
 def _encoder_in_chans(encoder: nn.Module) -> int:
@@ -497,6 +509,7 @@ class FineTuneResult:
     target_mean: float | None = None
     target_std: float | None = None
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0
 
     @property
     def metric_name(self) -> str:
@@ -534,6 +547,7 @@ def finetune(
     stem_mode: str = "select",
     bce_weight: float = 0.0,
     head_kwargs: dict | None = None,
+    precompute_frozen: bool | None = None,
     _store: _CaseStore | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of ``encoder`` on one downstream task of ``cohort``.
@@ -581,6 +595,11 @@ def finetune(
     head_kwargs
         Extra arguments of the head (``hidden``, ``activation``; ``channels``,
         ``pool_scales`` for the decoder).
+    precompute_frozen
+        Frozen regime only: run the (unchanging, eval-mode) encoder once per case and train
+        the head on the stored outputs. Exact without augmentation; with it, the frozen
+        regime then trains on un-augmented cases. Default: when ``quick`` or not ``augment``
+        (several times faster: the encoder's forward pass dominates the cost).
 
     Returns
     -------
@@ -616,7 +635,7 @@ def finetune(
         raise RuntimeError("device='cuda' was requested but torch.cuda.is_available() is False")
     head_kwargs = dict(head_kwargs or {})
     channels = TASK_CHANNELS[task]
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
 
     # a copy of the encoder: the caller's object is never touched
     enc = copy.deepcopy(encoder_for_task(encoder, task, stem_mode)).cpu()
@@ -640,9 +659,14 @@ def finetune(
     if not val.case_ids:
         logger.warning("task %r: empty validation split; selecting the epoch on the training loss", task)
 
+    if precompute_frozen is None:
+        precompute_frozen = quick or not augment
+    precompute = regime == "frozen" and bool(precompute_frozen)
+    use_augment = bool(augment) and not precompute
     cfg = {
         "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-        "schedule": schedule, "patience": patience, "augment": augment, "quick": quick,
+        "schedule": schedule, "patience": patience, "augment": use_augment, "quick": quick,
+        "precomputed_features": precompute,
         "stem_mode": stem_mode if task == "volume" else None, "bce_weight": bce_weight,
         "device": str(device),
     }
@@ -670,7 +694,25 @@ def finetune(
                 loss = loss + bce_weight * F.binary_cross_entropy_with_logits(out, target)
             return loss
 
-        def batch_tensors(split: _Split, idx: np.ndarray, rng: np.random.Generator | None):
+        def encode_split(split: _Split):
+            """The frozen encoder's outputs for every case of a split, on the CPU."""
+            chunks = []
+            with torch.no_grad():
+                for idx in _batches(len(split.case_ids), batch_size, None):
+                    chunks.append(model.encode(torch.from_numpy(split.x[idx]).to(device)))
+            if task == "lesion":
+                return [torch.cat([c[i] for c in chunks]).cpu() for i in range(len(chunks[0]))]
+            return torch.cat(chunks).cpu()
+
+        def forward_batch(split: _Split, idx: np.ndarray, rng: np.random.Generator | None):
+            """Model outputs and targets for some cases (augmented when ``rng`` is given)."""
+            if split.feats is not None:
+                if task == "lesion":
+                    feats = [f[idx].to(device) for f in split.feats]
+                else:
+                    feats = split.feats[idx].to(device)
+                y = torch.from_numpy(np.ascontiguousarray(split.y[idx])).to(device)
+                return model.decode(feats, split.x.shape[2:]), y
             xs, ys = split.x[idx], split.y[idx]
             if rng is not None:
                 xs, ys = xs.copy(), ys.copy()
@@ -682,7 +724,7 @@ def finetune(
                         ys[j] = mask
             x = torch.from_numpy(np.ascontiguousarray(xs)).to(device)
             y = torch.from_numpy(np.ascontiguousarray(ys)).to(device)
-            return x, y
+            return model(x), y
 
         def evaluate(split: _Split) -> tuple[float, float, np.ndarray]:
             """Loss (case-weighted), validation metric and raw outputs on a split."""
@@ -690,23 +732,28 @@ def finetune(
             outs, total = [], 0.0
             with torch.no_grad():
                 for idx in _batches(len(split.case_ids), batch_size, None):
-                    x, y = batch_tensors(split, idx, None)
-                    out = model(x)
+                    out, y = forward_batch(split, idx, None)
                     total += float(loss_fn(out, y)) * len(idx)
                     outs.append(out.float().cpu().numpy())
             out = np.concatenate(outs)
             return total / len(split.case_ids), _metric(task, out, split.y)[metric_name], out
+
+        if precompute:
+            model.eval()
+            for split in (train, val, test):
+                if split.case_ids:
+                    split.feats = encode_split(split)
 
         rows, best = [], (math.inf, 0, None)
         bar = _tqdm(range(1, epochs + 1), desc=f"{task}/{regime}", disable=not progress)
         for epoch in bar:
             model.train()
             rng = np.random.default_rng([seed, epoch])
-            aug_rng = np.random.default_rng([seed, epoch, 1]) if augment else None
+            aug_rng = np.random.default_rng([seed, epoch, 1]) if use_augment else None
             total, count = 0.0, 0
             for idx in _batches(len(train.case_ids), batch_size, rng):
-                x, y = batch_tensors(train, idx, aug_rng)
-                loss = loss_fn(model(x), y)
+                out, y = forward_batch(train, idx, aug_rng)
+                loss = loss_fn(out, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -749,7 +796,7 @@ def finetune(
         epochs=epochs, channels=channels, config=cfg,
         target_mean=None if target_stats is None else target_stats[0],
         target_std=None if target_stats is None else target_stats[1],
-        elapsed_s=time.perf_counter() - started,
+        elapsed_s=time.perf_counter() - started, cpu_s=time.process_time() - started_cpu,
     )
 
 
@@ -817,7 +864,8 @@ class DownstreamResults:
     skipped
         ``{task: reason}`` for tasks whose labels the cohort lacks.
     timings
-        Tidy: ``task, regime, seconds, epochs_run``.
+        Tidy: ``task, regime, seconds, cpu_seconds, epochs_run`` (wall and process CPU time,
+        the first run including reading the cohort).
     """
 
     table: pd.DataFrame
@@ -893,14 +941,15 @@ def run_downstream(
             results[(task, regime)] = res
             for metric in TABLE_METRICS[task]:
                 rows.append({"task": task, "regime": regime, "metric": metric, "value": float(res.metrics[metric])})
-            timing.append({"task": task, "regime": regime, "seconds": res.elapsed_s, "epochs_run": len(res.history)})
+            timing.append({"task": task, "regime": regime, "seconds": res.elapsed_s, "cpu_seconds": res.cpu_s,
+                           "epochs_run": len(res.history)})
             if out_dir is not None:
                 checkpoints[(task, regime)] = save_finetuned(res, Path(out_dir) / f"{task}_{regime}.pt")
     table = pd.DataFrame(rows, columns=["task", "regime", "metric", "value"])
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "downstream.csv", table.to_csv(index=False))
     return DownstreamResults(table, results, checkpoints, skipped,
-                             pd.DataFrame(timing, columns=["task", "regime", "seconds", "epochs_run"]))
+                             pd.DataFrame(timing, columns=["task", "regime", "seconds", "cpu_seconds", "epochs_run"]))
 
 
 def _json_safe(value):
