@@ -513,3 +513,19 @@ def test_a_missing_file_is_a_recorded_failure(cohort, tmp_path):
     assert row.error_type == "FileNotFoundError" and "gone.nii.gz" in row.message
     assert result.features.loc["case02"].filter(like="ADC__").isna().all()
     assert result.features.loc["case02"].filter(like="T2W__").notna().all()
+
+
+def test_real_cohort_gland_and_lesion(synthetic_cohort):
+    cohort = synthetic_cohort.subset(synthetic_cohort.case_ids[:4])
+    result = R.extract_detailed(cohort, rois=("gland", "lesion"), settings=H.REDUCED_SETTINGS, cache_dir=False, progress=False)
+    assert result.failures.empty
+    assert list(result.features.index.get_level_values("case_id").unique()) == cohort.case_ids
+    assert result.provenance["cohort_fingerprint"] == cohort.fingerprint
+    has_lesion = cohort.manifest["lesion_volume_ml"] > 0
+    for case_id in cohort.case_ids:
+        lesion_row = result.features.loc[(case_id, "lesion")]
+        assert lesion_row.isna().all() != bool(has_lesion[case_id])  # NaN exactly when no lesion
+        assert result.features.loc[(case_id, "gland")].notna().all()
+    some = cohort.case_ids[0]
+    direct = _direct(cohort.path(some, "ADC"), cohort.path(some, "gland"), H.REDUCED_SETTINGS)
+    assert result.features.loc[(some, "gland"), "ADC__original_glcm_Idm"] == direct["original_glcm_Idm"]
