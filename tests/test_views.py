@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 
@@ -364,7 +365,7 @@ def test_explorer_is_kernel_free_with_bound_controls(reports):
     assert set(spec["datasets"]) == {"explorer_ranks", "explorer_scatter", "explorer_features"}
     # the embedded data are bounded: p features x tasks would be far more rows
     assert params["measure"]["bind"]["options"] == ["rel_delta_I", "delta_I", "delta_r2"]
-    assert len(spec["datasets"]["explorer_scatter"]) <= len(reports) * 9 * 5 * 60
+    assert len(_csv_dataset(spec, "explorer_scatter")) <= len(reports) * 9 * 5 * 60
     svg = _compiles(chart)
     assert "Top k" not in svg  # the controls are HTML inputs, not part of the drawing
     # the initial view draws the top-k gained of the first task by the paper's relative change
@@ -422,26 +423,40 @@ def test_table2_and_downstream_chart():
     assert "<svg" in _compiles(chart)
 
 
+def _csv_dataset(spec: dict, name: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(spec["datasets"][name]), keep_default_na=False, na_values=[""])
+
+
 def test_explorer_shows_definitions_and_says_when_scatter_is_missing(reports):
     def define(column):
-        if "ngtdm" in column:
+        if "firstorder" in column:
             raise ValueError("unknown")  # like feature_definition for an unknown feature
         return f"definition of {column} " * 4
 
-    spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions=define))
-    rows = spec["datasets"]["explorer_features"]
-    embedded = [r for r in rows if r["has_scatter"] and "ngtdm" not in r["column"]]
+    chart = views.delta_explorer(reports, top_max=5, scatter_top=1, definitions=define)
+    spec = _spec(chart)
+    rows = _csv_dataset(spec, "explorer_features")
+    rows["note"] = rows["note"].fillna("")
+    embedded = rows[(rows["has_scatter"] == 1) & ~rows["column"].str.contains("firstorder")]
+    missing = rows[rows["has_scatter"] == 0]
+    assert len(embedded) and len(missing)
     # at p = 2500 definitions of every kept feature would swamp the page: only the embedded ones
-    assert all(r["note"] == [views._NOT_EMBEDDED[:62].rsplit(" ", 1)[0]] or "not embedded" in " ".join(r["note"])
-               for r in rows if not r["has_scatter"])
-    missing = [r for r in rows if not r["has_scatter"]]
-    assert embedded and missing
-    note = embedded[0]["note"]
-    assert isinstance(note, list) and 2 <= len(note) <= 5 and all(len(line) <= 62 for line in note)
-    assert " ".join(note).startswith(f"definition of {embedded[0]['column']}")
-    assert "not embedded" in " ".join(missing[-1]["note"])
-    assert all(r["note"] in ([""], []) for r in rows if r["has_scatter"] and "ngtdm" in r["column"])
-    column = rows[0]["column"]
+    assert (missing["note"] == "").all()
+    lines = embedded["note"].iloc[0].split("|")
+    assert 2 <= len(lines) <= 5 and all(len(line) <= 62 for line in lines)
+    assert " ".join(lines).startswith(f"definition of {embedded['column'].iloc[0]}")
+    assert (rows.loc[(rows["has_scatter"] == 1) & rows["column"].str.contains("firstorder"), "note"] == "").all()
+    # the page says so for features without scatter data, and draws the definition lines
+    assert "not embedded" in json.dumps(spec)
+    import vl_convert as vlc
+
+    svg = vlc.vegalite_to_svg(chart.to_json())
+    initial = reports["pirads"].gained(1)["column"].iloc[0]  # selected when the page opens
+    shown = rows.set_index(["task", "column"]).loc[("pirads", initial), "note"].split("|")
+    assert shown[0].startswith(f"definition of {initial}")
+    assert f">{shown[0]}<" in svg and f">{shown[1]}<" in svg
+
+    column = rows["column"].iloc[0]
     spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions={column: "short text"}))
-    by_column = {(r["task"], r["column"]): r["note"] for r in spec["datasets"]["explorer_features"]}
-    assert by_column[(rows[0]["task"], column)][0].startswith("short text")
+    again = _csv_dataset(spec, "explorer_features").set_index(["task", "column"])
+    assert again.loc[(rows["task"].iloc[0], column), "note"].startswith("short text")
