@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 
@@ -39,9 +38,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = args.cohort_dir or os.path.join(tempfile.gettempdir(), f"radiolens_bench_cohort_{args.n_cases}")
     t0 = time.perf_counter()
-    cohort = make_synthetic_cohort(n_cases=args.n_cases, seed=0, out_dir=out_dir)
+    # default folder: the radiolens cache, keyed by the generator's settings (reused)
+    cohort = make_synthetic_cohort(n_cases=args.n_cases, seed=0, out_dir=args.cohort_dir)
     t_cohort = time.perf_counter() - t0
     try:  # the shipped pre-trained weights when they exist, else a random init (same cost)
         from radiolens.models import load_pretrained

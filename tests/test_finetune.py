@@ -248,6 +248,8 @@ def test_frozen_keeps_encoder_bit_identical_and_full_changes_it(cohort):
     assert not torch.equal(after["stem.weight"], before["stem.weight"])
     assert not torch.equal(after["bn.running_mean"], before["bn.running_mean"])
     assert frozen.encoder is not enc and full.encoder is not enc
+    # what comes back is an ordinary module again (a later full run can train it)
+    assert all(p.requires_grad for p in frozen.encoder.parameters())
     # frozen still trained the head
     assert len(frozen.history) == 2 and np.isfinite(frozen.history["train_loss"]).all()
 

@@ -347,8 +347,9 @@ class TaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, head: nn.Module, task: str, frozen: bool):
         super().__init__()
         self.encoder, self.head, self.task, self.frozen = encoder, head, task, frozen
+        # explicit both ways: an encoder that comes out of a frozen run has no gradients
+        self.encoder.requires_grad_(not frozen)
         if frozen:
-            self.encoder.requires_grad_(False)
             self.encoder.eval()
 
     def train(self, mode: bool = True) -> "TaskModel":
@@ -573,8 +574,8 @@ def finetune(
     schedule
         ``"cosine"`` (cosine annealing to 0 over ``epochs``) or ``"step"`` (x0.1 at 1/3 and 2/3).
     patience
-        Stop after this many epochs without a lower validation loss (default 15; ``None``
-        in quick mode means no early stop within its 3 epochs).
+        Stop after this many epochs without a lower validation loss (default 15; 3 in
+        quick mode).
     seed
         Seeds head initialisation, batch order and augmentation.
     device
@@ -628,8 +629,8 @@ def finetune(
     batch_size = int(batch_size or (QUICK["batch_size"] if quick else 8))
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (the heads use batch norm), got {batch_size}")
-    if patience is None and not quick:
-        patience = 15
+    if patience is None:
+        patience = QUICK["patience"] if quick else 15
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch.cuda.is_available() is False")
@@ -789,6 +790,7 @@ def finetune(
             predictions = pd.DataFrame()
     metrics.update(n_train=len(train.case_ids), n_val=len(val.case_ids), n_test=len(test.case_ids))
     model.cpu().eval()
+    model.encoder.requires_grad_(True)  # hand back an ordinary module
     history = pd.DataFrame(rows, columns=["epoch", "train_loss", "val_loss", "val_metric", "lr"])
     return FineTuneResult(
         task=task, regime=regime, encoder=model.encoder, head=model.head, history=history,
