@@ -466,20 +466,25 @@ def _run_unit(
         record = _extract_one(unit, params, params_hash, resample_mask)
     except Exception as err:  # one bad unit must not crash the run: record it
         return {"status": "failed", "error_type": type(err).__name__, "message": _message(unit, err), "seconds": time.perf_counter() - start}
-    record["seconds"] = time.perf_counter() - start
-    record["cpu_seconds"] = time.process_time() - cpu
     record["radiomics_version"] = radiomics_version()
-    # Where and how it ran (tests check that workers are single-threaded).
+    # Timings and the worker's identity differ between two computations of the same unit, so
+    # they go into the entry's metadata, not its payload: the payload is then byte-identical
+    # whoever computes it, and two processes racing to store one unit cannot pair one's
+    # payload with the other's checksum.
     import SimpleITK as sitk
 
-    record["worker"] = {"pid": os.getpid(), "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}
+    run = {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "worker": {"pid": os.getpid(), "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()},
+    }
     if limit_threads:
         from threadpoolctl import threadpool_info
 
-        record["worker"]["blas_threads"] = sorted({int(p.get("num_threads", 0)) for p in threadpool_info()})
+        run["worker"]["blas_threads"] = sorted({int(p.get("num_threads", 0)) for p in threadpool_info()})
     if cache_root is not None:
-        _store(cache_root, key, unit, record)
-    return record
+        _store(cache_root, key, unit, record, run)
+    return {**record, **run}
 
 
 def _message(unit: WorkUnit, err: BaseException) -> str:
@@ -487,9 +492,14 @@ def _message(unit: WorkUnit, err: BaseException) -> str:
     return text if text.startswith(unit.describe()) else f"{unit.describe()}: {text}"
 
 
-def _store(cache_root: str, key: str, unit: WorkUnit, record: dict) -> None:
+_RUN_KEYS = ("seconds", "cpu_seconds", "worker")
+
+
+def _store(cache_root: str, key: str, unit: WorkUnit, record: dict, run: dict | None = None) -> None:
+    payload = {k: v for k, v in record.items() if k not in _RUN_KEYS}
     meta = {"case_id": unit.case_id, "modality": unit.modality, "roi": unit.roi, "image": unit.image, "mask": unit.mask}
-    ArtifactCache(cache_root, CACHE_NAMESPACE).put_json(key, record, meta=meta)
+    meta.update(run or {k: record[k] for k in _RUN_KEYS if k in record})
+    ArtifactCache(cache_root, CACHE_NAMESPACE).put_json(key, payload, meta=meta)
 
 
 def _load(cache: ArtifactCache, key: str) -> dict | None:
@@ -654,9 +664,8 @@ def extract_detailed(
         rois=list(rois),
         modalities=list(modalities),
     )
-    fingerprint = getattr(cohort, "fingerprint", None)
-    if fingerprint is not None:
-        result.provenance["cohort_fingerprint"] = fingerprint
+    # No cohort.fingerprint here: it hashes every file again; the unit keys already hold the
+    # content hashes of exactly the files used (result.units.cache_key).
     return result
 
 
