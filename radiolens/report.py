@@ -453,9 +453,13 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
     diagnostics = dict(getattr(report, "diagnostics", None) or {})
     facts["warnings"] = [str(w) for w in diagnostics.get("warnings", []) or []]
     facts["diagnostics"] = _jsonable(diagnostics)
-    if diagnostics:
-        page.add("<details><summary>Lens diagnostics</summary>")
-        page.add(f"<pre>{_esc(json.dumps(_jsonable(diagnostics), indent=2))}</pre></details>")
+    params = getattr(report, "params", None)
+    if isinstance(params, Mapping) and params:
+        facts["params"] = _jsonable(params)
+    if diagnostics or facts.get("params"):
+        page.add("<details><summary>Lens diagnostics and parameters</summary>")
+        details = {"diagnostics": _jsonable(diagnostics), "params": facts.get("params", {})}
+        page.add(f"<pre>{_esc(json.dumps(details, indent=2))}</pre></details>")
     page.add("</section>")
     return facts
 

@@ -242,7 +242,7 @@ def family_scores_chart(report, title: str | None = None):
 
     def panel(level: str, metric: str, first: bool):
         order = list(table.loc[table["level"].map(_LEVEL_LABELS) == level, "label"])
-        base = alt.Chart(long).transform_filter(
+        base = alt.Chart().transform_filter(
             (alt.datum.level == level) & (alt.datum.metric == metric)
         ).encode(x=alt.X("label:N", sort=order, title=level if metric == "MSE" else None,
                          axis=alt.Axis(labelAngle=-30)))
@@ -271,7 +271,7 @@ def family_scores_chart(report, title: str | None = None):
         alt.hconcat(*[panel(level, metric, i == 0) for i, level in enumerate(levels)])
         for metric in ("R²", "MSE")
     ]
-    return alt.vconcat(*rows).properties(
+    return alt.vconcat(*rows, data=long).properties(
         title=title or "Decoding of radiomics per feature family and image type (Table 1; stars: Wilcoxon p)"
     )
 
