@@ -204,7 +204,7 @@ def preprocess(
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == cache_key:
         try:
             logger.info("reusing preprocessed cohort in %s", out)
-            return load_cohort(out)
+            return load_cohort(out, check_pixels=False)  # voxels checked by load_case
         except Exception as err:  # an incomplete or damaged folder: rebuild it
             logger.warning("stored preprocessed cohort in %s unusable (%s); rebuilding", out, err)
     for name in ("manifest.csv", "manifest.parquet", "preprocess.json"):

@@ -144,7 +144,7 @@ def sample_latents(
         if group >= 1:
             zone = "PZ" if rng.random() < 0.7 else "TZ"
             diameter = float({1: rng.uniform(7, 11), 2: rng.uniform(10, 14.5), 3: rng.uniform(15, 23)}[group])
-            lo, hi = {1: (1050, 1250), 2: (780, 1000), 3: (560, 820)}[group]
+            lo, hi = {1: (1050, 1250), 2: (750, 980), 3: (550, 800)}[group]
             if zone == "TZ":
                 lo, hi = lo + 30, hi + 40
             lesion_adc = float(rng.uniform(lo, hi))
@@ -314,7 +314,9 @@ def simulate_case(
         # posterior surface flattened, with a shallow midline indentation by the rectum
         post = 1.0 / (1.0 + np.exp(-y / 2.0))
         by = b * (1.0 - post * (0.14 + 0.12 * np.exp(-((x / (0.35 * a)) ** 2))))
-        return np.sqrt((x / (a * s)) ** 2 + (y / (by * s)) ** 2 + zn**2) * (1.0 + 0.045 * sn)
+        # a flatter (super-elliptic) top: the base is the broadest part, resting on the bladder
+        zterm = np.where(zn > 0, np.abs(zn) ** 3.5, zn**2)
+        return np.sqrt((x / (a * s)) ** 2 + (y / (by * s)) ** 2 + zterm) * (1.0 + 0.045 * sn)
 
     a = (volume / (4.0 / 3.0 * np.pi * ratio_ap * ratio_cc * 0.85)) ** (1 / 3)
     voxel = sx * sy * sz / k * 4  # calibration runs on every 2nd voxel in-plane
@@ -405,7 +407,7 @@ def simulate_case(
     bladder_r = _ellipsoid_r(g, (0.0, -0.2 * b, 0.82 * c + rb), (rb * 1.2, rb * 0.9, rb))
     bladder = (bladder_r < 1.0) & ~gland
     _paint(maps, bladder, t2=2.3, s0=1.9, adc=3000.0)
-    _paint(maps, bladder & (bladder_r > 1.0 - 3.0 / rb), t2=0.45, s0=0.4, adc=1500.0)
+    _paint(maps, bladder & (bladder_r > 1.0 - 2.0 / rb), t2=0.45, s0=0.4, adc=1500.0)
     for side in (-1, 1):
         sv_r = _ellipsoid_r(g, (side * (0.3 * a + 8), 0.8 * b, 0.85 * c), (13.0, 4.5, 7.0))
         sv = (sv_r < 1.0) & ~gland & ~bladder
@@ -488,7 +490,7 @@ def simulate_case(
         rl = _ellipsoid_r(g, lc, radii)
         rl = rl * (1 + (0.05 + 0.03 * group) * g.noise(3.5))  # more irregular with grade
         lesion = (rl < 1.0) & gland
-        soft = np.clip((1.15 - rl) / 0.3, 0, 1) * gland  # ill-defined margins
+        soft = np.clip((1.25 - rl) / 0.3, 0, 1) * gland  # ill-defined margins, just outside the mask
         ladc = float(latent["lesion_adc"]) * (1 + 0.05 * g.noise(1.5))
         if zone == "PZ":
             t2_level = {1: 0.95, 2: 0.72, 3: 0.6}[group]
@@ -658,7 +660,9 @@ def make_synthetic_cohort(
         same = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
         if same:
             logger.info("reusing synthetic cohort in %s", out)
-            return load_cohort(out)
+            # made by this generator: headers and table are checked here, voxels whenever
+            # load_case reads them
+            return load_cohort(out, check_pixels=False)
         raise CohortError(
             f"{str(out)!r} already holds a different cohort; pass overwrite=True to replace it",
             path=out,
