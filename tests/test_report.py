@@ -294,3 +294,48 @@ def test_empty_study_and_rewrite(tmp_path):
     path = write_report(tmp_path, {"t": make_report(8)}, explorer=False)
     assert "No task produced" not in path.read_text()
     assert json.loads((tmp_path / "summary.json").read_text())["tasks"].keys() == {"t"}
+
+
+# --------------------------------------------------------------------------------------------
+# With the real lens
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_reports():
+    from radiolens.lens import RadiomicLens
+    from radiolens.simulate import planted_shift
+
+    reports = {}
+    for seed, task in enumerate(("pirads", "volume")):
+        sim = planted_shift(n_cases=80, d=24, n_per_modality=8, n_test=30, seed=seed)
+        lens = RadiomicLens(hidden_dim=8, epochs=15, random_state=0).fit(sim.X_pre, sim.R)
+        reports[task] = lens.compare(sim.X_pre, sim.X_ft, sim.R, test=sim.test, n_bootstrap=10, n_permutations=10)
+    return reports
+
+
+@needs_browser
+@pytest.mark.browser
+def test_report_of_real_lens_reports(real_reports, tmp_path):
+    from radiolens.lens import LensReport
+
+    path = write_report(tmp_path, real_reports, provenance=PROVENANCE)
+    html = path.read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for task, report in real_reports.items():
+        # Table 1 uses the lens's pooled ("all" modalities) Wilcoxon rows
+        pooled = report.tests[report.tests["modality"] == "all"].set_index("family")
+        t1 = pd.read_csv(tmp_path / "tables" / f"table1_{task}.csv").set_index("group")
+        for family, row in pooled.iterrows():
+            assert t1.loc[family, "p_value"] == pytest.approx(row["p_value"])
+            assert t1.loc[family, "stars"] == row["stars"]
+        assert summary["tasks"][task]["top_gained"] == list(report.gained(6)["column"])
+        assert summary["tasks"][task]["top_lost_delta_r2"] == list(report.lost(6, by="delta_r2")["column"])
+        # the saved lens report reads back as the same report
+        again = LensReport.from_dir(tmp_path / "lens" / task)
+        pd.testing.assert_frame_equal(again.importance, report.importance)
+    assert "&quot;n_bootstrap&quot;: 10" in html  # the lens's parameters are shown
+    page = browser.open_page(path, wait_for=WAIT, timeout=90,
+                             evaluate={"drawn": "radiolensCharts.drawn", "total": "radiolensCharts.total"})
+    assert page.errors == []
+    assert page.values["drawn"] == page.values["total"] == html.count('class="vl-chart"')
