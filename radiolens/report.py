@@ -580,7 +580,7 @@ def write_report(
         page.add('<section id="downstream"><h2>Downstream performance (Table 2)</h2>')
         if len(downstream):
             t2 = views.table2(downstream)
-            tables["table2_downstream"] = t2
+            tables["downstream_table2"] = t2
             page.add(_table_html(t2, "table2", "Downstream test metrics: frozen backbone + trained head vs fully fine-tuned"))
             page.chart(lambda: views.downstream_chart(downstream), "Table 2 as a chart.")
         else:

@@ -904,3 +904,33 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
         .resolve_scale(y="independent")
         .properties(title=title or "Downstream performance: frozen backbone vs fine-tuned (Table 2)")
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel-backed views live in radiolens.widgets (ipywidgets + matplotlib); they are
+# reachable from here too, so that "radiolens.views" is the one place to look for views.
+# Imported lazily: ipywidgets and matplotlib are not needed for the Altair charts.
+# --------------------------------------------------------------------------------------------
+
+_WIDGET_VIEWS = (
+    "CaseViewer",
+    "SweepExplorer",
+    "WeightChangeExplorer",
+    "case_figure",
+    "feature_definition",
+    "image_type_definition",
+    "rank_features",
+    "ranking_figure",
+    "render_slice",
+    "scatter_figure",
+    "show_case",
+    "window_for",
+)
+
+
+def __getattr__(name: str):
+    if name in _WIDGET_VIEWS:
+        from radiolens import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'radiolens.views' has no attribute {name!r}")

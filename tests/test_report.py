@@ -227,7 +227,7 @@ def test_csv_tables_match_inputs(written, study):
         assert list(t1["stars"].fillna("")) == list(expected["stars"])
         imp = pd.read_csv(tables / f"importance_{s}.csv")
         pd.testing.assert_frame_equal(imp, report.importance.reset_index(drop=True), check_dtype=False, atol=1e-12)
-    t2 = pd.read_csv(tables / "table2_downstream.csv")
+    t2 = pd.read_csv(tables / "downstream_table2.csv")
     pd.testing.assert_frame_equal(t2, views.table2(study["downstream"]), check_dtype=False)
     heat = pd.read_csv(tables / "delta_heatmap.csv")
     means = reports["volume"].importance.groupby(["modality", "family"])["delta_I"].mean()

@@ -460,3 +460,13 @@ def test_explorer_shows_definitions_and_says_when_scatter_is_missing(reports):
     spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions={column: "short text"}))
     again = _csv_dataset(spec, "explorer_features").set_index(["task", "column"])
     assert again.loc[(rows["task"].iloc[0], column), "note"].startswith("short text")
+
+
+def test_kernel_backed_views_are_reachable_from_views():
+    from radiolens import widgets
+    from radiolens.views import show_case
+
+    assert show_case is widgets.show_case
+    assert views.feature_definition is widgets.feature_definition
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        views.nope
