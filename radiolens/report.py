@@ -703,6 +703,7 @@ def write_report(
                 except Exception as error:  # noqa: BLE001
                     log.warning("could not save lens report %r: %s", task, error)
     summary["files"] = sorted(files) + ["report.html", "summary.json"]
+    _remove_stale(out, summary["files"])
     atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False))
 
     document = _document(title, "\n".join(page.parts))
@@ -710,6 +711,28 @@ def write_report(
     atomic_write_text(path, document)
     log.info("report written to %s (%d charts, %d tables)", path, page.n_charts, len(tables))
     return path
+
+
+def _remove_stale(out: Path, files: list[str]) -> None:
+    """Remove what an earlier report in ``out`` wrote and this one did not (e.g. a task
+    skipped this time), so that the folder never mixes two runs. Only files listed in the
+    earlier ``summary.json`` are touched."""
+    try:
+        earlier = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    keep = set(files)
+    for name in earlier:
+        if not isinstance(name, str) or name in keep or not name.startswith(("tables/", "lens/")):
+            continue
+        path = (out / name).resolve()
+        if out.resolve() not in path.parents:
+            continue  # never outside the output folder
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+        log.info("removed %s left by an earlier report", path)
 
 
 def _save_dir_atomically(target: Path, save) -> None:

@@ -291,9 +291,14 @@ def test_empty_study_and_rewrite(tmp_path):
     assert "No task produced a lens report" in html
     assert "vl-chart" not in html.split("</head>")[1] or html.count('class="vl-chart"') == 0
     # writing again over an existing folder replaces the files
-    path = write_report(tmp_path, {"t": make_report(8)}, explorer=False)
+    path = write_report(tmp_path, {"t": make_report(8), "u": make_report(9)}, explorer=False)
     assert "No task produced" not in path.read_text()
-    assert json.loads((tmp_path / "summary.json").read_text())["tasks"].keys() == {"t"}
+    assert json.loads((tmp_path / "summary.json").read_text())["tasks"].keys() == {"t", "u"}
+    # a task missing from a later report leaves no stale tables behind; other files are kept
+    (tmp_path / "tables" / "mine.csv").write_text("a\n1\n")
+    write_report(tmp_path, {"t": make_report(8)}, explorer=False)
+    assert not (tmp_path / "tables" / "table1_u.csv").exists()
+    assert (tmp_path / "tables" / "table1_t.csv").exists() and (tmp_path / "tables" / "mine.csv").exists()
 
 
 # --------------------------------------------------------------------------------------------
