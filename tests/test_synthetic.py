@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from radiolens.data import CohortError, load_cohort, make_synthetic_cohort, plot_cases
-from radiolens.data.synthetic import PRESETS, sample_latents, simulate_case
+from radiolens.data.synthetic import PRESETS, default_shape, sample_latents, simulate_case
 
 OUTPUT = Path(__file__).parent / "_output"
 
@@ -150,6 +150,9 @@ def test_paper_grid_is_available():
     volume = masks["gland"].sum() * 0.5 * 0.5 * 1.0 / 1000
     assert volume == pytest.approx(25.0, rel=0.12)
     assert PRESETS["paper"] == {"shape": (64, 224, 224), "spacing": (0.5, 0.5, 1.0)}
+    # spacing alone keeps the tutorial field of view (76.8 x 76.8 x 64 mm), sides of 32k voxels
+    assert default_shape((0.5, 0.5, 1.0)) == (64, 160, 160)
+    assert default_shape((0.8, 0.8, 2.0)) == PRESETS["tutorial"]["shape"]
 
 
 def test_deterministic_whatever_n_jobs_and_reused(tmp_path):

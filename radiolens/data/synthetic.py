@@ -55,7 +55,15 @@ from radiolens.data.cohort import (
     write_manifest,
 )
 
-__all__ = ["B_VALUE", "PRESETS", "SITES", "make_synthetic_cohort", "sample_latents", "simulate_case"]
+__all__ = [
+    "B_VALUE",
+    "PRESETS",
+    "SITES",
+    "default_shape",
+    "make_synthetic_cohort",
+    "sample_latents",
+    "simulate_case",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -582,6 +590,13 @@ def _generate_one(index: int, latent: dict, shape, spacing, seed: int, out_dir: 
     }
 
 
+def default_shape(spacing: Sequence[float], preset: str = "tutorial") -> tuple[int, int, int]:
+    """Grid (D, H, W) covering a preset's field of view at ``spacing`` (x, y, z) mm, each
+    side rounded up to a multiple of 32 (the encoder's total downsampling)."""
+    fov = np.asarray(PRESETS[preset]["shape"]) * np.asarray(PRESETS[preset]["spacing"])[::-1]
+    return tuple(int(np.ceil(f / s / 32.0 - 1e-9) * 32) for f, s in zip(fov, np.asarray(spacing)[::-1]))
+
+
 def make_synthetic_cohort(
     n_cases: int = 200,
     shape: Sequence[int] | None = None,
@@ -601,8 +616,9 @@ def make_synthetic_cohort(
     n_cases
         Number of cases (patients; one study each).
     shape
-        Grid (D, H, W) voxels; default from ``preset`` ((32, 96, 96) for ``"tutorial"``).
-        Keep every dimension a multiple of 32 for the encoder.
+        Grid (D, H, W) voxels; default from ``preset`` ((32, 96, 96) for ``"tutorial"``), or,
+        when only ``spacing`` is given, the preset's field of view on that grid rounded up to
+        multiples of 32. Keep every dimension a multiple of 32 for the encoder.
     spacing
         Voxel size (x, y, z) mm; default from ``preset`` ((0.8, 0.8, 2.0) for
         ``"tutorial"``; ``preset="paper"`` gives the paper's 0.5 x 0.5 x 1.0 mm grid with a
@@ -634,8 +650,10 @@ def make_synthetic_cohort(
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
-    shape = tuple(int(s) for s in (shape or PRESETS[preset]["shape"]))
     spacing = tuple(float(s) for s in (spacing or PRESETS[preset]["spacing"]))
+    if shape is None:
+        shape = default_shape(spacing, preset) if len(spacing) == 3 else PRESETS[preset]["shape"]
+    shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be (D, H, W) with every side >= 8, got {shape}")
     if len(spacing) != 3 or min(spacing) <= 0:
