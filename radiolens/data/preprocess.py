@@ -140,7 +140,7 @@ def _preprocess_case(cohort: Cohort, case_id: str, spacing, crop_shape, out: Pat
         if np.any(extent > fov):
             logger.warning(
                 "case %r: gland extent %s mm exceeds the crop %s mm; the crop cuts the gland",
-                case_id, tuple(np.round(extent, 1)), tuple(np.round(fov, 1)),
+                case_id, tuple(round(float(e), 1) for e in extent), tuple(round(float(f), 1) for f in fov),
             )
     paths = {}
     sitk = _sitk()
@@ -215,15 +215,16 @@ def preprocess(
     from tqdm.auto import tqdm
 
     ids = cohort.case_ids
-    iterator = tqdm(ids, desc="preprocess", disable=not show_progress)
     if n_jobs == 1:
+        iterator = tqdm(ids, desc="preprocess", disable=not show_progress)
         results = [_preprocess_case(cohort, c, spacing, crop_shape, out) for c in iterator]
     else:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=n_jobs)(
-            delayed(_preprocess_case)(cohort, c, spacing, crop_shape, out) for c in iterator
+        done = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_preprocess_case)(cohort, c, spacing, crop_shape, out) for c in ids
         )
+        results = list(tqdm(done, total=len(ids), desc="preprocess", disable=not show_progress))
     frame = cohort.manifest.copy()
     for key in FILE_KEYS:
         frame[key] = [r.get(key) for r in results]

@@ -701,9 +701,11 @@ def make_synthetic_cohort(
     else:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=n_jobs, batch_size=4)(
-            delayed(_generate_one)(*job) for job in tqdm(jobs, desc="synthetic cases", disable=not show_progress)
+        # results come back in order; the bar counts finished cases, not dispatched ones
+        done = Parallel(n_jobs=n_jobs, batch_size=4, return_as="generator")(
+            delayed(_generate_one)(*job) for job in jobs
         )
+        results = list(tqdm(done, total=len(jobs), desc="synthetic cases", disable=not show_progress))
 
     frame = latents.reset_index()
     for col in ("T2W", "DWI", "ADC", "gland", "zones", "lesion", "gland_volume_ml", "lesion_volume_ml"):
