@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import base64
 import json
+import mimetypes
 import os
 import select
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +108,7 @@ class _Pipe:
         self.buffer = b""
         self.next_id = 0
         self.events: list[dict] = []
+        self.on_event = None  # called with every event as it arrives (e.g. to answer requests)
 
     def send(self, method: str, params: dict | None = None, session: str | None = None) -> int:
         self.next_id += 1
@@ -127,7 +130,12 @@ class _Pipe:
             raise RuntimeError("Chromium closed the DevTools pipe (did it crash?)")
         self.buffer += chunk
         *complete, self.buffer = self.buffer.split(b"\0")
-        return [json.loads(part) for part in complete if part]
+        messages = [json.loads(part) for part in complete if part]
+        if self.on_event is not None:
+            for message in messages:
+                if "method" in message:
+                    self.on_event(message)
+        return messages
 
     def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
         """Send a command and wait for its answer; events that arrive meanwhile are kept."""
@@ -165,7 +173,17 @@ def _remote_text(remote: dict) -> str:
     return str(remote.get("description", remote.get("type", "")))
 
 
-def _collect(events: list[dict], result: PageResult) -> None:
+def _route_body(content: str | bytes | os.PathLike) -> tuple[bytes, str]:
+    if isinstance(content, bytes):
+        return content, "application/javascript"
+    if isinstance(content, os.PathLike):
+        path = Path(content)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return path.read_bytes(), kind
+    return content.encode("utf-8"), "application/javascript; charset=utf-8"
+
+
+def _collect(events: list[dict], result: PageResult, routed: tuple[str, ...] = ()) -> None:
     urls: dict[str, str] = {}
     for event in events:
         method, params = event["method"], event.get("params", {})
@@ -185,7 +203,7 @@ def _collect(events: list[dict], result: PageResult) -> None:
         elif method == "Network.requestWillBeSent":
             url = params.get("request", {}).get("url", "")
             urls[params.get("requestId", "")] = url
-            if not _is_local(url):
+            if not _is_local(url) and not url.startswith(routed or ("\0",)):
                 result.requests.append(url)
         elif method == "Network.loadingFailed":
             request = params.get("requestId", "")
@@ -200,6 +218,7 @@ def open_page(
     settle: float = 0.5,
     chromium: str | None = None,
     screenshot: str | os.PathLike | None = None,
+    routes: Mapping[str, str | bytes | os.PathLike] | None = None,
 ) -> PageResult:
     """Open a page in headless Chromium, offline, and report what happened.
 
@@ -223,6 +242,17 @@ def open_page(
         Browser executable; default :func:`find_chromium`.
     screenshot
         Save a full-page PNG here (to look at a page while developing).
+    routes
+        ``{URL prefix: content}`` answered by the test instead of the network (content: text,
+        bytes or a file path), e.g. to serve a page's CDN scripts from local copies::
+
+            bundle = vl_convert.javascript_bundle()
+            routes = {"https://cdn.jsdelivr.net/npm/vega@": bundle,
+                      "https://cdn.jsdelivr.net/npm/vega-lite@": "",
+                      "https://cdn.jsdelivr.net/npm/vega-embed@": ""}
+
+        Routed requests are not listed in :attr:`PageResult.requests`; any other non-local
+        request still fails (offline) and is listed.
 
     Returns
     -------
@@ -295,6 +325,30 @@ def open_page(
         session = pipe.call("Target.attachToTarget", {"targetId": created["targetId"], "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
             pipe.call(f"{domain}.enable", session=session)
+        if routes:
+            bodies = {prefix: _route_body(content) for prefix, content in routes.items()}
+
+            def answer(event: dict) -> None:
+                if event["method"] != "Fetch.requestPaused":
+                    return
+                params = event["params"]
+                url = params["request"]["url"]
+                prefix = next((p for p in bodies if url.startswith(p)), None)
+                if prefix is None:  # not ours after all: let it go (and fail offline)
+                    pipe.send("Fetch.continueRequest", {"requestId": params["requestId"]}, session)
+                    return
+                body, kind = bodies[prefix]
+                headers = [{"name": "Content-Type", "value": kind}, {"name": "Access-Control-Allow-Origin", "value": "*"}]
+                pipe.send(
+                    "Fetch.fulfillRequest",
+                    {"requestId": params["requestId"], "responseCode": 200, "responseHeaders": headers,
+                     "body": base64.b64encode(body).decode()},
+                    session,
+                )
+
+            pipe.on_event = answer
+            patterns = [{"urlPattern": prefix + "*", "requestStage": "Request"} for prefix in bodies]
+            pipe.call("Fetch.enable", {"patterns": patterns}, session=session)
         pipe.call("Page.navigate", {"url": target}, session=session)
 
         condition = wait_for or "document.readyState === 'complete'"
@@ -332,7 +386,7 @@ def open_page(
                 "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
             )
             Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
-        _collect(pipe.events, result)
+        _collect(pipe.events, result, tuple(routes or ()))
         try:
             pipe.send("Browser.close")
             process.wait(timeout=10)

@@ -154,6 +154,19 @@ def test_browser_check_catches_a_page_that_needs_the_cdn(tmp_path, study):
     assert any("cdn.jsdelivr.net" in url for url in page.requests)
     assert page.errors  # failed script loads are reported
     assert page.values["svgs"] == 0
+    # ... and the same page draws when a test serves those scripts locally (what the book's
+    # browser test does): the failure above was the network, nothing else
+    from radiolens.report import javascript_bundle
+
+    routes = {
+        "https://cdn.jsdelivr.net/npm/vega@": javascript_bundle(),  # defines vega, vegaLite, vegaEmbed
+        "https://cdn.jsdelivr.net/npm/vega-lite@": "",
+        "https://cdn.jsdelivr.net/npm/vega-embed@": "",
+    }
+    page = browser.open_page(page_path, wait_for="document.querySelector('svg, canvas')", timeout=30, routes=routes,
+                             evaluate={"drawn": "document.querySelectorAll('canvas, svg').length"})
+    assert page.waited and page.errors == [] and page.requests == []
+    assert page.values["drawn"] >= 1
 
 
 # --------------------------------------------------------------------------------------------
