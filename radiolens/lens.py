@@ -345,9 +345,11 @@ def _weighted_fit(
     zm = w @ Za / total
     rm = w @ R / total
     Zc = Za - zm
-    Zw = Zc * w[:, None]
-    G = Zw.T @ Zc
-    C = Zw.T @ (R - rm)
+    used = np.flatnonzero(w)  # a bootstrap resample leaves ~37% of the cases out
+    Zw = Zc[used] * w[used, None]
+    G = Zw.T @ Zc[used]
+    # sum_i w_i (z_i - zm) = 0, so R needs no centring here: C = Zw^T (R - rm) = Zw^T R
+    C = Zw.T @ (R[used] if len(used) < len(w) else R)
     k = G.shape[0]
     ridge = alpha
     for _attempt in range(8):
@@ -464,7 +466,8 @@ class LensReport:
         two decoders' predictions.
     diagnostics
         JSON-able dict: condition numbers, cases per hidden unit, decoder actually used per
-        stage, ridge penalties, warnings.
+        stage, ridge penalties, the share of compared cases stage 1 was trained on
+        (``stage1_case_overlap``), warnings.
     params
         The lens parameters and ``compare`` arguments that produced the report.
     """
@@ -787,6 +790,8 @@ class RadiomicLens:
         self.n_features_in_ = d
         self.feature_names_in_ = x_columns
         self.n_train_ = n
+        # case ids (as text) stage 1 saw, to report when compare() reuses them
+        self.train_cases_ = [str(i) for i in R.index]
         if self.standardize_inputs:
             self.x_mean_ = X.mean(axis=0)
             sd = X.std(axis=0)
@@ -973,6 +978,16 @@ class RadiomicLens:
         Returns
         -------
         LensReport
+
+        Notes
+        -----
+        Fitting the decoders on the cases stage 1 was trained on (as the paper does) favours
+        the pre-trained stage a little: the projection has learned those cases' radiomics,
+        noise included. Features encoded by neither encoder then get a larger pre decoder
+        row (``delta_I < 0``: they look lost) and, because that row fits training noise, a
+        worse held-out pre R^2 (``delta_r2 > 0``: they look gained). The planted-truth
+        simulation shows this most for the OLS decoder; ridge shrinks it. Comparing on cases
+        not used in :meth:`fit` (e.g. the validation split) removes the bias.
         """
         self._check_fitted()
         if scale is None:
@@ -1013,6 +1028,7 @@ class RadiomicLens:
                 diag_warnings.append(f"{stage}: ridge alpha {dec.alpha:.3g} is at the edge of the search grid")
         cases_per_unit = n / h
         d = self.n_features_in_
+        seen = set(self.train_cases_)
         if self.decoder == "ols" and scale == "paper" and (h >= d or cases_per_unit < _MIN_CASES_PER_UNIT):
             msg = (
                 f"the paper's OLS importance is in its unreliable regime here (hidden_dim={h}, "
@@ -1084,6 +1100,7 @@ class RadiomicLens:
             "fallback_used": bool(force_ridge or "fallback" in dec_p.method or "fallback" in dec_f.method),
             "constant_units_pre": dec_p.n_constant_units,
             "constant_units_ft": dec_f.n_constant_units,
+            "stage1_case_overlap": float(np.mean([str(i) in seen for i in R.index])),
             "n_bootstrap": int(n_bootstrap),
             "n_permutations": int(n_permutations),
             "warnings": diag_warnings,
@@ -1247,6 +1264,7 @@ class RadiomicLens:
             "n_features_in_": self.n_features_in_,
             "feature_names_in_": self.feature_names_in_,
             "n_train_": self.n_train_,
+            "train_cases_": self.train_cases_,
             "history_": self.history_.to_dict(orient="list"),
         }
         atomic_write_text(path / "params.json", json.dumps(meta, indent=2))
@@ -1272,6 +1290,7 @@ class RadiomicLens:
         lens.n_features_in_ = meta["n_features_in_"]
         lens.feature_names_in_ = meta["feature_names_in_"]
         lens.n_train_ = meta["n_train_"]
+        lens.train_cases_ = meta["train_cases_"]
         lens.history_ = pd.DataFrame(meta["history_"])
         return lens
 

@@ -489,3 +489,10 @@ def test_bad_parameters_are_named(small, small_lens):
         small_lens.compare(small.X_pre, small.X_ft, small.R, scale="log")
     with pytest.raises(ValueError, match="permutation_stat"):
         small_lens.compare(small.X_pre, small.X_ft, small.R, permutation_stat="auc")
+
+
+def test_overlap_with_stage1_cases_is_reported(small, small_lens):
+    same = small_lens.compare(small.X_pre, small.X_ft, small.R)
+    other = small_lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
+    assert same.diagnostics["stage1_case_overlap"] == 1.0
+    assert other.diagnostics["stage1_case_overlap"] == 0.0
