@@ -242,6 +242,13 @@ def test_unknown_pirads_value(tiny):
     assert len(err.problems) == 2
 
 
+def test_case_without_any_image(tiny):
+    frame = pd.read_csv(tiny.root / "manifest.csv", dtype=str, keep_default_na=False)
+    frame.loc[1, ["T2W", "DWI", "ADC"]] = ""
+    frame.to_csv(tiny.root / "manifest.csv", index=False)
+    _expect(tiny.root, "case01", "no image at all")
+
+
 def test_bad_split_and_missing_column(tiny):
     frame = pd.read_csv(tiny.root / "manifest.csv", dtype=str, keep_default_na=False)
     frame.loc[0, "split"] = "training"

@@ -485,7 +485,7 @@ def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         )
 
     for case_id, row in zip(ids, frame[list(IMAGE_KEYS)].itertuples(index=False)):
-        if all(v is None for v in row):
+        if all(_is_missing(v) for v in row):
             bad(case_id, "T2W", "no image at all (T2W, DWI and ADC are all empty)")
 
     if problems:
