@@ -20,6 +20,8 @@ from radiolens.models.profound import (
     remap_profound_state_dict,
     save_encoder,
 )
+from radiolens.models.inputs import CohortDataset, case_tensor, pad_to_multiple
+from radiolens.models.pretrain import pretrain
 
 __all__ = [
     "PRESETS",
@@ -33,4 +35,8 @@ __all__ = [
     "load_profound",
     "remap_profound_state_dict",
     "save_encoder",
+    "CohortDataset",
+    "case_tensor",
+    "pad_to_multiple",
+    "pretrain",
 ]
