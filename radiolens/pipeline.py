@@ -186,9 +186,18 @@ class Study:
             if len(result.failures):
                 self._warn(
                     f"radiomics ({roi} ROI): {len(result.failures)} work unit(s) failed; those cases are "
-                    f"left out of the lens (see failures table): {sorted(set(result.failures['case_id']))[:10]}"
+                    f"left out of the lens (see the failures table): {sorted(set(result.failures['case_id']))[:10]}"
                 )
-            features = result.features.dropna(how="any")
+            features = result.features.replace([np.inf, -np.inf], np.nan)
+            # a case without this ROI (or with a failed unit) has a whole modality missing: drop it
+            modality = features.columns.str.split("__").str[0]
+            incomplete = features.isna().T.groupby(modality).all().any(axis=0)
+            features = features.loc[~incomplete]
+            # a feature PyRadiomics could not compute for some cases: drop the feature, not the cases
+            partial = features.columns[features.isna().any()]
+            if len(partial):
+                self._warn(f"radiomics ({roi} ROI): {len(partial)} feature(s) undefined for some cases were dropped: {list(partial[:5])}")
+                features = features.drop(columns=partial)
             self._memo[key] = features
         return self._memo[key]
 
@@ -325,8 +334,10 @@ class Study:
 
     def _lens_params(self) -> dict:
         spec = self.config["lens"]
+        # constant features (e.g. a statistic that saturates in a small ROI) cannot be min-max
+        # scaled; the lens drops them with a warning instead of failing the whole study
         return {"hidden_dim": spec["hidden_dim"], "epochs": spec["epochs"], "lr": spec["lr"],
-                "decoder": spec["decoder"], "random_state": self.seed}
+                "decoder": spec["decoder"], "random_state": self.seed, "drop_constant": True}
 
     def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
         """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
