@@ -232,8 +232,15 @@ def test_other_architecture_is_refused(tmp_path):
 def test_other_size_is_named(tmp_path):
     path = tmp_path / "micro.pt"
     torch.save(randomised().state_dict(), path)
-    with pytest.raises(ValueError, match="another architecture or size; it looks like preset 'micro'"):
+    with pytest.raises(ValueError, match="another size: it looks like preset 'micro'.*pass preset='micro'"):
         load_profound(path, preset="atto")
+    with pytest.raises(ValueError, match="another size: it looks like preset 'micro'"):
+        load_profound(path, preset="tiny")
+    # a width that no preset has: the shape check names the parameter
+    odd = ConvNeXtV2Encoder3D(in_chans=3, depths=(1, 1, 3, 1), dims=(24, 48, 96, 200))
+    torch.save(odd.state_dict(), tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="downsample_layers.3.1.weight has shape .* another architecture or size"):
+        load_profound(tmp_path / "odd.pt", preset="micro")
 
 
 def test_unsafe_pickle_is_refused(tmp_path):

@@ -292,6 +292,15 @@ def _load_into(
     encoder: nn.Module, state_dict: OrderedDict, report: LoadReport, source: str
 ) -> LoadReport:
     own = encoder.state_dict()
+    guess = infer_preset(state_dict)
+    if guess is not None and isinstance(encoder, ConvNeXtV2Encoder3D):
+        depths, dims = PRESETS[guess]
+        if (depths, dims) != (encoder.depths, encoder.dims):
+            raise ValueError(
+                f"{source} holds a ConvNeXt V2 of another size: it looks like preset {guess!r} "
+                f"(depths {depths}, dims {dims}) but the encoder has depths {encoder.depths}, dims "
+                f"{encoder.dims}; pass preset={guess!r} (or preset=None to infer it)"
+            )
     matched = [k for k in state_dict if k in own]
     if len(matched) < 0.5 * len(own):
         sample = list(state_dict)[:6]
