@@ -183,7 +183,7 @@ class _Decoder:
     method: str  # "ols", "ols+ridge_fallback", "ridge"
     condition_number: float
     n_constant_units: int
-    loo_pred: np.ndarray  # (n, p) exact leave-one-out predictions on the training cases
+    loo_pred: np.ndarray | None  # (n, p) exact leave-one-out predictions on the training cases
     standardized: bool
     alpha_at_edge: bool = False
 
@@ -241,6 +241,7 @@ def _fit_decoder(
     ridge_alphas: Sequence[float],
     max_condition: float,
     force_ridge: bool = False,
+    loo: bool = True,
 ) -> _Decoder:
     """Closed-form least squares (or ridge) with intercept, via the SVD of the centred design.
 
@@ -280,9 +281,11 @@ def _fit_decoder(
         f = keep.astype(float)
     UtR = U.T @ Rc
     coef_solve = (Vt.T * shrink) @ UtR  # (k_active, p) in solve units
-    fitted = r_mean + (U * f) @ UtR
-    lev = 1.0 / n + np.einsum("ij,ij->i", U * f, U)
-    loo_pred = R - (R - fitted) / np.maximum(1.0 - lev, 1e-12)[:, None]
+    loo_pred = None
+    if loo:  # exact leave-one-out predictions, only needed when there are no test cases
+        fitted = r_mean + (U * f) @ UtR
+        lev = 1.0 / n + np.einsum("ij,ij->i", U * f, U)
+        loo_pred = R - (R - fitted) / np.maximum(1.0 - lev, 1e-12)[:, None]
 
     sd_a = sd[active]
     coef_raw_a = coef_solve / sd_a[:, None] if standardized else coef_solve
@@ -581,6 +584,12 @@ class RadiomicLens:
     drop_constant
         Constant radiomic columns on the training cases cannot be min-max scaled. ``False``
         (default): raise naming them. ``True``: drop them with a warning (``dropped_columns_``).
+    n_threads
+        CPU threads for stage-1 training (torch) and for the bootstrap/permutation refits
+        (parallel refits, one BLAS thread each). ``None``: torch's default (one thread for
+        small models) and up to 4 parallel refits. On a shared, busy machine ``1`` is often
+        much faster: waiting threads spin while other processes hold the cores. Bootstrap and
+        permutation results do not depend on it.
     verbose
         Show a progress bar during training.
 
@@ -622,6 +631,7 @@ class RadiomicLens:
         ridge_alphas: Sequence[float] | None = None,
         max_condition: float = 1e7,
         drop_constant: bool = False,
+        n_threads: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.hidden_dim = hidden_dim
@@ -640,12 +650,13 @@ class RadiomicLens:
         self.ridge_alphas = ridge_alphas
         self.max_condition = max_condition
         self.drop_constant = drop_constant
+        self.n_threads = n_threads
         self.verbose = verbose
 
     _PARAM_NAMES = (
         "hidden_dim", "l1", "l2", "epochs", "lr", "random_state", "decoder", "activation",
         "optimizer", "batch_size", "standardize_inputs", "device", "modalities", "ridge_alphas",
-        "max_condition", "drop_constant", "verbose",
+        "max_condition", "drop_constant", "n_threads", "verbose",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -704,7 +715,8 @@ class RadiomicLens:
 
     def _scale_radiomics(self, R: pd.DataFrame, what: str) -> np.ndarray:
         missing = [c for c in self.columns_ if c not in R.columns]
-        extra = [c for c in R.columns if c not in set(self.columns_) and c not in set(self.dropped_columns_)]
+        known = set(self.columns_) | set(self.dropped_columns_)
+        extra = [c for c in R.columns if c not in known]
         if missing or extra:
             raise ValueError(
                 f"{what} columns differ from the fitted radiomic columns: "
@@ -862,7 +874,9 @@ class RadiomicLens:
         # Small models train faster on one thread: intra-op threads only add start-up and
         # contention cost below ~5e7 multiply-adds per step.
         threads = torch.get_num_threads()
-        if device.type == "cpu" and 6 * bs * (d * h + h * p) < 5e7:
+        if self.n_threads is not None:
+            torch.set_num_threads(int(self.n_threads))
+        elif device.type == "cpu" and 6 * bs * (d * h + h * p) < 5e7:
             torch.set_num_threads(1)
         try:
             history = self._epochs(torch, x, r, recon, opt, weights, generator, n, bs, val, device)
@@ -1015,7 +1029,7 @@ class RadiomicLens:
             diag_warnings.append(msg)
         alphas = tuple(self.ridge_alphas) if self.ridge_alphas is not None else DEFAULT_RIDGE_ALPHAS
         kw = dict(decoder=self.decoder, scale=scale, ridge_alphas=alphas, max_condition=self.max_condition,
-                  force_ridge=force_ridge)
+                  force_ridge=force_ridge, loo=test is None)
         dec_p = _fit_decoder(Zp, Rn, **kw)
         dec_f = _fit_decoder(Zf, Rn, **kw)
         for stage, dec in (("pre", dec_p), ("ft", dec_f)):
@@ -1125,19 +1139,41 @@ class RadiomicLens:
         Xf, _ = self._embedding(X_ft, f"X_ft{suffix}", r_index)
         return self._project(Xp), self._project(Xf)
 
-    def _bootstrap(self, imp, Zp, Zf, Rn, dec_p, dec_f, scale, Yt, pred_p, pred_f, B, ci, rng) -> None:
+    def _workers(self) -> int:
+        """Parallel refits: ``n_threads`` (or the CPU count, at most 4), one BLAS thread each."""
+        import os
+
+        return max(1, int(self.n_threads) if self.n_threads is not None else min(4, os.cpu_count() or 1))
+
+    def _map(self, fn, items: Sequence, desc: str) -> list:
+        """``[fn(i) for i in items]`` on a thread pool (BLAS releases the GIL); order kept, so
+        results do not depend on the number of threads."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from threadpoolctl import threadpool_limits
         from tqdm.auto import tqdm
 
+        workers = self._workers()
+        with threadpool_limits(limits=1):
+            if workers == 1:
+                return [fn(i) for i in tqdm(items, desc=desc, disable=not self.verbose, leave=False)]
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=not self.verbose,
+                                 leave=False))
+
+    def _bootstrap(self, imp, Zp, Zf, Rn, dec_p, dec_f, scale, Yt, pred_p, pred_f, B, ci, rng) -> None:
         n = len(Zp)
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=B).astype(np.float64)
-        Ip = np.empty((B, Rn.shape[1]))
-        If = np.empty_like(Ip)
-        with threadpool_limits(limits=_blas_threads(Zp.shape, Rn.shape[1])):
-            for b in tqdm(range(B), desc="bootstrap", disable=not self.verbose, leave=False):
-                w = counts[b]
-                Ip[b] = _weighted_fit(Zp, Rn, w, alpha=dec_p.alpha, standardized=dec_p.standardized, scale=scale).importance
-                If[b] = _weighted_fit(Zf, Rn, w, alpha=dec_f.alpha, standardized=dec_f.standardized, scale=scale).importance
+
+        def one(b: int) -> tuple[np.ndarray, np.ndarray]:
+            w = counts[b]
+            fp = _weighted_fit(Zp, Rn, w, alpha=dec_p.alpha, standardized=dec_p.standardized, scale=scale)
+            ff = _weighted_fit(Zf, Rn, w, alpha=dec_f.alpha, standardized=dec_f.standardized, scale=scale)
+            return fp.importance, ff.importance
+
+        results = self._map(one, range(B), "bootstrap")
+        Ip = np.stack([r[0] for r in results])
+        If = np.stack([r[1] for r in results])
         m = len(Yt)
         W = rng.multinomial(m, np.full(m, 1.0 / m), size=B).astype(np.float64)
         dr2 = _weighted_r2(W, Yt, pred_f) - _weighted_r2(W, Yt, pred_p)
@@ -1158,14 +1194,12 @@ class RadiomicLens:
 
     def _permutation(self, imp, Zp, Zf, Rn, dec_p, dec_f, scale, B, stat_name, p_adjust, rng, test) -> None:
         """Paired permutation test; ``test`` is ``(Zp_test, Zf_test, Y_test)`` or None (LOO)."""
-        from threadpoolctl import threadpool_limits
-        from tqdm.auto import tqdm
-
         n = len(Zp)
         ones = np.ones(n)
         kw_p = dict(alpha=dec_p.alpha, standardized=dec_p.standardized, scale=scale)
         kw_f = dict(alpha=dec_f.alpha, standardized=dec_f.standardized, scale=scale)
         use_r2 = stat_name == "delta_r2"
+        Zpt, Zft = (test[0], test[1]) if test is not None else (None, None)
 
         def statistic(A, Bm, At, Bt):
             fa = _weighted_fit(A, Rn, ones, loo=use_r2 and test is None, **kw_p)
@@ -1177,23 +1211,24 @@ class RadiomicLens:
             Yt = test[2]
             return np.abs(_r2(Yt, fb.predict(Bt)) - _r2(Yt, fa.predict(At)))
 
-        Zpt, Zft = (test[0], test[1]) if test is not None else (None, None)
-        with threadpool_limits(limits=_blas_threads(Zp.shape, Rn.shape[1])):
-            # The observed statistic goes through the same solver as the permutations, so an
-            # encoder compared with itself gives permutations identical to it (p = 1).
-            obs = statistic(Zp, Zf, Zpt, Zft)
-            exceed = np.zeros(Rn.shape[1])
-            tol = 1e-10 * max(float(np.nanmax(obs, initial=0.0)), 1e-300)
-            for _ in tqdm(range(B), desc="permutations", disable=not self.verbose, leave=False):
-                swap = rng.random(n) < 0.5
-                A = np.where(swap[:, None], Zf, Zp)
-                Bm = np.where(swap[:, None], Zp, Zf)
-                At = Bt = None
-                if test is not None:
-                    swap_t = rng.random(len(Zpt)) < 0.5
-                    At = np.where(swap_t[:, None], Zft, Zpt)
-                    Bt = np.where(swap_t[:, None], Zpt, Zft)
-                exceed += statistic(A, Bm, At, Bt) >= obs - tol
+        swaps = rng.random((B, n)) < 0.5
+        swaps_t = rng.random((B, len(Zpt))) < 0.5 if test is not None else None
+
+        def one(b: int) -> np.ndarray:
+            s = swaps[b][:, None]
+            At = Bt = None
+            if test is not None:
+                st = swaps_t[b][:, None]
+                At, Bt = np.where(st, Zft, Zpt), np.where(st, Zpt, Zft)
+            return statistic(np.where(s, Zf, Zp), np.where(s, Zp, Zf), At, Bt)
+
+        # The observed statistic goes through the same solver as the permutations, so an
+        # encoder compared with itself gives permutations identical to it (p = 1).
+        obs = self._map(lambda _: statistic(Zp, Zf, Zpt, Zft), [0], "observed")[0]
+        tol = 1e-10 * max(float(np.nanmax(obs, initial=0.0)), 1e-300)
+        exceed = np.zeros(Rn.shape[1])
+        for stat in self._map(one, range(B), "permutations"):
+            exceed += stat >= obs - tol
         p = (1.0 + exceed) / (1.0 + B)
         imp["p_value"] = p
         imp["p_adjusted"] = adjust_pvalues(p, p_adjust)
@@ -1293,13 +1328,6 @@ class RadiomicLens:
         lens.train_cases_ = meta["train_cases_"]
         lens.history_ = pd.DataFrame(meta["history_"])
         return lens
-
-
-def _blas_threads(shape: tuple[int, int], p: int) -> int | None:
-    """One BLAS thread for the many small solves of bootstrap/permutations: thread start-up
-    and contention cost more than they save below ~1e8 multiply-adds per solve."""
-    n, h = shape
-    return 1 if n * h * p < 1e8 else None
 
 
 def _activation(torch, name: str):

@@ -496,3 +496,15 @@ def test_overlap_with_stage1_cases_is_reported(small, small_lens):
     other = small_lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
     assert same.diagnostics["stage1_case_overlap"] == 1.0
     assert other.diagnostics["stage1_case_overlap"] == 0.0
+
+
+def test_refit_results_do_not_depend_on_threads(small, small_lens):
+    import copy
+
+    one = copy.deepcopy(small_lens).set_params(n_threads=1)
+    three = copy.deepcopy(small_lens).set_params(n_threads=3)
+    kw = dict(test=small.test, n_bootstrap=6, n_permutations=6)
+    a = one.compare(small.X_pre, small.X_ft, small.R, **kw)
+    b = three.compare(small.X_pre, small.X_ft, small.R, **kw)
+    for name in ("importance", "scores", "tests"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
