@@ -47,3 +47,17 @@ __all__ = [
     "write_image",
     "write_manifest",
 ]
+
+_FETCHERS = ("fetch_msd_prostate", "fetch_picai", "fetch_prostate158", "resolve_data_dir",
+             "pirads_group_from_scores", "ChecksumError", "DownloadError")
+__all__ += list(_FETCHERS)
+
+
+def __getattr__(name: str):
+    # Public data-set fetchers live in radiolens.data.fetch (pooch); import them on first use.
+    if name in _FETCHERS:
+        from radiolens.data import fetch
+
+        return getattr(fetch, name)
+    raise AttributeError(f"module 'radiolens.data' has no attribute {name!r}")
+
