@@ -8,7 +8,10 @@ data folders point into a temporary directory, and sockets may only connect to l
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +54,25 @@ def synthetic_cohort(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synthetic_cohort")
     return make_synthetic_cohort(n_cases=24, seed=7, out_dir=out)
+
+
+def run_cli(args, env, timeout=1500):
+    """Run ``python -m radiolens ARGS`` as a user would; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "radiolens", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """One `radiolens run --quick` per test session: (cache dir, output dir, environment).
+
+    Shared by the pipeline and book tests: the book's chapters reuse this run's cache.
+    """
+    root = tmp_path_factory.mktemp("quick_study")
+    cache, out = root / "cache", root / "out"
+    env = {**os.environ, "HOME": str(root), "RADIOLENS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    completed = run_cli(["run", "--quick", "--no-progress", "--out", str(out)], env)
+    if completed.returncode != 0:
+        pytest.fail(f"radiolens run --quick failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}")
+    return cache, out, env

@@ -20,25 +20,9 @@ import pytest
 from radiolens.config import load_config
 from radiolens.pipeline import Study
 
+from conftest import run_cli as _run_cli
+
 pytestmark = pytest.mark.slow
-
-
-def _run_cli(args, env, timeout=1500):
-    return subprocess.run(
-        [sys.executable, "-m", "radiolens", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """One `radiolens run --quick` for the whole session: (cache dir, output dir, completed)."""
-    root = tmp_path_factory.mktemp("quick_study")
-    cache, out = root / "cache", root / "out"
-    env = {**os.environ, "HOME": str(root), "RADIOLENS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    completed = _run_cli(["run", "--quick", "--no-progress", "--out", str(out)], env)
-    if completed.returncode != 0:
-        pytest.fail(f"radiolens run --quick failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}")
-    return cache, out, env
 
 
 def test_quick_run_writes_the_report_folder(quick_run):

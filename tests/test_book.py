@@ -1,0 +1,106 @@
+"""The book, built as CI builds it: every chapter executed (quick mode) and rendered.
+
+The chapters reuse the cache of the session's quick study (``quick_run``), exactly as a reader's
+chapters reuse an earlier `radiolens run`. The book sources are copied to a temporary folder so
+the test never touches a developer's own `_build/`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+import browser
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CHART_CHAPTERS = ["03_radiomics", "04_encoder", "05_finetuning", "06_lens_projection", "07_lens_decoders",
+                  "08_what_changed", "09_validation"]
+
+
+def _toc_files(root: Path) -> list[str]:
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    return [toc["root"], *[entry["file"] for entry in toc["chapters"]]]
+
+
+@pytest.fixture(scope="session")
+def built_book(quick_run, tmp_path_factory):
+    cache, _, env = quick_run
+    root = tmp_path_factory.mktemp("book_root")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    completed = run_cli(["book", "--quick", "--root", str(root), "--cache-dir", str(cache)], env, timeout=1500)
+    if completed.returncode != 0:
+        pytest.fail(f"radiolens book --quick failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}")
+    return root, root / "_build" / "_build" / "html"
+
+
+def test_every_chapter_is_rendered(built_book):
+    root, html = built_book
+    for name in _toc_files(root):
+        page = html / f"{name}.html"
+        assert page.exists(), f"no page for {name}"
+        text = page.read_text(encoding="utf-8")
+        assert "<h1" in text
+    index = (html / "book" / "index.html").read_text(encoding="utf-8")
+    assert "synthetic" in index.lower()  # the honest disclaimer is on the first page
+
+
+def test_no_errors_in_executed_chapters(built_book):
+    root, _ = built_book
+    executed = sorted((root / "_build" / "executed" / "book").glob("*.ipynb"))
+    assert len(executed) >= 10
+    for path in executed:
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            for output in cell.get("outputs", []):
+                assert output["output_type"] != "error", f"{path.name}: {output.get('ename')}: {output.get('evalue')}"
+                if output["output_type"] == "stream" and output["name"] == "stderr":
+                    assert "Traceback" not in output["text"], f"{path.name}: {output['text'][:500]}"
+        # papermill injected the quick-mode parameters
+        assert any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in notebook.cells), path.name
+
+
+def test_charts_present(built_book):
+    _, html = built_book
+    for name in CHART_CHAPTERS:
+        text = (html / "book" / f"{name}.html").read_text(encoding="utf-8")
+        assert len(re.findall(r'id="altair-viz-', text)) >= 1, f"no Altair chart in {name}"
+    assert "Error" not in re.sub(r"<[^>]+>", "", (html / "book" / "08_what_changed.html").read_text())[:200]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(browser.skip_reason() is not None, reason=browser.skip_reason() or "")
+def test_weight_change_explorer_renders_in_a_browser(built_book):
+    """Chapter 8 in headless Chromium, offline: vega is served locally instead of the CDN."""
+    from radiolens.report import javascript_bundle
+
+    _, html = built_book
+    routes = {
+        "https://cdn.jsdelivr.net/npm/vega@": javascript_bundle(),  # defines vega, vegaLite, vegaEmbed
+        "https://cdn.jsdelivr.net/npm/vega-lite@": "",
+        "https://cdn.jsdelivr.net/npm/vega-embed@": "",
+    }
+    page = html / "book" / "08_what_changed.html"
+    n_charts = len(re.findall(r'<div id="altair-viz-[0-9a-f]+"', page.read_text(encoding="utf-8")))
+    assert n_charts >= 3
+    drawn = "Array.from(document.querySelectorAll('div[id^=altair-viz-]')).filter(d => d.querySelector('svg, canvas')).length"
+    result = browser.open_page(
+        page, wait_for=f"{drawn} >= {n_charts}", timeout=90, routes=routes,
+        evaluate={"drawn": drawn, "inputs": "document.querySelectorAll('.vega-bindings input, .vega-bindings select').length"},
+    )
+    assert result.waited, f"only {result.values.get('drawn')} of {n_charts} charts drawn"
+    vega_errors = [e for e in result.errors if "vega" in e.lower() or "javascript" in e.lower() or "altair" in e.lower()]
+    assert vega_errors == [], vega_errors
+    # the page's own scripts (theme, search) are local; only the routed CDN scripts were external
+    offline_failures = [e for e in result.errors if "net::" not in e]
+    assert offline_failures == [], offline_failures
+    assert result.values["inputs"] >= 3  # task / ranking / top-k controls of the explorer are bound

@@ -1,0 +1,67 @@
+"""The project's promises to readers: the README's two commands, CI, Binder, the book's shape."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = _readme_commands()
+    assert len(commands) == 2, commands
+    main_job, tests = commands
+    assert "radiolens run" in main_job and "--book" in main_job
+    assert "pytest" in tests
+    for command in commands:
+        assert '"torch==2.13.0"' in command  # the CPU wheel on this kind of machine
+    ci = (REPO / ".ci" / "run").read_text()
+    assert tests in ci, ".ci/run must call the README's test command verbatim"
+
+
+def test_binder_environment_matches_the_pip_route():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert "python=3.11" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    assert "torch==2.13.0" in pip
+    assert any(line.startswith("-e .[book]") for line in pip)
+    assert (REPO / "postBuild").exists()
+
+
+def _chapters() -> list[str]:
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    return [entry["file"] for entry in toc["chapters"]]
+
+
+def test_toc_lists_every_chapter_file_and_nothing_missing():
+    listed = {Path(f).name for f in _chapters()} | {"index"}
+    on_disk = {p.stem for p in (REPO / "book").glob("*.md")}
+    assert listed == on_disk
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"  # papermill executes, the book renders
+    assert config["launch_buttons"]["binderhub_url"]
+
+
+@pytest.mark.parametrize("name", [f for f in _chapters() if Path(f).name[:2].isdigit()])
+def test_chapter_has_the_teaching_structure(name):
+    path = REPO / f"{name}.md"
+    text = path.read_text()
+    notebook = jupytext.read(path)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code and "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged parameters"
+    assert "quick" in code[0].source and "cache_dir" in code[0].source
+    assert "Learning objectives" in text
+    assert "Exercise" in text and "{dropdown} Solution" in text
+    assert "Try this" in text
+    assert "../shared" not in text and "PAPER.md" not in text  # readers never have it
