@@ -1,7 +1,8 @@
 """Benchmark: writing and opening the study report at the paper's scale.
 
 p = 2511 radiomic columns (3 modalities x 837 PyRadiomics features), 4 task reports, 100
-evaluation cases. Prints a table: seconds to write the report folder, size of report.html and
+evaluation cases. Prints a table: seconds to write the report folder (with and without the explorer, and with
+the four ``LensReport.to_dir`` copies), size of report.html and
 of its largest embedded chart, and (when Chromium is installed) seconds until every chart is
 drawn in headless Chromium.
 
@@ -51,10 +52,10 @@ def main() -> None:
     bundle_s = time.perf_counter() - t0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for explorer in (False, True):
-            out = Path(tmp) / f"explorer-{explorer}"
+        for explorer, save in ((False, False), (True, False), (True, True)):
+            out = Path(tmp) / f"explorer-{explorer}-{save}"
             t0 = time.perf_counter()
-            path = write_report(out, reports, explorer=explorer)
+            path = write_report(out, reports, explorer=explorer, save_lens_reports=save)
             write_s = time.perf_counter() - t0
             html = path.read_text()
             specs = re.findall(r'<script type="application/json" id="([^"]+)-spec">(.*?)</script>', html, flags=re.S)
@@ -73,6 +74,7 @@ def main() -> None:
                 pass
             rows.append({
                 "explorer": explorer,
+                "lens_to_dir": save,
                 "charts": len(specs),
                 "write_s": round(write_s, 2),
                 "html_MB": round(len(html.encode()) / 1e6, 2),
