@@ -1,0 +1,71 @@
+"""Main-job timings: `radiolens run --quick` cold and warm, optionally the full default run.
+
+Targets (issue: the main job) on a 2-core machine: quick from a cold cache < 10 min, the full
+default run < 45 min, a warm re-run < 30 s.
+
+Usage::
+
+    python benchmarks/bench_pipeline.py            # quick cold + warm
+    python benchmarks/bench_pipeline.py --full     # also the full default run (long)
+    python benchmarks/bench_pipeline.py --book     # also the quick book build (uses the warm cache)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(args: list[str], env: dict) -> tuple[float, int]:
+    start = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-m", "radiolens", *args], env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if completed.returncode != 0:
+        print(completed.stderr[-3000:], file=sys.stderr)
+    return elapsed, completed.returncode
+
+
+def stage_table(out: Path) -> str:
+    path = out / "timings.json"
+    if not path.exists():
+        return ""
+    timings = json.loads(path.read_text())
+    return "\n".join(f"    {name:<34} {seconds:8.1f} s" for name, seconds in sorted(timings.items(), key=lambda x: -x[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="also time the full default run")
+    parser.add_argument("--book", action="store_true", help="also time `radiolens book --quick` on the warm cache")
+    parser.add_argument("--workdir", default=None, help="folder for caches and outputs (default: a temporary one)")
+    args = parser.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="radiolens-bench-"))
+    rows = []
+    modes = [("quick", ["--quick"], 600)] + ([("full", [], 45 * 60)] if args.full else [])
+    for mode, flags, target in modes:
+        cache, out = work / f"cache-{mode}", work / f"out-{mode}"
+        env = {**os.environ, "RADIOLENS_CACHE": str(cache)}
+        cold, rc = run(["run", *flags, "--no-progress", "--out", str(out)], env)
+        rows.append((mode, "cold", cold, target, rc))
+        print(f"{mode} cold: {cold:.0f} s (rc={rc})\n{stage_table(out)}", flush=True)
+        warm, rc = run(["run", *flags, "--no-progress", "--out", str(out) + "-warm"], env)
+        rows.append((mode, "warm", warm, 30, rc))
+        if args.book and mode == "quick":
+            seconds, rc = run(["book", "--quick", "--cache-dir", str(cache)], env)
+            rows.append(("book --quick", "warm", seconds, 600, rc))
+
+    print(f"\n{'run':<14}{'cache':<7}{'seconds':>10}{'target':>10}  ok   (cores: {os.cpu_count()})")
+    for mode, cache_state, seconds, target, rc in rows:
+        ok = "yes" if rc == 0 and seconds <= target else "NO"
+        print(f"{mode:<14}{cache_state:<7}{seconds:>10.1f}{target:>10}  {ok}")
+
+
+if __name__ == "__main__":
+    main()
