@@ -169,10 +169,12 @@ def test_upernet_decoder_has_ppm_fpn_and_returns_input_size():
     x = torch.randn(2, 3, *SHAPE)
     out = dec(enc.forward_stages(x), out_size=x.shape[2:])
     assert out.shape == (2, 1, *SHAPE)
+    # lesions are rare: the classifier starts at a 1% foreground prior
+    assert float(torch.sigmoid(dec.classifier.bias)) == pytest.approx(0.01)
     # the top-down path carries the PPM output to the finest level: it changes the output
     stages = enc.forward_stages(x)
     stages2 = list(stages)
-    stages2[-1] = stages2[-1] + 1.0
+    stages2[-1] = stages2[-1] + torch.randn_like(stages2[-1])
     assert not torch.allclose(dec(stages, SHAPE), dec(stages2, SHAPE))
 
 
@@ -310,6 +312,17 @@ def test_training_loss_decreases_on_a_learnable_problem(cohort):
                    progress=False, augment=False, patience=None)
     losses = res.history["train_loss"].to_numpy()
     assert losses[-3:].mean() < 0.6 * losses[:2].mean()
+
+
+@pytest.mark.slow  # ~5 s on an idle 2-core machine, much more under load
+def test_segmentation_learns_a_bright_lesion():
+    # the lesion is a bright DWI blob: a working decoder finds it on held-out cases
+    cohort = MemoryCohort(n=24, splits=["train"] * 16 + ["val"] * 4 + ["test"] * 4)
+    res = finetune(_encoder(dims=(16, 16, 16, 16)), cohort, "lesion", "full", epochs=20, lr=3e-3,
+                   batch_size=4, progress=False, augment=False, patience=None,
+                   head_kwargs={"channels": 16, "pool_scales": (1, 2)})
+    assert res.history["val_metric"].max() > 0.5
+    assert res.history["train_loss"].iloc[-1] < 0.6 * res.history["train_loss"].iloc[0]
 
 
 def test_same_seed_same_history_and_other_seed_differs(cohort):

@@ -104,7 +104,7 @@ N_PIRADS_CLASSES = 4
 TABLE_METRICS = {"pirads": ("qwk", "accuracy"), "lesion": ("dice",), "volume": ("mse", "mae_ml")}
 
 #: What ``quick=True`` changes (the same code paths, smaller).
-QUICK = {"epochs": 3, "batch_size": 4, "decoder_channels": 32, "pool_scales": (1, 2, 3), "patience": 3}
+QUICK = {"epochs": 3, "batch_size": 4, "decoder_channels": 32, "pool_scales": (1, 2, 3)}
 
 
 class MissingLabelsError(ValueError):
@@ -159,14 +159,26 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
     return float(2.0 * np.logical_and(pred, target).sum() / denom)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """``1 - soft Dice`` per case, averaged over the batch.
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, batch: bool = True) -> torch.Tensor:
+    """``1 - soft Dice`` of sigmoid probabilities.
 
-    ``smooth`` keeps cases without a lesion well defined (their loss pushes the predicted
-    probabilities towards 0).
+    Parameters
+    ----------
+    logits, target
+        ``(B, 1, D, H, W)``; target binary.
+    smooth
+        Added to numerator and denominator.
+    batch
+        ``True`` (default): one Dice over all voxels of the batch ("batch Dice", as in
+        nnU-Net). ``False``: Dice per case, averaged. With many lesion-free cases the per-case
+        form has a trap: predicting nothing scores a perfect ``smooth / smooth = 1`` on every
+        empty case, and training collapses to an empty prediction. Batch Dice has no such
+        reward (an empty prediction scores 0 as soon as the batch holds a lesion).
     """
     prob = torch.sigmoid(logits).flatten(1)
     target = target.flatten(1).to(prob.dtype)
+    if batch:
+        prob, target = prob.reshape(1, -1), target.reshape(1, -1)
     inter = (prob * target).sum(1)
     dice = (2.0 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)
     return 1.0 - dice.mean()
@@ -538,7 +550,7 @@ def finetune(
     weight_decay: float = 0.05,
     batch_size: int | None = None,
     schedule: str = "cosine",
-    patience: int | None = None,
+    patience: int | None = 15,
     seed: int = 0,
     device: str | torch.device = "cpu",
     augment: bool = True,
@@ -574,8 +586,8 @@ def finetune(
     schedule
         ``"cosine"`` (cosine annealing to 0 over ``epochs``) or ``"step"`` (x0.1 at 1/3 and 2/3).
     patience
-        Stop after this many epochs without a lower validation loss (default 15; 3 in
-        quick mode).
+        Stop after this many epochs without a lower validation loss; ``None``: run all
+        epochs. Either way the weights of the best validation epoch are kept.
     seed
         Seeds head initialisation, batch order and augmentation.
     device
@@ -629,8 +641,8 @@ def finetune(
     batch_size = int(batch_size or (QUICK["batch_size"] if quick else 8))
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (the heads use batch norm), got {batch_size}")
-    if patience is None:
-        patience = QUICK["patience"] if quick else 15
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be >= 1 or None (no early stopping), got {patience}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch.cuda.is_available() is False")
@@ -674,7 +686,7 @@ def finetune(
     metric_name, higher_better = TASK_METRIC[task]
     with _deterministic(seed, device):
         head = _build_head(task, enc, torch.from_numpy(train.x[:2]), quick, head_kwargs)
-        cfg["head"] = {"class": type(head).__name__, **{k: getattr(head, k) for k in ("in_dim", "in_dims", "hidden", "activation", "channels", "pool_scales", "n_classes") if hasattr(head, k)}}
+        cfg["head"] = {"class": type(head).__name__, **{k: getattr(head, k) for k in ("in_dim", "in_dims", "hidden", "activation", "channels", "pool_scales", "n_classes", "norm") if hasattr(head, k)}}
         model = TaskModel(enc, head, task, frozen=(regime == "frozen")).to(device)
         params = _param_groups(model, weight_decay)
         optimizer = torch.optim.AdamW(params, lr=lr)
@@ -1038,7 +1050,7 @@ def _head_from_card(card: dict) -> nn.Module:
         return VolumeHead(head_cfg["in_dim"])
     if cls == "UPerNetDecoder3D":
         return UPerNetDecoder3D(head_cfg["in_dims"], head_cfg.get("n_classes", 1), head_cfg["channels"],
-                                tuple(head_cfg["pool_scales"]))
+                                tuple(head_cfg["pool_scales"]), norm=head_cfg.get("norm", "batch"))
     raise ValueError(f"unknown head class {cls!r} in the checkpoint card")
 
 
