@@ -1043,12 +1043,22 @@ class RadiomicLens:
         cases_per_unit = n / h
         d = self.n_features_in_
         seen = set(self.train_cases_)
-        if self.decoder == "ols" and scale == "paper" and (h >= d or cases_per_unit < _MIN_CASES_PER_UNIT):
+        overlap = float(np.mean([str(i) in seen for i in R.index]))
+        if (self.decoder == "ols" and not force_ridge and scale == "paper"
+                and (h >= d or cases_per_unit < _MIN_CASES_PER_UNIT)):
             msg = (
                 f"the paper's OLS importance is in its unreliable regime here (hidden_dim={h}, "
                 f"embedding width {d}, {cases_per_unit:.1f} training cases per hidden unit): in a "
                 "planted-truth simulation it ranked features backwards when hidden_dim >= d; "
                 "prefer ranking by delta_r2 or decoder='ridge'"
+            )
+            warnings.warn(msg, stacklevel=2)
+            diag_warnings.append(msg)
+        if overlap > 0.5 and h >= d and self.decoder == "ridge":
+            msg = (
+                f"{overlap:.0%} of these cases trained stage 1 and hidden_dim={h} >= embedding width {d}: "
+                "in the planted-truth simulation delta_I (OLS and ridge) ranked features backwards "
+                "in this regime; rank by delta_r2, or fit the decoders on cases not used in fit()"
             )
             warnings.warn(msg, stacklevel=2)
             diag_warnings.append(msg)
@@ -1114,14 +1124,15 @@ class RadiomicLens:
             "fallback_used": bool(force_ridge or "fallback" in dec_p.method or "fallback" in dec_f.method),
             "constant_units_pre": dec_p.n_constant_units,
             "constant_units_ft": dec_f.n_constant_units,
-            "stage1_case_overlap": float(np.mean([str(i) in seen for i in R.index])),
+            "stage1_case_overlap": overlap,
             "n_bootstrap": int(n_bootstrap),
             "n_permutations": int(n_permutations),
             "warnings": diag_warnings,
         }
         params = self.get_params()
-        params.update({"scale": scale, "ci": ci, "p_adjust": p_adjust, "permutation_stat": permutation_stat, "n_bootstrap": int(n_bootstrap),
-                       "n_permutations": int(n_permutations), "has_test": test is not None})
+        params.update({"scale": scale, "ci": ci, "p_adjust": p_adjust, "permutation_stat": permutation_stat,
+                       "n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations),
+                       "has_test": test is not None})
         return LensReport(
             importance=imp, scores=scores, tests=tests, observed=observed, decoded_pre=decoded_pre,
             decoded_ft=decoded_ft, diagnostics=diagnostics, params=params,

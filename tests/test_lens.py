@@ -508,3 +508,16 @@ def test_refit_results_do_not_depend_on_threads(small, small_lens):
     b = three.compare(small.X_pre, small.X_ft, small.R, **kw)
     for name in ("importance", "scores", "tests"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
+
+
+def test_ridge_on_stage1_cases_with_wide_hidden_space_is_flagged(small):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lens = RadiomicLens(hidden_dim=30, epochs=1, decoder="ridge").fit(small.X_pre, small.R)  # 30 >= d = 24
+    with pytest.warns(UserWarning, match="trained stage 1"):
+        same = lens.compare(small.X_pre, small.X_ft, small.R)
+    assert any("backwards" in w for w in same.diagnostics["warnings"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cases stage 1 never saw: no warning
+        other = lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
+    assert not any("backwards" in w for w in other.diagnostics["warnings"])
