@@ -25,7 +25,11 @@ weights only (not on biases and norm parameters, as in ConvNeXt training); batch
 recorded too, but kappa/Dice on a handful of validation cases are too coarse to select on);
 the volume target standardised with the training split's mean and standard deviation; for the
 T2W-only task a 3-channel encoder keeps the T2W slice of its stem kernel
-(:func:`radiolens.models.heads.adapt_stem_in_chans`).
+(:func:`radiolens.models.heads.adapt_stem_in_chans`); the Dice loss is a *batch* soft Dice
+(see :func:`soft_dice_loss` for why) with the decoder's output starting at a 1% lesion prior;
+the lesion metric thresholds the probability at 0.5 and averages Dice over test cases that
+have a lesion; in the frozen regime the encoder's outputs are computed once per case when
+there is no augmentation (or in quick mode), which is exact and several times faster.
 
 Determinism: every random choice (head initialisation, batch order, augmentation) derives
 from ``seed``; training runs under ``torch.use_deterministic_algorithms`` and a forked torch
