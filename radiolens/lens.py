@@ -1048,9 +1048,10 @@ class RadiomicLens:
                 and (h >= d or cases_per_unit < _MIN_CASES_PER_UNIT)):
             msg = (
                 f"the paper's OLS importance is in its unreliable regime here (hidden_dim={h}, "
-                f"embedding width {d}, {cases_per_unit:.1f} training cases per hidden unit): in a "
-                "planted-truth simulation it ranked features backwards when hidden_dim >= d; "
-                "prefer ranking by delta_r2 or decoder='ridge'"
+                f"embedding width {d}, {cases_per_unit:.1f} training cases per hidden unit; reliable "
+                f"needs hidden_dim < d and >= {_MIN_CASES_PER_UNIT:.0f}): in a planted-truth simulation "
+                "it ranked features backwards when hidden_dim >= d; prefer ranking by delta_r2 or "
+                "decoder='ridge'"
             )
             warnings.warn(msg, stacklevel=2)
             diag_warnings.append(msg)
