@@ -56,10 +56,12 @@ from radiolens.cache import atomic_write_bytes, atomic_write_text
 from radiolens.naming import MODALITIES, parse_column
 
 __all__ = [
+    "IMPORTANCE_COLUMNS",
     "LensReport",
     "PAPER_L1_GRID",
     "PAPER_L2_GRID",
     "RadiomicLens",
+    "adjust_pvalues",
     "penalty_sweep",
 ]
 
