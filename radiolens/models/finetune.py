@@ -71,10 +71,14 @@ from radiolens.models.heads import (
 __all__ = [
     "TASKS",
     "REGIMES",
+    "TASK_CHANNELS",
+    "FINETUNE_VERSION",
     "DownstreamResults",
     "EmptySplitError",
     "FineTuneResult",
     "MissingLabelsError",
+    "TaskModel",
+    "check_task_labels",
     "dice_score",
     "encoder_for_task",
     "finetune",
@@ -99,7 +103,7 @@ TASK_LABEL: dict[str, str] = {"pirads": "pirads_group", "lesion": "lesion", "vol
 TASK_METRIC: dict[str, tuple[str, bool]] = {"pirads": ("qwk", True), "lesion": ("dice", True), "volume": ("mse", False)}
 TASKS = tuple(TASK_CHANNELS)
 #: Bumped whenever a change alters fine-tuning results (part of the pipeline's cache key).
-FINETUNE_VERSION = "1"
+FINETUNE_VERSION = "2"
 CHECKPOINT_FORMAT = "radiolens-finetuned-v1"
 REGIMES = ("frozen", "full")
 N_PIRADS_CLASSES = 4
