@@ -61,7 +61,6 @@ from radiolens.cache import atomic_write_bytes, atomic_write_text, hash_file
 from radiolens.models.augment import AugmentConfig, apply as apply_augment, sample_params
 from radiolens.models.heads import (
     PiradsHead,
-    SegmentationModel,
     UPerNetDecoder3D,
     VolumeHead,
     adapt_stem_in_chans,
@@ -691,7 +690,7 @@ def finetune(
         "stem_mode": stem_mode if task == "volume" else None, "bce_weight": bce_weight,
         "device": str(device),
     }
-    metric_name, higher_better = TASK_METRIC[task]
+    metric_name = TASK_METRIC[task][0]
     with _deterministic(seed, device):
         head = _build_head(task, enc, torch.from_numpy(train.x[:2]), quick, head_kwargs)
         cfg["head"] = {"class": type(head).__name__, **{k: getattr(head, k) for k in ("in_dim", "in_dims", "hidden", "activation", "channels", "pool_scales", "n_classes", "norm") if hasattr(head, k)}}
