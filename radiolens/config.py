@@ -89,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     "cohort": {"n_cases": 60},
     "encoder": {"pretrain_epochs": 2},
-    "finetune": {"epochs": 4, "patience": 4},
+    "finetune": {"epochs": 3, "batch_size": 4, "patience": 3},
     "lens": {
         "epochs": 100,
         "l1_grid": [0.0, 1e-6],

@@ -250,7 +250,7 @@ class Study:
 
         spec = self.config["finetune"]
         params = {
-            "task": task, "regime": regime, "epochs": spec["epochs"], "lr": spec["lr"],
+            "task": task, "regime": regime, "quick": bool(self.config.get("quick")), "epochs": spec["epochs"], "lr": spec["lr"],
             "batch_size": spec["batch_size"], "patience": spec["patience"], "seed": self.seed,
         }
         cache = self._cache("finetuned")
@@ -264,10 +264,10 @@ class Study:
         result = ft.finetune(
             self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
             batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
-            device=self.config["device"], progress=self.progress,
+            device=self.config["device"], progress=self.progress, quick=bool(self.config.get("quick")),
         )
         tmp = self.cache_root / "finetuned" / f"{key}.tmp.pt"
-        ft.save_finetuned(result, tmp)
+        ft.save_finetuned(result, tmp, card=False)
         cache.put_file(key, "pt", tmp, meta={"task": task, "regime": regime})
         tmp.unlink(missing_ok=True)
         return result
@@ -445,7 +445,12 @@ class Study:
             key = "planted-" + hash_json(params)[:24]
             table = cache.get_frame(key)
             if table is None:
-                kwargs = dict(hidden_dims=(16, 256), n_cases=(300,)) if quick else {}
+                # hidden widths below and above the simulated embedding width (96), few and many
+                # cases; the full grid of the lens benchmark takes too long for a study run
+                if quick:
+                    kwargs = dict(hidden_dims=(16, 256), n_cases=(300,), epochs=100, n_test=300)
+                else:
+                    kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
                 table = self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
                 cache.put_frame(key, table)
             self._memo["planted"] = table
