@@ -25,6 +25,9 @@ absolute times are inflated; ratios are what matter), 64 cases:
     extract, cached (2nd call)          0.05 s
     max |batched - per-case| = 1.2e-06
     pretrain(quick=True)               20.08 s
+
+A second run minutes later (heavier load during the loop) gave 136.7 s / 22.5 s (6.1x) /
+16.3 s (8.4x) / 0.05 s, pretrain quick 27.5 s: the ratio moves with the machine's load.
 """
 
 from __future__ import annotations
