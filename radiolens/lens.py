@@ -268,7 +268,7 @@ def _fit_decoder(
     if use_ridge:
         alpha, at_edge = _loo_ridge_alpha(U, s, Rc, ridge_alphas)
         method = "ridge"
-    elif cond > max_condition:
+    elif s.size and cond > max_condition:
         # Smallest ridge that bounds the condition number of the regularised Gram matrix
         # (s0^2 + a) / (s_min^2 + a) by about max_condition^2.
         alpha = float(s[0] ** 2 / max_condition**2)

@@ -522,3 +522,15 @@ def test_ridge_on_stage1_cases_with_wide_hidden_space_is_flagged(small):
         warnings.simplefilter("error")  # cases stage 1 never saw: no warning
         other = lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
     assert not any("backwards" in w for w in other.diagnostics["warnings"])
+
+
+def test_decoder_on_constant_hidden_space_is_intercept_only():
+    """Every hidden unit constant over the cases (e.g. a dead GELU unit): zero importance, no crash."""
+    from radiolens.lens import _fit_decoder
+
+    rng = np.random.default_rng(0)
+    Z = np.ones((20, 3))
+    R = rng.normal(size=(20, 4))
+    dec = _fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    assert np.all(dec.coef == 0)
+    np.testing.assert_allclose(dec.predict(Z), np.tile(R.mean(axis=0), (20, 1)))
