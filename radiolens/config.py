@@ -109,7 +109,7 @@ DOCS: dict[str, str] = {
     "cohort folder), msd, picai or prostate158 (downloaded public data)",
     "cohort.path": "CSV table or cohort folder for source table/folder; data dir for fetchers",
     "cohort.n_cases": "number of synthetic cases",
-    "cohort.shape": "synthetic volume shape (D, H, W), multiples of 32",
+    "cohort.shape": "synthetic volume shape (D, H, W), multiples of 16 (the encoder's total stride)",
     "cohort.spacing": "synthetic voxel spacing (x, y, z) in mm",
     "cohort.seed": "seed of the synthetic generator",
     "preprocess.enabled": "resample and crop around the gland (real data)",
@@ -229,8 +229,8 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
     for key in ("shape", "spacing"):
         if len(cohort[key]) != 3:
             raise ConfigError(f"config key 'cohort.{key}' must have 3 numbers, got {cohort[key]!r}")
-    if any(int(s) % 32 for s in cohort["shape"]):
-        raise ConfigError(f"config key 'cohort.shape' must be multiples of 32, got {cohort['shape']!r}")
+    if any(int(s) % 16 for s in cohort["shape"]):
+        raise ConfigError(f"config key 'cohort.shape' must be multiples of 16 (the encoder's stride), got {cohort['shape']!r}")
     if not config["finetune"]["tasks"]:
         raise ConfigError("config key 'finetune.tasks' must name at least one task")
     return config

@@ -54,7 +54,7 @@ def test_file_values_override_and_overrides_win(tmp_path):
         ("seed: 1.5\n", "seed"),
         ("lens:\n  epochs: many\n", "lens.epochs"),
         ("cohort: synthetic\n", "cohort"),
-        ("cohort:\n  shape: [30, 96, 96]\n", "cohort.shape"),
+        ("cohort:\n  shape: [24, 96, 96]\n", "cohort.shape"),
         ("cohort:\n  source: table\n", "cohort.path"),
         ("cohort:\n  source: table\n  path: nowhere.csv\n", "cohort.path"),
         ("encoder:\n  weights: missing/profound.pth\n", "encoder.weights"),
