@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 __all__ = [
     "ArtifactCache",
     "atomic_write_bytes",
+    "atomic_write_dir",
     "atomic_write_text",
     "default_cache_dir",
     "hash_array",
@@ -148,6 +150,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` via a temporary file and an atomic rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_dir(target: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
+    """Fill a folder through ``save(tmp_folder)`` and rename it into place.
+
+    The folder at ``target`` therefore exists only when complete; an interrupted write leaves
+    at most a hidden temporary folder next to it, never a half-written ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens import __version__
-from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json
+from radiolens.cache import ArtifactCache, atomic_write_dir, atomic_write_text, default_cache_dir, hash_frame, hash_json
 
 __all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "run_study"]
 
@@ -377,14 +376,14 @@ class Study:
             ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": __version__})[:24]
             folder = cache_dir / ckey
             lens = None
-            if (folder / "COMPLETE").exists():
+            if folder.exists():
                 try:
                     lens = RadiomicLens.load(folder)
                 except Exception as err:
                     logger.warning("cached lens %s unreadable (%s); refitting", folder, err)
             if lens is None:
                 lens = self._timed(f"lens fit {task}/{roi}", RadiomicLens(**params).fit, x_tr, r_tr)
-                _save_dir_atomically(folder, lens.save)
+                atomic_write_dir(folder, lens.save)
             self._memo[key] = lens
         return self._memo[key]
 
@@ -405,7 +404,7 @@ class Study:
             )[:24]
             folder = self.cache_root / "lens" / ckey
             report = None
-            if (folder / "COMPLETE").exists():
+            if folder.exists():
                 try:
                     report = LensReport.from_dir(folder)
                 except Exception as err:
@@ -415,7 +414,7 @@ class Study:
                     f"compare {task}/{roi}", lens.compare, x_pre, x_ft, r, test=test,
                     n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"],
                 )
-                _save_dir_atomically(folder, report.to_dir)
+                atomic_write_dir(folder, report.to_dir)
             self._memo[key] = report
         return self._memo[key]
 
@@ -525,16 +524,6 @@ def _encoder_hash(encoder) -> str:
 
 def _lens_key(lens) -> str:
     return hash_json({"params": lens.get_params() if hasattr(lens, "get_params") else repr(lens)})
-
-
-def _save_dir_atomically(folder: Path, save) -> None:
-    """Write a folder artifact under a temporary name, mark it COMPLETE, then rename it."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    (tmp / "COMPLETE").write_text("ok\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
 
 
 def run_study(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> StudyResult:

@@ -91,3 +91,24 @@ def test_hashes_track_content():
 def test_invalid_keys_rejected(tmp_path):
     with pytest.raises(ValueError, match="invalid cache key"):
         ArtifactCache(tmp_path).put_json("../escape", 1)
+
+
+def test_atomic_write_dir_appears_only_complete(tmp_path):
+    from radiolens.cache import atomic_write_dir
+
+    target = tmp_path / "report"
+
+    def save(folder):
+        (folder / "a.csv").write_text("x\n1\n")
+
+    atomic_write_dir(target, save)
+    assert (target / "a.csv").read_text() == "x\n1\n"
+
+    def broken(folder):
+        (folder / "a.csv").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_dir(target, broken)
+    assert (target / "a.csv").read_text() == "x\n1\n"  # the complete old version survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
