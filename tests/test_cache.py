@@ -112,3 +112,14 @@ def test_atomic_write_dir_appears_only_complete(tmp_path):
         atomic_write_dir(target, broken)
     assert (target / "a.csv").read_text() == "x\n1\n"  # the complete old version survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "report.html"
+    atomic_write_bytes(target, b"<html></html>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
