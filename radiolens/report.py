@@ -29,7 +29,6 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens import views
-from radiolens.cache import atomic_write_text
+from radiolens.cache import atomic_write_dir, atomic_write_text
 
 __all__ = ["javascript_bundle", "slug", "write_report"]
 
@@ -698,7 +697,7 @@ def write_report(
             if hasattr(report, "to_dir"):
                 target = out / "lens" / slug(task)
                 try:
-                    _save_dir_atomically(target, report.to_dir)
+                    atomic_write_dir(target, report.to_dir)
                     files.append(str(target.relative_to(out)) + "/")
                 except Exception as error:  # noqa: BLE001
                     log.warning("could not save lens report %r: %s", task, error)
@@ -733,23 +732,6 @@ def _remove_stale(out: Path, files: list[str]) -> None:
         elif path.exists():
             path.unlink()
         log.info("removed %s left by an earlier report", path)
-
-
-def _save_dir_atomically(target: Path, save) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        save(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _feature_definitions():
