@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,19 @@ def test_quick_run_writes_the_report_folder(quick_run):
     assert summary  # non-empty summary
 
 
+@pytest.mark.browser
+def test_quick_report_opens_offline_in_a_browser(quick_run):
+    import browser
+
+    if browser.skip_reason():
+        pytest.skip(browser.skip_reason())
+    _, out, _ = quick_run
+    drawn = "document.querySelectorAll('svg.marks, canvas.marks').length"
+    page = browser.open_page(out / "report.html", wait_for=f"{drawn} >= 20", timeout=120, evaluate={"drawn": drawn})
+    assert page.waited, f"charts drawn: {page.values}"
+    assert page.errors == [] and page.requests == []  # offline: nothing fetched, nothing failed
+
+
 def test_warm_rerun_recomputes_nothing(quick_run):
     cache, out, env = quick_run
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
@@ -63,27 +77,37 @@ def test_warm_rerun_recomputes_nothing(quick_run):
 
 
 def test_interrupted_run_resumes(quick_run, tmp_path):
-    """SIGKILL a run after it has started working, then run again: it completes from the cache."""
-    cache, _, env = quick_run
+    """SIGKILL a run in the middle of radiomics extraction, then run again: it completes, reuses
+    what was finished, and gives the same results as the uninterrupted run."""
+    cache, reference_out, env = quick_run
     own_cache = tmp_path / "cache"
+    shutil.copytree(cache, own_cache)
+    # forget half of the radiomics work units and every lens result
+    units = sorted(own_cache.glob("radiomics/*.json"))
+    for sidecar in units[::2]:
+        for path in own_cache.glob(f"radiomics/{sidecar.stem}.*"):
+            path.unlink()
+    shutil.rmtree(own_cache / "lens")
+    remaining = len(list(own_cache.glob("radiomics/*.json")))
+
     env = {**env, "RADIOLENS_CACHE": str(own_cache)}
-    args = [sys.executable, "-m", "radiolens", "run", "--quick", "--no-progress", "--out", str(tmp_path / "out")]
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "radiolens", "run", "--quick", "--no-progress", "--out", str(out)]
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    # wait until some radiomics work units are cached, then kill the whole process group
-    while time.time() < deadline and len(list(own_cache.glob("radiomics/*.json"))) < 5:
-        time.sleep(0.5)
+    while time.time() < deadline and len(list(own_cache.glob("radiomics/*.json"))) < remaining + 3:
+        time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    finished_units = len(list(own_cache.glob("radiomics/*.json")))
-    assert finished_units >= 5
+    after_kill = len(list(own_cache.glob("radiomics/*.json")))
+    assert after_kill >= remaining + 3, "the run was killed before it had finished any new unit"
+    assert not (out / "report.html").exists()
+
     completed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1500)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert (tmp_path / "out" / "report.html").exists()
-    # the second run's report equals the uninterrupted one
-    first = pd.read_csv(next((tmp_path / "out").rglob("*downstream*.csv")))
-    reference = pd.read_csv(next(quick_run[1].rglob("*downstream*.csv")))
-    pd.testing.assert_frame_equal(first, reference)
+    assert len(list(own_cache.glob("radiomics/*.json"))) == len(units)  # nothing lost, nothing twice
+    for name in ("downstream_table2.csv", "importance_pirads.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / "tables" / name), pd.read_csv(reference_out / "tables" / name))
 
 
 def test_unknown_config_key_is_a_clean_error(tmp_path):
