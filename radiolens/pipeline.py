@@ -85,6 +85,7 @@ class Study:
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
         self._memo: dict[Any, Any] = {}
+        self._report_dirs: dict[Any, Path] = {}
 
     # ------------------------------------------------------------------------------------
     # helpers
@@ -416,6 +417,7 @@ class Study:
                 )
                 atomic_write_dir(folder, report.to_dir)
             self._memo[key] = report
+            self._report_dirs[key] = folder
         return self._memo[key]
 
     def reports(self) -> dict[str, Any]:
@@ -504,6 +506,7 @@ class Study:
         report_path = write_report(
             out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
             provenance=self.provenance(), warnings=self.warnings,
+            lens_dirs={name: self._report_dirs[("compare", *_task_roi(name))] for name in reports},
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings))
 
