@@ -140,9 +140,11 @@ def default_settings() -> dict[str, Any]:
         about 5x faster than ``binWidth: 5`` on a 130k-voxel ROI. (PyRadiomics logs a warning
         recommending bin width; radiolens silences it during extraction.)
     ``resampledPixelSpacing: None``
-        The data stage already resamples every study to the paper's 0.5 x 0.5 x 1.0 mm grid,
-        so extraction does not interpolate again (a second B-spline pass would blur texture).
-        Set ``[0.5, 0.5, 1.0]`` here if your images are not resampled beforehand.
+        Resampling belongs to the data stage (``radiolens.data.preprocess``, which resamples
+        real studies to the paper's 0.5 x 0.5 x 1.0 mm grid; the built-in synthetic cohort is
+        generated directly on its own 0.8 x 0.8 x 2.0 mm grid), so extraction does not
+        interpolate again (a second B-spline pass would blur texture). Set
+        ``[0.5, 0.5, 1.0]`` here if your images are not resampled beforehand.
     ``preCrop: True`` (with ``padDistance: 5``)
         Crop image and mask to the ROI's bounding box plus 5 voxels *before* the wavelet
         filters run; the filters then work on a small box instead of the whole field of view,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 from torch import nn
@@ -242,3 +243,17 @@ def test_as_encoder_pools_feature_maps_and_passes_vectors():
         as_encoder(PlainCNN())
     with pytest.raises(TypeError):
         as_encoder(lambda x: x, in_chans=1)
+
+
+def test_weight_card_describes_the_shipped_weights():
+    import hashlib
+
+    from radiolens.models import weight_card
+    from radiolens.models.profound import SHIPPED_WEIGHTS, WEIGHTS_DIR
+
+    card = weight_card("micro-synthetic")
+    assert "radiolens.models.pretrain" in card["command"]
+    data = (WEIGHTS_DIR / SHIPPED_WEIGHTS["micro-synthetic"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() in json.dumps(card)
+    with pytest.raises(ValueError, match="unknown shipped weights"):
+        weight_card("nope")

@@ -19,6 +19,7 @@ from radiolens.models.profound import (
     load_profound,
     remap_profound_state_dict,
     save_encoder,
+    weight_card,
 )
 from radiolens.models.inputs import CohortDataset, case_tensor, pad_to_multiple
 from radiolens.models.pretrain import pretrain
@@ -32,6 +33,7 @@ __all__ = [
     "infer_preset",
     "load_encoder",
     "load_pretrained",
+    "weight_card",
     "load_profound",
     "remap_profound_state_dict",
     "save_encoder",

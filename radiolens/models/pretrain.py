@@ -22,7 +22,7 @@ by ``seed``, so a run on CPU is reproducible bit for bit.
 
 Command line (produces the shipped weights; see ``radiolens/models/weights/*.json``)::
 
-    python -m radiolens.models.pretrain --cohort-cases 200 --epochs 12 \
+    python -m radiolens.models.pretrain --cohort-cases 200 --epochs 6 --threads 2 \
         --out radiolens/models/weights/micro-synthetic.pt
 """
 

@@ -63,6 +63,7 @@ __all__ = [
     "infer_preset",
     "load_encoder",
     "load_pretrained",
+    "weight_card",
     "load_profound",
     "read_checkpoint",
     "remap_profound_state_dict",
@@ -436,6 +437,14 @@ def load_encoder(
     if not report.ok:
         raise ValueError(f"{path} does not match its own configuration: {report}")
     return encoder.eval()
+
+
+def weight_card(name: str = "micro-synthetic") -> dict:
+    """The JSON card of shipped weights: the command that produced them, sha256, history."""
+    if name not in SHIPPED_WEIGHTS:
+        raise ValueError(f"unknown shipped weights {name!r}; available: {sorted(SHIPPED_WEIGHTS)}")
+    card_path = (WEIGHTS_DIR / SHIPPED_WEIGHTS[name]).with_suffix(".json")
+    return json.loads(card_path.read_text())
 
 
 def load_pretrained(
