@@ -193,6 +193,10 @@ class _Decoder:
         return Z @ self.coef + self.intercept
 
 
+#: A hidden unit whose spread is below this fraction of the widest unit's is "near-constant".
+_MIN_UNIT_SPREAD = 1e-3
+
+
 def _column_sd(Z: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     if w is None:
         return Z.std(axis=0)
@@ -856,6 +860,11 @@ class RadiomicLens:
             share = torch.nn.Linear(d, h).to(device)
             heads = torch.nn.Linear(h, p).to(device)
             generator = torch.Generator().manual_seed(int(self.random_state))
+        # Start the temporary heads at the per-feature median, the best constant under the L1
+        # loss: with few cases there are few optimiser steps, and they should be spent on the
+        # shared projection, not on learning offsets.
+        with torch.no_grad():
+            heads.bias.copy_(torch.as_tensor(np.median(Rn, axis=0), dtype=torch.float32))
         params = list(share.parameters()) + list(heads.parameters())
         if self.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
@@ -1042,6 +1051,18 @@ class RadiomicLens:
                 )
             if dec.alpha_at_edge:
                 diag_warnings.append(f"{stage}: ridge alpha {dec.alpha:.3g} is at the edge of the search grid")
+        for stage, Z in (("pre", Zp), ("ft", Zf)):
+            spread = Z.std(axis=0)
+            tiny = int(np.sum((spread > 0) & (spread < _MIN_UNIT_SPREAD * spread.max())))
+            if tiny:
+                msg = (
+                    f"{stage}: {tiny} hidden unit(s) barely vary over these cases (spread below "
+                    f"{_MIN_UNIT_SPREAD:g} of the largest): the decoder weights them with huge "
+                    "coefficients, which inflates the paper's importance I; compare with "
+                    "scale='standardized' or rank by delta_r2"
+                )
+                warnings.warn(msg, stacklevel=2)
+                diag_warnings.append(msg)
         cases_per_unit = n / h
         d = self.n_features_in_
         seen = set(self.train_cases_)
