@@ -337,7 +337,8 @@ class Study:
         # constant features (e.g. a statistic that saturates in a small ROI) cannot be min-max
         # scaled; the lens drops them with a warning instead of failing the whole study
         return {"hidden_dim": spec["hidden_dim"], "epochs": spec["epochs"], "lr": spec["lr"],
-                "decoder": spec["decoder"], "random_state": self.seed, "drop_constant": True}
+                "batch_size": spec["batch_size"], "decoder": spec["decoder"], "random_state": self.seed,
+                "drop_constant": True}
 
     def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
         """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
