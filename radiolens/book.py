@@ -141,11 +141,11 @@ def render_html(root: Path, executed_dir: Path) -> Path:
             raise BookBuildError(f"chapter {name} has not been executed (no {executed})")
     # the console script may not be on PATH (e.g. a venv not activated): call its module
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
-               "build", str(staging), "--path-output", str(root / "_build"), "--all"]
+               "build", str(staging), "--path-output", str(root), "--all"]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         raise BookBuildError(f"jupyter-book build failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}")
-    html = root / "_build" / "_build" / "html"
+    html = root / "_build" / "html"
     if not (html / "index.html").exists():
         raise BookBuildError(f"jupyter-book build produced no {html / 'index.html'}")
     return html
