@@ -4,7 +4,7 @@ Builds archives in each data set's real layout at realistic image sizes (MSD: 32
 4D NIfTI; PI-CAI: T2W 384 x 384 x 20 with DWI/ADC 128 x 128 x 20 and labels on other grids),
 serves them through a fake web, and times the first conversion (download = a local copy,
 checksum, extraction, resampling, writing, validation) and a re-run (which only loads the
-existing cohort). Run: ``python benchmarks/fetch.py [n_cases]``.
+existing cohort). Run: ``python benchmarks/bench_fetch.py [n_cases]``.
 """
 
 from __future__ import annotations
