@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 
 from radiolens import __version__
-from radiolens.cache import ArtifactCache, atomic_write_dir, atomic_write_text, default_cache_dir, hash_frame, hash_json
+from radiolens.cache import (
+    ArtifactCache,
+    atomic_write_dir,
+    atomic_write_text,
+    default_cache_dir,
+    hash_bytes,
+    hash_frame,
+    hash_json,
+)
 
 __all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "run_study"]
 
@@ -352,7 +360,7 @@ class Study:
             cache = self._cache("lens")
             ckey = "sweep-" + hash_json(
                 {"x": hash_frame(x_tr), "xv": hash_frame(x_va), "r": hash_frame(r_tr), "rv": hash_frame(r_va),
-                 "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"], "v": __version__}
+                 "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"], "v": _code_version("radiolens.lens")}
             )[:24]
             table = cache.get_frame(ckey)
             if table is None:
@@ -375,7 +383,7 @@ class Study:
             x_tr, _, r_tr = self.lens_inputs(task, roi)["train"]
             params = {**self._lens_params(), "l1": float(best["l1"]), "l2": float(best["l2"])}
             cache_dir = self.cache_root / "lens"
-            ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": __version__})[:24]
+            ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": _code_version("radiolens.lens")})[:24]
             folder = cache_dir / ckey
             lens = None
             if folder.exists():
@@ -402,7 +410,7 @@ class Study:
             ckey = "report-" + hash_json(
                 {"lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
                  "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"],
-                 "v": __version__}
+                 "v": _code_version("radiolens.lens")}
             )[:24]
             folder = self.cache_root / "lens" / ckey
             report = None
@@ -442,7 +450,7 @@ class Study:
             from radiolens import simulate
 
             quick = bool(self.config.get("quick"))
-            params = {"quick": quick, "seed": self.seed, "v": __version__}
+            params = {"quick": quick, "seed": self.seed, "v": _code_version("radiolens.lens", "radiolens.simulate")}
             cache = self._cache("planted")
             key = "planted-" + hash_json(params)[:24]
             table = cache.get_frame(key)
@@ -510,6 +518,15 @@ class Study:
             lens_dirs={name: self._report_dirs[("compare", *_task_roi(name))] for name in reports},
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings))
+
+
+def _code_version(*modules: str) -> str:
+    """Hash of the named radiolens modules' source: a cached result computed by other code is
+    never reused (the package version alone does not change between commits)."""
+    import importlib
+
+    parts = [Path(importlib.import_module(name).__file__).read_bytes() for name in modules]
+    return hash_json([hash_bytes(part) for part in parts])[:16]
 
 
 def _task_roi(name: str) -> tuple[str, str]:

@@ -834,8 +834,10 @@ def planted_truth_chart(table: pd.DataFrame, title: str | None = None):
     missing = {"method", "hidden_dim", "n_cases", "precision_gained", "precision_lost"} - set(table.columns)
     if missing:
         raise ValueError(f"planted-truth table lacks columns {sorted(missing)}")
+    protocol = "protocol" in table.columns
+    ids = ["method", "hidden_dim", "n_cases"] + (["protocol"] if protocol else [])
     long = table.melt(
-        id_vars=["method", "hidden_dim", "n_cases"],
+        id_vars=ids,
         value_vars=["precision_gained", "precision_lost"],
         var_name="which",
         value_name="precision",
@@ -843,7 +845,8 @@ def planted_truth_chart(table: pd.DataFrame, title: str | None = None):
     long["which"] = long["which"].str.replace("precision_", "", regex=False)
     long["method"] = long["method"].astype(str)
     cases = sorted(long["n_cases"].unique())
-    return (
+    tooltip = ["method:N", "which:N", "hidden_dim:O", "n_cases:O", alt.Tooltip("mean(precision):Q", format=".2f")]
+    chart = (
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
@@ -851,11 +854,18 @@ def planted_truth_chart(table: pd.DataFrame, title: str | None = None):
             y=alt.Y("mean(precision):Q", title="precision", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("method:N", title="Measure"),
             strokeDash=alt.StrokeDash("which:N", title="planted"),
-            tooltip=["method:N", "which:N", "hidden_dim:O", "n_cases:O", alt.Tooltip("mean(precision):Q", format=".2f")],
+            shape=alt.Shape("which:N", title="planted"),
+            tooltip=tooltip + (["protocol:N"] if protocol else []),
         )
         .properties(width=180, height=160)
-        .facet(column=alt.Column("n_cases:O", sort=cases, title="training cases"))
-        .properties(title=title or "Does the lens find the planted gained/lost features? (precision of the top-k)")
+    )
+    # the two protocols (decoders on stage 1's own cases, or on cases it never saw) answer
+    # different questions: never average them together
+    facet = {"column": alt.Column("n_cases:O", sort=cases, title="training cases")}
+    if protocol:
+        facet["row"] = alt.Row("protocol:N", title="decoders fitted on")
+    return chart.facet(**facet).properties(
+        title=title or "Does the lens find the planted gained/lost features? (precision of the top-k)"
     )
 
 

@@ -470,3 +470,13 @@ def test_kernel_backed_views_are_reachable_from_views():
     assert views.feature_definition is widgets.feature_definition
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         views.nope
+
+
+def test_planted_truth_chart_keeps_protocols_apart():
+    table = pd.DataFrame({
+        "method": ["ols delta_I (paper)"] * 2, "hidden_dim": [256, 256], "n_cases": [300, 300],
+        "precision_gained": [0.0, 1.0], "precision_lost": [0.0, 1.0], "protocol": ["paper", "held-out decoders"],
+    })
+    spec = views.planted_truth_chart(table).to_dict()
+    assert spec["facet"]["row"]["field"] == "protocol"  # never averaged into one line
+    assert "row" not in views.planted_truth_chart(table.drop(columns="protocol")).to_dict()["facet"]

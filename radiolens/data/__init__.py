@@ -7,6 +7,7 @@ every later stage reads nothing else.
 """
 
 from radiolens.data.cohort import (
+    COLUMN_ALIASES,
     FILE_KEYS,
     IMAGE_KEYS,
     LABEL_COLUMNS,
@@ -28,6 +29,7 @@ from radiolens.data.cohort import (
 from radiolens.data.synthetic import make_synthetic_cohort
 
 __all__ = [
+    "COLUMN_ALIASES",
     "FILE_KEYS",
     "IMAGE_KEYS",
     "LABEL_COLUMNS",
