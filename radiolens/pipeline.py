@@ -17,7 +17,6 @@ import json
 import logging
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ TASK_ROIS: dict[str, tuple[str, ...]] = {
     "volume": ("gland",),
 }
 
-TASK_LABELS = {"pirads": "PI-RADS classification", "lesion": "Lesion segmentation", "volume": "Gland volume regression"}
 
 
 @dataclass
@@ -557,9 +555,7 @@ def run_study(config: dict, out_dir: str | Path | None = None, progress: bool = 
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            result = Study(config, progress=progress).run(out)
+        result = Study(config, progress=progress).run(out)
         atomic_write_text(out / "timings.json", json.dumps(result.timings, indent=1))
         return result
     finally:
