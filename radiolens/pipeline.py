@@ -35,7 +35,7 @@ from radiolens.cache import (
     hash_json,
 )
 
-__all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "run_study"]
+__all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "parse_report_name", "report_name", "run_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ class Study:
             for roi in TASK_ROIS[task]:
                 if roi == "lesion" and not self.config["radiomics"]["lesion_roi"]:
                     continue
-                name = task if roi == "gland" else f"{task} ({roi} ROI)"
+                name = report_name(task, roi)
                 try:
                     out[name] = self.compare(task, roi)
                 except ValueError as err:  # e.g. too few lesion cases for a lens
@@ -507,13 +507,13 @@ class Study:
                     self.radiomics(roi)
         downstream = self.downstream_table()
         reports = self.reports()
-        sweeps = {name: self.sweep(*_task_roi(name)) for name in reports}
+        sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
         planted = self.planted_truth()
         self.timings["total"] = time.perf_counter() - start
         report_path = write_report(
             out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
             provenance=self.provenance(), warnings=self.warnings,
-            lens_dirs={name: self._report_dirs[("compare", *_task_roi(name))] for name in reports},
+            lens_dirs={name: self._report_dirs[("compare", *parse_report_name(name))] for name in reports},
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings))
 
@@ -527,11 +527,30 @@ def _code_version(*modules: str) -> str:
     return hash_json([hash_bytes(part) for part in parts])[:16]
 
 
-def _task_roi(name: str) -> tuple[str, str]:
-    if name.endswith(" ROI)"):
-        task, roi = name[:-5].split(" (")
-        return task, roi
-    return name, "gland"
+def report_name(task: str, roi: str = "gland") -> str:
+    """The name of one lens report: ``"pirads"`` (gland ROI) or ``"lesion (lesion ROI)"``.
+
+    The inverse of :func:`parse_report_name`.
+    """
+    return task if roi == "gland" else f"{task} ({roi} ROI)"
+
+
+def parse_report_name(name: str) -> tuple[str, str]:
+    """``(task, roi)`` of a report name from :meth:`Study.reports`.
+
+    ``"volume"`` -> ``("volume", "gland")``; ``"lesion (lesion ROI)"`` -> ``("lesion", "lesion")``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not of either form.
+    """
+    task, roi = name, "gland"
+    if name.endswith(" ROI)") and " (" in name:
+        task, roi = name[: -len(" ROI)")].split(" (", 1)
+    if not task or not roi or "(" in task or ")" in task:
+        raise ValueError(f"{name!r} is not a report name ('task' or 'task (roi ROI)')")
+    return task, roi
 
 
 def _encoder_hash(encoder) -> str:

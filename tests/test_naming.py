@@ -42,3 +42,22 @@ def test_custom_modalities_and_table():
     table = parse_columns(["T2W__original_glcm_MCC", "ADC__wavelet-HHH_gldm_DependenceEntropy"])
     assert list(table["family"]) == ["glcm", "gldm"]
     assert list(table.columns) == ["column", "modality", "image_type", "filter", "family", "feature"]
+
+
+@pytest.mark.parametrize(
+    "name, task, roi",
+    [("pirads", "pirads", "gland"), ("lesion (lesion ROI)", "lesion", "lesion"), ("volume", "volume", "gland")],
+)
+def test_report_names_round_trip(name, task, roi):
+    from radiolens.pipeline import parse_report_name, report_name
+
+    assert parse_report_name(name) == (task, roi)
+    assert report_name(task, roi) == name
+
+
+@pytest.mark.parametrize("bad", ["", "lesion (lesion", "lesion ( ROI)", " (lesion ROI)"])
+def test_bad_report_name_is_rejected(bad):
+    from radiolens.pipeline import parse_report_name
+
+    with pytest.raises(ValueError, match="not a report name"):
+        parse_report_name(bad)
