@@ -31,6 +31,7 @@ import pandas as pd
 from radiolens.naming import FAMILIES, FAMILY_LABELS, MODALITIES
 
 __all__ = [
+    "MODALITY_COLORS",
     "STAGE_LABELS",
     "delta_explorer",
     "delta_heatmap",
@@ -53,8 +54,14 @@ log = logging.getLogger(__name__)
 #: How the two encoder stages are labelled in every chart.
 STAGE_LABELS: dict[str, str] = {"pre": "pre-trained", "ft": "fine-tuned"}
 _STAGE_COLORS = ["#7f7f7f", "#d62728"]  # pre grey, fine-tuned red
+#: One colour per modality, shared by the Altair charts and the widgets' matplotlib figures.
+MODALITY_COLORS: dict[str, str] = {"T2W": "#4c78a8", "DWI": "#f58518", "ADC": "#54a24b"}
 _RANKINGS = ("gained", "lost", "stable")
 _LEVEL_LABELS = {"family": "Feature family", "image_type": "Image type", "overall": "All features"}
+
+
+def _modality_scale():
+    return _alt().Scale(domain=list(MODALITY_COLORS), range=list(MODALITY_COLORS.values()))
 
 
 def _alt():
@@ -384,7 +391,7 @@ def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "rel_delt
     bars = alt.Chart().mark_bar().encode(
         y=y,
         x=alt.X("value:Q", title=_MEASURE_TITLES.get(by, by)),
-        color=alt.Color("modality:N", scale=alt.Scale(domain=list(MODALITIES)), title="Modality"),
+        color=alt.Color("modality:N", scale=_modality_scale(), title="Modality"),
         tooltip=_ranking_tooltip(alt),
     )
     intervals = alt.Chart().mark_rule(color="black").encode(y=y, x="lo:Q", x2="hi:Q")
@@ -694,7 +701,7 @@ def delta_explorer(
     bars = base.mark_bar(cursor="pointer").encode(
         y=y,
         x=alt.X("value:Q", title="change in the measure chosen above"),
-        color=alt.Color("modality:N", scale=alt.Scale(domain=list(MODALITIES)), title="Modality"),
+        color=alt.Color("modality:N", scale=_modality_scale(), title="Modality"),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.65)),
         stroke=alt.condition(pick, alt.value("black"), alt.value(None)),
         tooltip=[alt.Tooltip("position:Q", title="rank"), *[t for t in _ranking_tooltip(alt) if t.shorthand != "rank:Q"]],

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens.naming import FAMILIES, FAMILY_LABELS, MODALITIES, parse_column
+from radiolens.views import MODALITY_COLORS
 
 __all__ = [
     "FAMILY_DEFINITIONS",
@@ -980,7 +981,6 @@ _BY_LABELS = {
     "rel_delta_I": "relative ΔI = (I_ft − I_pre) / I_pre (decoder row norm)",
     "delta_r2": "ΔR² = R²_ft − R²_pre (held-out decodability)",
 }
-_MODALITY_COLOURS = {"T2W": "#4c78a8", "DWI": "#f58518", "ADC": "#54a24b"}
 
 
 def _importance(report) -> pd.DataFrame:
@@ -1098,7 +1098,7 @@ def ranking_figure(table: pd.DataFrame, by: str = "rel_delta_I", title: str = ""
     value = by
     y = np.arange(len(table))[::-1]
     values = table[value].to_numpy(dtype=float)
-    colours = [_MODALITY_COLOURS.get(m, "#888888") for m in table["modality"]]
+    colours = [MODALITY_COLORS.get(m, "#888888") for m in table["modality"]]
     ax.barh(y, values, color=colours, height=0.7)
     xlabel = _BY_LABELS.get(value, value)
     spans = _intervals(table, value)
@@ -1115,8 +1115,8 @@ def ranking_figure(table: pd.DataFrame, by: str = "rel_delta_I", title: str = ""
     ax.set_yticklabels([_short_label(r) for _, r in table.iterrows()], fontsize=8)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_title(title, fontsize=10)
-    handles = [_patch(c) for c in _MODALITY_COLOURS.values()]
-    ax.legend(handles, list(_MODALITY_COLOURS), fontsize=7, frameon=False, loc="best")
+    handles = [_patch(c) for c in MODALITY_COLORS.values()]
+    ax.legend(handles, list(MODALITY_COLORS), fontsize=7, frameon=False, loc="best")
     return fig
 
 

@@ -539,3 +539,16 @@ def test_views_on_the_synthetic_cohort(synthetic_cohort):
     assert explorer.case_png()[:8] == PNG_MAGIC
     assert explorer.example_case() in explorer.case_info.value
     assert column in explorer.definition.value
+
+
+def test_widget_bars_and_altair_charts_colour_modalities_alike(explorer):
+    from matplotlib.colors import to_hex
+
+    from radiolens import views
+
+    table = W.rank_features(explorer.report, "gained", "delta_r2", k=8)
+    ax = W.ranking_figure(table, by="delta_r2").axes[0]
+    bar_colours = [to_hex(p.get_facecolor()) for p in ax.patches[: len(table)]]
+    assert bar_colours == [views.MODALITY_COLORS[m] for m in table["modality"]]
+    scale = views.ranking_chart(explorer.report, kind="gained", k=8).to_dict()["layer"][0]["encoding"]["color"]["scale"]
+    assert dict(zip(scale["domain"], scale["range"])) == views.MODALITY_COLORS
