@@ -445,6 +445,8 @@ def _wilcoxon(err_pre: np.ndarray, err_ft: np.ndarray) -> tuple[float, float]:
 # the report
 # --------------------------------------------------------------------------------------------
 _FRAMES = ("importance", "scores", "tests", "observed", "decoded_pre", "decoded_ft")
+#: Tables a report folder written before they existed may lack (read back as empty frames).
+_OPTIONAL_FRAMES = ("decoder_pre", "decoder_ft")
 
 
 @dataclass
@@ -473,6 +475,11 @@ class LensReport:
     observed, decoded_pre, decoded_ft
         Cases x radiomic columns on the evaluation cases: min-max scaled observations and the
         two decoders' predictions.
+    decoder_pre, decoder_ft
+        Hidden units x radiomic columns: each stage's decoder weights in the units the
+        importance is computed in, so that ``I_pre`` is the Euclidean norm of a column of
+        ``decoder_pre`` (PAPER.md: "the norm of the feature's row of the decoder"). Unit ``k``'s
+        weight says how strongly hidden unit ``k`` carries that radiomic feature.
     diagnostics
         JSON-able dict: condition numbers, cases per hidden unit, decoder actually used per
         stage, ridge penalties, the share of compared cases stage 1 was trained on
@@ -489,6 +496,8 @@ class LensReport:
     decoded_ft: pd.DataFrame
     diagnostics: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    decoder_pre: pd.DataFrame = field(default_factory=pd.DataFrame)
+    decoder_ft: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- the paper's three rankings ------------------------------------------------------------
     def _by(self, by: str) -> str:
@@ -527,7 +536,7 @@ class LensReport:
         for people, ``diagnostics.json`` and ``params.json``. Every write is atomic."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        for name in _FRAMES:
+        for name in _FRAMES + _OPTIONAL_FRAMES:
             frame: pd.DataFrame = getattr(self, name)
             atomic_write_bytes(path / f"{name}.parquet", frame.to_parquet(index=True))
         atomic_write_text(path / "importance.csv", self.importance.to_csv(index=False))
@@ -543,6 +552,9 @@ class LensReport:
         if missing:
             raise FileNotFoundError(f"{path} is not a lens report folder: missing {missing}")
         frames = {n: pd.read_parquet(path / f"{n}.parquet") for n in _FRAMES}
+        for name in _OPTIONAL_FRAMES:
+            if (path / f"{name}.parquet").exists():
+                frames[name] = pd.read_parquet(path / f"{name}.parquet")
         diagnostics = json.loads((path / "diagnostics.json").read_text())
         params = json.loads((path / "params.json").read_text())
         return cls(**frames, diagnostics=diagnostics, params=params)
@@ -718,6 +730,27 @@ class RadiomicLens:
             name = parse_column(c, allowed)
             rows.append((name.column, name.modality, name.image_type, name.family, name.feature))
         return pd.DataFrame(rows, columns=["column", "modality", "image_type", "family", "feature"])
+
+    def scale_radiomics(self, R: pd.DataFrame) -> pd.DataFrame:
+        """Min-max scale radiomics with the ranges fitted on the training cases.
+
+        The lens decodes (and reports errors in) these units: 0 and 1 are the smallest and
+        largest training values; other cases may fall outside ``[0, 1]``.
+
+        Parameters
+        ----------
+        R
+            Cases x radiomic columns, the columns seen in :meth:`fit` (dropped constant
+            columns may be present and are left out).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Same index, the fitted columns (``columns_``), scaled.
+        """
+        self._check_fitted()
+        R = _as_radiomics(R, "R")
+        return pd.DataFrame(self._scale_radiomics(R, "R"), index=R.index, columns=self.columns_)
 
     def _scale_radiomics(self, R: pd.DataFrame, what: str) -> np.ndarray:
         missing = [c for c in self.columns_ if c not in R.columns]
@@ -1157,9 +1190,12 @@ class RadiomicLens:
         params.update({"scale": scale, "ci": ci, "p_adjust": p_adjust, "permutation_stat": permutation_stat,
                        "n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations),
                        "has_test": test is not None})
+        units = pd.RangeIndex(h, name="hidden_unit")
         return LensReport(
             importance=imp, scores=scores, tests=tests, observed=observed, decoded_pre=decoded_pre,
             decoded_ft=decoded_ft, diagnostics=diagnostics, params=params,
+            decoder_pre=pd.DataFrame(dec_p.coef_scaled, index=units, columns=cols),
+            decoder_ft=pd.DataFrame(dec_f.coef_scaled, index=units, columns=cols),
         )
 
     def _pair(self, X_pre: Any, X_ft: Any, r_index: pd.Index, suffix: str) -> tuple[np.ndarray, np.ndarray]:

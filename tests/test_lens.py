@@ -104,10 +104,19 @@ def test_closed_form_decoder_equals_sklearn_linear_regression(small, small_lens)
         reg = LinearRegression().fit(Z, _scaled(lens, small.R))
         expected_I = np.linalg.norm(reg.coef_, axis=1)
         np.testing.assert_allclose(report.importance[f"I_{stage}"], expected_I, rtol=0, atol=1e-8)
+        # the decoder weights themselves: hidden units x radiomic columns, I is their column norm
+        weights = getattr(report, f"decoder_{stage}")
+        assert weights.shape == (6, len(lens.columns_)) and list(weights.columns) == lens.columns_
+        np.testing.assert_allclose(weights.to_numpy(), reg.coef_.T, rtol=0, atol=1e-8)
         decoded = getattr(report, f"decoded_{stage}")
         pred = reg.predict(lens.transform(Xt).to_numpy())
         np.testing.assert_allclose(decoded.to_numpy(), pred, rtol=0, atol=1e-8)
     np.testing.assert_allclose(report.observed.to_numpy(), _scaled(lens, small.R_test), atol=0)
+    scaled = lens.scale_radiomics(small.R_test)
+    assert scaled.index.equals(small.R_test.index) and list(scaled.columns) == lens.columns_
+    np.testing.assert_array_equal(scaled.to_numpy(), _scaled(lens, small.R_test))
+    train = lens.scale_radiomics(small.R)
+    assert (train.min() == 0).all() and np.allclose(train.max(), 1)
     assert report.diagnostics["decoder_used_pre"] == "ols"
 
 
@@ -310,7 +319,7 @@ def test_bootstrap_intervals_flag_planted_changes(planted, planted_ridge_report)
 # persistence and determinism
 # --------------------------------------------------------------------------------------------
 def _assert_reports_equal(a: LensReport, b: LensReport) -> None:
-    for name in ("importance", "scores", "tests", "observed", "decoded_pre", "decoded_ft"):
+    for name in ("importance", "scores", "tests", "observed", "decoded_pre", "decoded_ft", "decoder_pre", "decoder_ft"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
     assert a.diagnostics == b.diagnostics and a.params == b.params
 
@@ -324,6 +333,12 @@ def test_report_round_trips_exactly_through_a_folder(small, small_lens, tmp_path
     assert not list((tmp_path / "rep").glob("*.tmp")) and not list((tmp_path / "rep").glob("*.pkl"))
     with pytest.raises(FileNotFoundError, match="missing"):
         LensReport.from_dir(tmp_path)
+    # a folder written before the decoder tables existed still loads, without them
+    (tmp_path / "rep" / "decoder_pre.parquet").unlink()
+    (tmp_path / "rep" / "decoder_ft.parquet").unlink()
+    old = LensReport.from_dir(tmp_path / "rep")
+    assert old.decoder_pre.empty and old.decoder_ft.empty
+    pd.testing.assert_frame_equal(old.importance, report.importance, check_exact=True)
 
 
 def test_lens_save_load_round_trips_exactly(small, small_lens, tmp_path):
@@ -389,6 +404,8 @@ def test_unfitted_lens_raises_not_fitted(small):
         lens.compare(small.X_pre, small.X_ft, small.R)
     with pytest.raises(NotFittedError):
         lens.save("nowhere")
+    with pytest.raises(NotFittedError):
+        lens.scale_radiomics(small.R)
 
 
 def test_mismatched_case_ids_are_named(small, small_lens):
