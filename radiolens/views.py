@@ -32,6 +32,7 @@ from radiolens.naming import FAMILIES, FAMILY_LABELS, MODALITIES
 
 __all__ = [
     "MODALITY_COLORS",
+    "STAGE_COLORS",
     "STAGE_LABELS",
     "delta_explorer",
     "delta_heatmap",
@@ -53,7 +54,9 @@ log = logging.getLogger(__name__)
 
 #: How the two encoder stages are labelled in every chart.
 STAGE_LABELS: dict[str, str] = {"pre": "pre-trained", "ft": "fine-tuned"}
-_STAGE_COLORS = ["#7f7f7f", "#d62728"]  # pre grey, fine-tuned red
+#: One colour per encoder stage (pre-trained grey, fine-tuned red), in charts and widgets.
+STAGE_COLORS: dict[str, str] = {"pre": "#7f7f7f", "ft": "#d62728"}
+_STAGE_COLORS = list(STAGE_COLORS.values())
 #: One colour per modality, shared by the Altair charts and the widgets' matplotlib figures.
 MODALITY_COLORS: dict[str, str] = {"T2W": "#4c78a8", "DWI": "#f58518", "ADC": "#54a24b"}
 _RANKINGS = ("gained", "lost", "stable")

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens.naming import FAMILIES, FAMILY_LABELS, MODALITIES, parse_column
-from radiolens.views import MODALITY_COLORS
+from radiolens.views import MODALITY_COLORS, STAGE_COLORS, STAGE_LABELS
 
 __all__ = [
     "FAMILY_DEFINITIONS",
@@ -46,6 +46,7 @@ __all__ = [
     "SweepExplorer",
     "WeightChangeExplorer",
     "case_figure",
+    "decoder_weights_figure",
     "feature_definition",
     "image_type_definition",
     "rank_features",
@@ -1135,8 +1136,8 @@ def scatter_figure(data: pd.DataFrame, column: str, r2: Mapping[str, float] | No
     """
     fig = _new_figure(4.6, 4.0)
     ax = fig.subplots()
-    styles = {"pre": ("#4c78a8", "pre-trained"), "ft": ("#e45756", "fine-tuned")}
-    for stage, (colour, label) in styles.items():
+    for stage, label in STAGE_LABELS.items():
+        colour = STAGE_COLORS[stage]
         part = data[data["stage"] == stage]
         if r2 and r2.get(stage) is not None and np.isfinite(r2[stage]):
             label += f" (R² {r2[stage]:.2f})"
@@ -1153,17 +1154,52 @@ def scatter_figure(data: pd.DataFrame, column: str, r2: Mapping[str, float] | No
     return fig
 
 
+def decoder_weights_figure(data: pd.DataFrame, column: str):
+    """One feature's decoder weight on every hidden unit, pre-trained next to fine-tuned.
+
+    Parameters
+    ----------
+    data
+        Columns ``hidden_unit, stage ("pre" / "ft"), weight`` (see
+        :meth:`WeightChangeExplorer.decoder_weights`).
+    column
+        The feature (title).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    units = sorted(data["hidden_unit"].unique())
+    fig = _new_figure(4.6, 3.2)
+    ax = fig.subplots()
+    x = np.arange(len(units))
+    width = 0.4
+    for offset, (stage, label) in zip((-width / 2, width / 2), STAGE_LABELS.items()):
+        part = data[data["stage"] == stage].set_index("hidden_unit")["weight"].reindex(units)
+        norm = float(np.sqrt(np.nansum(part.to_numpy(float) ** 2)))
+        ax.bar(x + offset, part.to_numpy(float), width, color=STAGE_COLORS[stage], label=f"{label} (I = {norm:.3g})")
+    ax.axhline(0, color="black", lw=0.8)
+    step = max(1, len(units) // 16)
+    ax.set_xticks(x[::step], [str(u) for u in units[::step]], fontsize=7)
+    ax.set_xlabel("hidden unit")
+    ax.set_ylabel("decoder weight")
+    ax.set_title(f"{column}: decoder weights", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
 class WeightChangeExplorer:
     """Explore which radiomic features fine-tuning made more or less decodable.
 
     Controls: task, modality and family filters, top-k, ranking mode (gained / lost /
     stable) and measure (``rel_delta_I`` / ``delta_I`` / ``delta_r2``). Shows the ranked
     features as bars with bootstrap intervals; choosing a feature shows its definition, its decoded-vs-true scatter
-    before and after fine-tuning and, when a cohort is given, the case with the most extreme
-    value of that feature, its ROI outlined.
+    before and after fine-tuning, its decoder weight on every hidden unit before and after
+    (the weights whose norm is the importance ``I``) and, when a cohort is given, the case with
+    the most extreme value of that feature, its ROI outlined.
 
     Everything the widgets show comes from pure methods (:meth:`ranked`,
-    :meth:`scatter_data`, :meth:`example_case`), so it can be tested and reused without a
+    :meth:`scatter_data`, :meth:`decoder_weights`, :meth:`example_case`), so it can be tested and reused without a
     browser.
 
     Parameters
@@ -1231,6 +1267,7 @@ class WeightChangeExplorer:
         self.chart = widgets.Image(format="png")
         self.definition = widgets.HTML()
         self.scatter = widgets.Image(format="png")
+        self.weights = widgets.Image(format="png")
         self.case_image = widgets.Image(format="png")
         self.case_info = widgets.HTML()
 
@@ -1246,7 +1283,8 @@ class WeightChangeExplorer:
                 self.chart,
                 self.feature,
                 self.definition,
-                widgets.HBox([self.scatter, widgets.VBox([self.case_image, self.case_info])]),
+                widgets.HBox([self.scatter, self.weights]),
+                widgets.VBox([self.case_image, self.case_info]),
             ]
         )
         self._refresh()
@@ -1355,6 +1393,27 @@ class WeightChangeExplorer:
             }))
         return pd.concat(parts, ignore_index=True)
 
+    def decoder_weights(self, column: str | None = None) -> pd.DataFrame:
+        """One feature's decoder weights on the hidden units, before and after fine-tuning.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``hidden_unit, stage ("pre" / "ft"), weight`` from
+            ``report.decoder_pre[column]`` and ``report.decoder_ft[column]``; the norm of a
+            stage's weights is that stage's importance ``I``. Empty when the report holds no
+            decoder weights (written by radiolens before they were stored).
+        """
+        column = self._column(column)
+        parts = []
+        for stage in ("pre", "ft"):
+            frame = getattr(self.report, f"decoder_{stage}", None)
+            if frame is None or column not in getattr(frame, "columns", ()):
+                return pd.DataFrame(columns=["hidden_unit", "stage", "weight"])
+            parts.append(pd.DataFrame({"hidden_unit": frame.index.to_numpy(), "stage": stage,
+                                       "weight": frame[column].to_numpy(dtype=float)}))
+        return pd.concat(parts, ignore_index=True)
+
     def example_case(self, column: str | None = None) -> str | None:
         """The evaluation case whose true value of the feature is furthest from the median."""
         column = self._column(column)
@@ -1380,6 +1439,12 @@ class WeightChangeExplorer:
         row = _importance(self.report).set_index("column").loc[column]
         r2 = {"pre": float(row.get("r2_pre", np.nan)), "ft": float(row.get("r2_ft", np.nan))}
         return _figure_png(scatter_figure(self.scatter_data(column), column, r2))
+
+    def weights_png(self, column: str | None = None) -> bytes | None:
+        """The decoder-weight bars of a feature as PNG bytes (None without decoder weights)."""
+        column = self._column(column)
+        data = self.decoder_weights(column)
+        return None if data.empty else _figure_png(decoder_weights_figure(data, column))
 
     def case_png(self, column: str | None = None) -> bytes | None:
         """The example case for a feature (its modality, ROI outlined) as PNG, if a cohort is set."""
@@ -1448,6 +1513,7 @@ class WeightChangeExplorer:
             self._shown = None
             self.definition.value = "<i>No feature matches the filters.</i>"
             self.scatter.value = b""
+            self.weights.value = b""
             self.case_image.value = b""
             self.case_info.value = ""
         elif not keep:
@@ -1479,6 +1545,7 @@ class WeightChangeExplorer:
         except KeyError as err:
             logger.info("no scatter for %s: %s", column, err)
             self.scatter.value = b""
+        self.weights.value = self.weights_png(column) or b""
         png = self.case_png(column)
         self.case_image.value = png or b""
         case_id = self.example_case(column)

@@ -552,3 +552,33 @@ def test_widget_bars_and_altair_charts_colour_modalities_alike(explorer):
     assert bar_colours == [views.MODALITY_COLORS[m] for m in table["modality"]]
     scale = views.ranking_chart(explorer.report, kind="gained", k=8).to_dict()["layer"][0]["encoding"]["color"]["scale"]
     assert dict(zip(scale["domain"], scale["range"])) == views.MODALITY_COLORS
+
+
+def test_explorer_shows_each_features_decoder_weights(cohort):
+    lens = pytest.importorskip("radiolens.lens")
+    fake = FakeReport(4, cohort.case_ids)
+    columns = list(fake.importance["column"])
+    rng = np.random.default_rng(0)
+    units = pd.RangeIndex(5, name="hidden_unit")
+    pre = pd.DataFrame(rng.normal(size=(5, len(columns))), index=units, columns=columns)
+    ft = pd.DataFrame(rng.normal(size=(5, len(columns))), index=units, columns=columns)
+    report = lens.LensReport(
+        importance=fake.importance, scores=pd.DataFrame(), tests=pd.DataFrame(), observed=fake.observed,
+        decoded_pre=fake.decoded_pre, decoded_ft=fake.decoded_ft, decoder_pre=pre, decoder_ft=ft,
+    )
+    ex = W.WeightChangeExplorer({"pirads": report}, k=5)
+    column = columns[3]
+    ex.select_feature(column)
+    data = ex.decoder_weights()
+    assert list(data.columns) == ["hidden_unit", "stage", "weight"]
+    np.testing.assert_array_equal(data[data.stage == "pre"]["weight"], pre[column])
+    np.testing.assert_array_equal(data[data.stage == "ft"]["weight"], ft[column])
+    assert ex.weights.value[:8] == b"\x89PNG\r\n\x1a\n" and ex.weights.value == ex.weights_png(column)
+    fig = W.decoder_weights_figure(data, column)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    np.testing.assert_allclose(heights, np.concatenate([pre[column], ft[column]]))
+    # a report written before decoder weights were stored: no weights panel, no error
+    old = W.WeightChangeExplorer({"pirads": lens.LensReport(
+        importance=fake.importance, scores=pd.DataFrame(), tests=pd.DataFrame(), observed=fake.observed,
+        decoded_pre=fake.decoded_pre, decoded_ft=fake.decoded_ft)})
+    assert old.decoder_weights(column).empty and old.weights_png(column) is None and old.weights.value == b""
