@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 1e-3,
         "batch_size": 8,
         "patience": 10,
+        "decoder_channels": 32,
     },
     "lens": {
         "hidden_dim": None,
@@ -129,6 +130,8 @@ DOCS: dict[str, str] = {
     "finetune.lr": "AdamW learning rate",
     "finetune.batch_size": "fine-tuning batch size",
     "finetune.patience": "early-stopping patience in epochs",
+    "finetune.decoder_channels": "width of the segmentation task's UPerNet decoder (ProFound: 512; "
+    "32 keeps the built-in CPU study within its time budget)",
     "lens.hidden_dim": "width of the shared projection (null: chosen below d and n_train)",
     "lens.epochs": "stage-1 training epochs",
     "lens.lr": "stage-1 learning rate",
@@ -234,6 +237,8 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
             raise ConfigError(f"config key 'cohort.{key}' must have 3 numbers, got {cohort[key]!r}")
     if any(int(s) % 16 for s in cohort["shape"]):
         raise ConfigError(f"config key 'cohort.shape' must be multiples of 16 (the encoder's stride), got {cohort['shape']!r}")
+    if config["finetune"]["decoder_channels"] < 1:
+        raise ConfigError(f"config key 'finetune.decoder_channels' must be >= 1, got {config['finetune']['decoder_channels']!r}")
     if not config["finetune"]["tasks"]:
         raise ConfigError("config key 'finetune.tasks' must name at least one task")
     return config

@@ -259,6 +259,9 @@ class Study:
             "task": task, "regime": regime, "quick": bool(self.config.get("quick")), "epochs": spec["epochs"], "lr": spec["lr"],
             "batch_size": spec["batch_size"], "patience": spec["patience"], "seed": self.seed,
         }
+        # the decoder width only exists for the segmentation task: other tasks' keys ignore it
+        head_kwargs = {"channels": spec["decoder_channels"]} if task == "lesion" else {}
+        params["head_kwargs"] = head_kwargs
         cache = self._cache("finetuned")
         key = f"{task}-{regime}-" + hash_json(
             {"params": params, "encoder": _encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint,
@@ -271,6 +274,7 @@ class Study:
             self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
             batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
             device=self.config["device"], progress=self.progress, quick=bool(self.config.get("quick")),
+            head_kwargs=head_kwargs,
         )
         tmp = self.cache_root / "finetuned" / f"{key}.tmp.pt"
         ft.save_finetuned(result, tmp, card=False)

@@ -58,6 +58,7 @@ def test_file_values_override_and_overrides_win(tmp_path):
         ("cohort:\n  source: table\n", "cohort.path"),
         ("cohort:\n  source: table\n  path: nowhere.csv\n", "cohort.path"),
         ("encoder:\n  weights: missing/profound.pth\n", "encoder.weights"),
+        ("finetune:\n  decoder_channels: 0\n", "finetune.decoder_channels"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, key):

@@ -147,3 +147,18 @@ def test_task_without_labels_is_skipped_with_a_warning(synthetic_cohort, tmp_pat
     study = Study(load_config(cohort={"source": "folder", "path": str(folder)}, cache_dir=str(tmp_path / "cache")))
     assert study.available_tasks() == ["pirads", "volume"]
     assert any("lesion" in w and "skipped" in w for w in study.warnings)
+
+
+def test_decoder_width_comes_from_the_config_and_keys_the_cache(synthetic_cohort, tmp_path):
+    def lesion_head_width(channels: int) -> int:
+        config = load_config(
+            quick=True, cache_dir=str(tmp_path / "cache"),
+            cohort={"source": "folder", "path": str(synthetic_cohort.root)},
+            finetune={"decoder_channels": channels, "epochs": 1},
+        )
+        study = Study(config, progress=False)
+        return study.finetuned("lesion", "frozen").head.channels
+
+    assert lesion_head_width(8) == 8
+    assert lesion_head_width(12) == 12  # a different width is not served from the first's cache
+    assert lesion_head_width(8) == 8  # and the cached one comes back as it was
