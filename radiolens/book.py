@@ -18,13 +18,51 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["BookBuildError", "build_book", "chapters", "execute_chapters", "render_html"]
+__all__ = ["BookBuildError", "build_book", "chapters", "execute_chapters", "mode_note", "render_html"]
 
 logger = logging.getLogger(__name__)
 
 
 class BookBuildError(RuntimeError):
     """A chapter failed to execute, or the HTML build failed."""
+
+
+def mode_note(quick: bool):
+    """The note at the top of every chapter saying which study its outputs come from.
+
+    The chapters' text was written against the quick study and quotes its numbers ("in the
+    quick run ..."); a page executed on the full default study says so, so that no reader
+    takes a quick-mode sentence for a statement about the outputs beside it.
+
+    Parameters
+    ----------
+    quick
+        The chapter's ``quick`` parameter.
+
+    Returns
+    -------
+    IPython.display.Markdown
+    """
+    from IPython.display import Markdown
+
+    from radiolens.config import load_config
+
+    cohort = load_config(quick=quick)["cohort"]
+    if quick:
+        text = (
+            f"**Run mode: quick.** The outputs on this page come from the quick study "
+            f"({cohort['n_cases']} synthetic cases, short training), the mode the text was written "
+            "against: the numbers it quotes from \"the quick run\" were read off outputs like these. "
+            "Set `quick = False` in the first cell for the full default study."
+        )
+    else:
+        text = (
+            f"**Run mode: full default study.** The outputs on this page come from the full study "
+            f"({cohort['n_cases']} synthetic cases). The text was written against the quick study and "
+            "quotes its numbers (\"in the quick run ...\"); the outputs here come from more data "
+            "and longer training and will differ."
+        )
+    return Markdown(f"> {text} Either way the data are synthetic: these are not the paper's results.")
 
 
 def find_root(start: str | Path | None = None) -> Path:

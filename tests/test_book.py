@@ -52,6 +52,10 @@ def test_every_chapter_is_rendered(built_book):
         assert "<h1" in text
     index = (html / "book" / "index.html").read_text(encoding="utf-8")
     assert "synthetic" in index.lower()  # the honest disclaimer is on the first page
+    # every chapter says which study its outputs come from (the CI build is the quick one)
+    for name in [n for n in _toc_files(root) if Path(n).name[:2].isdigit()]:
+        text = (html / f"{name}.html").read_text(encoding="utf-8")
+        assert "Run mode: quick" in text and "mode_note" not in text, name
 
 
 def test_no_errors_in_executed_chapters(built_book):

@@ -65,3 +65,13 @@ def test_chapter_has_the_teaching_structure(name):
     assert "Exercise" in text and "{dropdown} Solution" in text
     assert "Try this" in text
     assert "../shared" not in text and "PAPER.md" not in text  # readers never have it
+
+
+def test_chapter_mode_note_names_the_study_its_outputs_come_from():
+    from radiolens.book import mode_note
+    from radiolens.config import load_config
+
+    quick, full = mode_note(True).data, mode_note(False).data
+    assert "Run mode: quick" in quick and f"{load_config(quick=True)['cohort']['n_cases']} synthetic" in quick
+    assert "Run mode: full" in full and f"{load_config()['cohort']['n_cases']} synthetic" in full
+    assert "will differ" in full and "not the paper's results" in full and "not the paper's results" in quick
