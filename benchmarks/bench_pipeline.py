@@ -1,7 +1,8 @@
 """Main-job timings: `radiolens run --quick` cold and warm, optionally the full default run.
 
 Targets (issue: the main job) on a 2-core machine: quick from a cold cache < 10 min, the full
-default run < 45 min, a warm re-run < 30 s.
+default run < 45 min, a warm re-run < 30 s. Each row also gives the run's peak resident memory
+(Binder offers 1-2 GB, so the quick run and the book must stay well under that).
 
 Usage::
 
@@ -22,13 +23,21 @@ import time
 from pathlib import Path
 
 
-def run(args: list[str], env: dict) -> tuple[float, int]:
-    start = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "radiolens", *args], env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if completed.returncode != 0:
-        print(completed.stderr[-3000:], file=sys.stderr)
-    return elapsed, completed.returncode
+def run(args: list[str], env: dict) -> tuple[float, int, float]:
+    """Run ``python -m radiolens ARGS``; return wall seconds, exit code and peak RSS in GiB."""
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "radiolens", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        # wait4 (not proc.wait) gives this run's own resource usage: its peak resident memory
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            stderr.seek(0)
+            print(stderr.read().decode(errors="replace")[-3000:], file=sys.stderr)
+    peak_gib = usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    return elapsed, code, peak_gib
 
 
 def stage_table(out: Path) -> str:
@@ -52,19 +61,19 @@ def main() -> None:
     for mode, flags, target in modes:
         cache, out = work / f"cache-{mode}", work / f"out-{mode}"
         env = {**os.environ, "RADIOLENS_CACHE": str(cache)}
-        cold, rc = run(["run", *flags, "--no-progress", "--out", str(out)], env)
-        rows.append((mode, "cold", cold, target, rc))
-        print(f"{mode} cold: {cold:.0f} s (rc={rc})\n{stage_table(out)}", flush=True)
-        warm, rc = run(["run", *flags, "--no-progress", "--out", str(out) + "-warm"], env)
-        rows.append((mode, "warm", warm, 30, rc))
+        cold, rc, peak = run(["run", *flags, "--no-progress", "--out", str(out)], env)
+        rows.append((mode, "cold", cold, target, rc, peak))
+        print(f"{mode} cold: {cold:.0f} s (rc={rc}, peak {peak:.2f} GiB)\n{stage_table(out)}", flush=True)
+        warm, rc, peak = run(["run", *flags, "--no-progress", "--out", str(out) + "-warm"], env)
+        rows.append((mode, "warm", warm, 30, rc, peak))
         if args.book and mode == "quick":
-            seconds, rc = run(["book", "--quick", "--cache-dir", str(cache)], env)
-            rows.append(("book --quick", "warm", seconds, 600, rc))
+            seconds, rc, peak = run(["book", "--quick", "--cache-dir", str(cache)], env)
+            rows.append(("book --quick", "warm", seconds, 600, rc, peak))
 
-    print(f"\n{'run':<14}{'cache':<7}{'seconds':>10}{'target':>10}  ok   (cores: {os.cpu_count()})")
-    for mode, cache_state, seconds, target, rc in rows:
+    print(f"\n{'run':<14}{'cache':<7}{'seconds':>10}{'target':>10}{'peak GiB':>10}  ok   (cores: {os.cpu_count()})")
+    for mode, cache_state, seconds, target, rc, peak in rows:
         ok = "yes" if rc == 0 and seconds <= target else "NO"
-        print(f"{mode:<14}{cache_state:<7}{seconds:>10.1f}{target:>10}  {ok}")
+        print(f"{mode:<14}{cache_state:<7}{seconds:>10.1f}{target:>10}{peak:>10.2f}  {ok}")
 
 
 if __name__ == "__main__":
