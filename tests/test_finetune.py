@@ -455,3 +455,17 @@ def test_on_the_built_in_synthetic_cohort(synthetic_cohort):
     assert res.metrics["n_train"] == n_train and len(res.history) == 3
     assert np.isfinite(res.metrics["mse"]) and res.metrics["mae_ml"] > 0
     assert len(res.predictions) == len(synthetic_cohort.ids("test"))
+
+
+def test_split_inputs_are_stacked_per_batch_never_copied_whole():
+    from radiolens.models.finetune import _Cases
+
+    arrays = [np.full((2, 4, 4, 4), i, np.float32) for i in range(5)]
+    cases = _Cases(arrays)
+    assert cases.shape == (5, 2, 4, 4, 4) and len(cases) == 5
+    np.testing.assert_array_equal(cases[np.array([3, 1])], np.stack([arrays[3], arrays[1]]))
+    np.testing.assert_array_equal(cases[:2], np.stack(arrays[:2]))
+    batch = cases[np.array([0, 4])]
+    batch += 10  # augmenting a batch must not write into the case store
+    assert arrays[0].max() == 0 and arrays[4].max() == 4
+    assert _Cases([]).shape[0] == 0

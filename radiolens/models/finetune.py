@@ -235,10 +235,33 @@ def check_task_labels(cohort, task: str) -> None:
         raise MissingLabelsError(task, column, "every value is empty")
 
 
+class _Cases:
+    """A split's input volumes as a read-only stack of the case store's arrays.
+
+    Indexing (an index array or a slice) stacks only the chosen cases, e.g. one batch, so a
+    split never holds a second copy of the cohort's images (at 200 cases of 3 x 32 x 96 x 96
+    that copy was 0.7 GB).
+    """
+
+    def __init__(self, arrays: Sequence[np.ndarray]):
+        self._arrays = list(arrays)
+        first = self._arrays[0].shape if self._arrays else (0, 1, 1, 1)
+        self.shape = (len(self._arrays), *first)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self._arrays)))
+        chosen = [self._arrays[int(i)] for i in np.atleast_1d(index)]
+        return np.stack(chosen).astype(np.float32, copy=False)
+
+
 @dataclass
 class _Split:
     case_ids: list[str]
-    x: np.ndarray  # (N, C, D, H, W) float32
+    x: _Cases  # (N, C, D, H, W) float32 when indexed
     y: np.ndarray  # (N,) int / float, or (N, D, H, W) uint8 masks
     feats: Any = None  # frozen encoder outputs, when precomputed: (N, d) or a list of stage maps
 
@@ -331,8 +354,7 @@ def _load_split(store: _CaseStore, task: str, split: str, target_stats: tuple[fl
         ys.append(y)
         kept.append(case_id)
     if not kept:
-        shape_c = len(channels)
-        return _Split([], np.zeros((0, shape_c, 1, 1, 1), np.float32), np.zeros((0,)))
+        return _Split([], _Cases([]), np.zeros((0,)))
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
         first = xs[0].shape
@@ -341,7 +363,7 @@ def _load_split(store: _CaseStore, task: str, split: str, target_stats: tuple[fl
             f"split {split!r}: case {odd!r} has input shape {store.image(odd, channels).shape}, "
             f"case {kept[0]!r} has {first}; crop/resample the cohort to one size"
         )
-    x = np.stack(xs).astype(np.float32, copy=False)
+    x = _Cases(xs)
     y = np.stack(ys) if task == "lesion" else np.asarray(ys, dtype=np.int64 if task == "pirads" else np.float32)
     return _Split(kept, x, y)
 
