@@ -54,7 +54,6 @@ TASK_ROIS: dict[str, tuple[str, ...]] = {
 }
 
 
-
 @dataclass
 class StudyResult:
     """What :meth:`Study.run` produced."""

@@ -56,11 +56,15 @@ log = logging.getLogger(__name__)
 STAGE_LABELS: dict[str, str] = {"pre": "pre-trained", "ft": "fine-tuned"}
 #: One colour per encoder stage (pre-trained grey, fine-tuned red), in charts and widgets.
 STAGE_COLORS: dict[str, str] = {"pre": "#7f7f7f", "ft": "#d62728"}
-_STAGE_COLORS = list(STAGE_COLORS.values())
 #: One colour per modality, shared by the Altair charts and the widgets' matplotlib figures.
 MODALITY_COLORS: dict[str, str] = {"T2W": "#4c78a8", "DWI": "#f58518", "ADC": "#54a24b"}
 _RANKINGS = ("gained", "lost", "stable")
 _LEVEL_LABELS = {"family": "Feature family", "image_type": "Image type", "overall": "All features"}
+
+
+def _stage_scale():
+    """Colour scale of the stage labels (``STAGE_LABELS``' values) in ``STAGE_COLORS``."""
+    return _alt().Scale(domain=[STAGE_LABELS[s] for s in STAGE_COLORS], range=list(STAGE_COLORS.values()))
 
 
 def _modality_scale():
@@ -259,7 +263,7 @@ def family_scores_chart(report, title: str | None = None):
         bars = base.mark_bar().encode(
             xOffset=alt.XOffset("stage:N", sort=stage_order),
             y=alt.Y("value:Q", title=metric if first else None),
-            color=alt.Color("stage:N", title="Encoder", scale=alt.Scale(domain=stage_order, range=_STAGE_COLORS)),
+            color=alt.Color("stage:N", title="Encoder", scale=_stage_scale()),
             tooltip=[
                 alt.Tooltip("label:N", title="group"),
                 "stage:N",
@@ -308,7 +312,7 @@ def modality_r2_chart(report, title: str | None = None):
             xOffset=alt.XOffset("stage:N", sort=list(STAGE_LABELS.values())),
             y=alt.Y("r2:Q", title="R² of decoded radiomics"),
             color=alt.Color(
-                "stage:N", title="Encoder", scale=alt.Scale(domain=list(STAGE_LABELS.values()), range=_STAGE_COLORS)
+                "stage:N", title="Encoder", scale=_stage_scale()
             ),
             tooltip=["modality:N", "stage:N", alt.Tooltip("r2:Q", format=".4f"), alt.Tooltip("mse:Q", format=".4f")],
         )
@@ -728,7 +732,7 @@ def delta_explorer(
             x=alt.X("true:Q", title="true (min-max scaled)", scale=alt.Scale(zero=False)),
             y=alt.Y("decoded:Q", title="decoded", scale=alt.Scale(zero=False)),
             color=alt.Color(
-                "stage:N", title="Encoder", scale=alt.Scale(domain=list(STAGE_LABELS.values()), range=_STAGE_COLORS)
+                "stage:N", title="Encoder", scale=_stage_scale()
             ),
             tooltip=["case:N", "stage:N", alt.Tooltip("true:Q", format=".3f"), alt.Tooltip("decoded:Q", format=".3f")],
         )
@@ -916,7 +920,7 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
         .encode(
             x=alt.X("regime:N", sort=regimes, title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("value:Q", title=None),
-            color=alt.Color("regime:N", sort=regimes, scale=alt.Scale(range=_STAGE_COLORS), title="Regime"),
+            color=alt.Color("regime:N", sort=regimes, scale=alt.Scale(range=list(STAGE_COLORS.values())), title="Regime"),
             tooltip=["task:N", "metric:N", "regime:N", alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(width=alt.Step(40), height=160)

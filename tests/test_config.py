@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from radiolens.config import DEFAULTS, QUICK, ConfigError, describe_defaults, load_config
 

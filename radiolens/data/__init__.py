@@ -62,4 +62,3 @@ def __getattr__(name: str):
 
         return getattr(fetch, name)
     raise AttributeError(f"module 'radiolens.data' has no attribute {name!r}")
-

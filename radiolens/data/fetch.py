@@ -369,7 +369,7 @@ def _write_case(
     """
     from radiolens.data.cohort import write_image
 
-    sitk = _sitk()
+    _sitk()  # fail early, with the install hint, when SimpleITK is missing
     reference = images["T2W"]
     row: dict[str, Any] = {"case_id": case_id}
     folder = Path("cases") / case_id

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from radiolens.data.cohort import IMAGE_KEYS
+
 __all__ = [
     "DEFAULT_CHANNELS",
     "NORMALISATION_VERSION",
@@ -43,10 +45,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHANNELS: tuple[str, ...] = ("T2W", "DWI", "ADC")
+#: The cohort's image columns, in the order the encoder's stem expects them.
+DEFAULT_CHANNELS: tuple[str, ...] = IMAGE_KEYS
 #: Bump when :func:`case_tensor` changes its output; part of every embedding cache key.
 NORMALISATION_VERSION = "zscore-nonzero-v1"
-_KNOWN_CHANNELS = ("T2W", "DWI", "ADC")
 
 
 def normalise_channel(volume: np.ndarray) -> np.ndarray:
@@ -125,9 +127,9 @@ def case_tensor(
     case_id = getattr(case, "case_id", "?")
     if not channels:
         raise ValueError(f"case {case_id!r}: at least one channel is needed")
-    unknown = [c for c in channels if c not in _KNOWN_CHANNELS]
+    unknown = [c for c in channels if c not in IMAGE_KEYS]
     if unknown:
-        raise ValueError(f"unknown channel(s) {unknown}; expected some of {list(_KNOWN_CHANNELS)}")
+        raise ValueError(f"unknown channel(s) {unknown}; expected some of {list(IMAGE_KEYS)}")
     images = getattr(case, "images", {})
     absent = [c for c in channels if c not in images]
     if absent:
