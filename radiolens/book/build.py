@@ -199,6 +199,9 @@ def _jupyter_book(staging: Path, output: Path) -> Path:
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
                "build", str(staging), "--path-output", str(output), "--all"]
     completed = subprocess.run(command, capture_output=True, text=True)
+    log = output / "_build" / "jupyter-book.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(completed.stdout + completed.stderr, encoding="utf-8")  # Sphinx's warnings, to read
     if completed.returncode != 0:
         raise BookBuildError(f"jupyter-book build failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}")
     html = output / "_build" / "html"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 __all__ = ["ASSET_FOLDER", "MATHJAX", "VEGA", "chart_html", "mathjax_source", "offline_charts", "write_static_assets"]
 
-ASSET_FOLDER = "radiolens"  # under the site's _static/
+ASSET_FOLDER = "radiolens-book"  # under the site's _static/ (not "radiolens": _config.yml excludes that name)
 VEGA = f"{ASSET_FOLDER}/vega.js"
 MATHJAX = f"{ASSET_FOLDER}/mathjax/tex-svg-full.js"
 _HERE = Path(__file__).parent / "static"
@@ -46,12 +46,15 @@ def mathjax_source() -> Path:
 
 
 def write_static_assets(static_dir: str | Path) -> Path:
-    """Write vega, MathJax and the book's chart script/style under ``static_dir/radiolens/``."""
+    """Write vega, MathJax and the book's chart script/style under ``static_dir/radiolens-book/``."""
     from radiolens.report import javascript_bundle
 
     folder = Path(static_dir) / ASSET_FOLDER
     (folder / "mathjax").mkdir(parents=True, exist_ok=True)
-    (folder / "vega.js").write_text(javascript_bundle(), encoding="utf-8")
+    # The bundle sets window.vega/vegaLite/vegaEmbed itself; its other top-level names (e.g.
+    # `_`) would collide with Sphinx's own scripts (doctools.js declares `const _`), so it runs
+    # in a function scope.
+    (folder / "vega.js").write_text("(function () {\n" + javascript_bundle() + "\n})();\n", encoding="utf-8")
     shutil.copy2(mathjax_source(), Path(static_dir) / MATHJAX)
     for name in (PAGE_SCRIPT, PAGE_STYLE):
         shutil.copy2(_HERE / name, folder / name)

@@ -3,6 +3,7 @@
 - serves vega, MathJax and the book's chart script/style from the site itself
   (:mod:`radiolens.book.offline`), so every page works from ``file://`` with no network;
 - loads vega only on pages that have a chart;
+- sets the theme's default colour mode (without one it logs an error on every page);
 - drops scripts that Jupyter Book 1's extensions register twice: sphinx-thebe's inline
   ``const THEBE_JS_URL = ...`` declared twice is a ``SyntaxError`` on every page, and MathJax
   must load once.
@@ -26,6 +27,8 @@ def _config_inited(app, config) -> None:
     offline.write_static_assets(folder)
     config.html_static_path = [*config.html_static_path, str(folder)]
     config.mathjax_path = offline.MATHJAX
+    # without a default colour mode the theme logs "Got invalid theme mode" on every page
+    config.html_context = {"default_mode": "light", **config.html_context}
 
 
 def _unique_scripts(scripts: list) -> list:
