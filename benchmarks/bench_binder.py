@@ -149,9 +149,8 @@ def main() -> None:
     if args.chapter:
         names = [name for name in names if Path(name).name in args.chapter]
     print(f"one core (cpu {args.cpu}), data segment <= {args.memory_gib} GiB, cache {args.cache}", flush=True)
-    header = f"| chapter | first output (s) | first result (s) | total (s) | kernel CPU (s) | peak (GiB) | within targets |"
-    rows = [header, "| --- | --- | --- | --- | --- | --- | --- |"]
-    print(header, flush=True)
+    print("| chapter | first output (s) | first result (s) | total (s) | kernel CPU (s) | peak (GiB) | within targets |")
+    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for name in names:
         result = run_chapter(REPO / f"{name}.md", args.cache, args.timeout)
         ok = (result["error"] is None and result["first_result_s"] < TARGET_FIRST_RESULT_S
@@ -159,7 +158,6 @@ def main() -> None:
         verdict = "yes" if ok else ("failed: " + result["error"] if result["error"] else "no")
         row = (f"| {result['chapter']} | {result['first_output_s']:.1f} | {result['first_result_s']:.1f} | "
                f"{result['total_s']:.1f} | {result['cpu_s']:.1f} | {result['peak_gib']:.2f} | {verdict} |")
-        rows.append(row)
         print(row, flush=True)
 
 
