@@ -81,7 +81,7 @@ def test_chapter_mode_note_names_the_study_its_outputs_come_from():
     assert f"up to {load_config()['finetune']['epochs']} epochs" in full
     assert "will differ" in full and "not the paper's results" in full and "not the paper's results" in quick
     bound = mode_note(False, text_bound=True).data
-    assert "every number in its text, come from the full default study" in bound and "will differ" not in bound
+    assert "every number its text quotes from them, come from the full default study" in bound and "will differ" not in bound
 
 
 def test_every_methods_chapter_has_a_scaffolded_exercise_with_a_check():

@@ -72,7 +72,7 @@ def mode_note(quick: bool, cache_dir=None, text_bound: bool = False):
     if text_bound:
         text = (
             f"**Run mode: {'quick' if quick else 'full'}.** The outputs on this page, and every number "
-            f"in its text, come from the {mode}: {size}."
+            f"its text quotes from them, come from the {mode}: {size}."
         )
     elif quick:
         text = (
