@@ -150,7 +150,7 @@ def _myst_glue(name: str, value) -> None:
     myst_glue(name, value, display=False)
 
 
-def glue(name: str, value, fmt: str = "{}") -> str:
+def glue(name: str, value, fmt: str = "{}") -> None:
     """Bind a value to the prose: ``{glue:text}`name``` in the chapter shows ``fmt.format(value)``.
 
     Parameters
@@ -164,22 +164,16 @@ def glue(name: str, value, fmt: str = "{}") -> str:
     fmt
         A ``str.format`` pattern, e.g. ``"{:.2f}"``, ``"{:,}"``, ``"{:.0%}"``.
 
-    Returns
-    -------
-    str
-        The text as the page shows it (print it, or use it in a later sentence).
+    Returns nothing, so that a cell ending with a glue shows nothing either.
 
     Examples
     --------
-    >>> glue("n_cases", 60)  # doctest: +SKIP
-    '60'
+    >>> glue("share_lesion", 0.583, "{:.0%}")  # the page shows "58%"  # doctest: +SKIP
     """
-    text = fmt.format(value)
-    _myst_glue(name, _Text(text))
-    return text
+    _myst_glue(name, _Text(fmt.format(value)))
 
 
-def claim(name: str, holds: bool, statement: str) -> bool:
+def claim(name: str, holds: bool, statement: str) -> None:
     """Check a sentence the prose states about the run, right after the output it describes.
 
     A claim that holds leaves a record and shows nothing. One that fails shows a warning next
@@ -196,10 +190,7 @@ def claim(name: str, holds: bool, statement: str) -> bool:
     statement
         The claim as the prose makes it, in a few words.
 
-    Returns
-    -------
-    bool
-        ``holds``.
+    Returns nothing, so that a cell ending with a claim shows nothing either.
     """
     holds = bool(holds)
     _myst_glue(CLAIM_PREFIX + name, _Text(f"{HOLDS if holds else FAILS}: {statement}"))
@@ -210,7 +201,6 @@ def claim(name: str, holds: bool, statement: str) -> bool:
             f"> **Note: on this run the text's claim does not hold** - \"{statement}\". "
             "The text describes the quick study; read the outputs above instead."
         ))
-    return holds
 
 
 def check(name: str, test: Callable[[], object], hint: str = "") -> bool:
