@@ -325,3 +325,22 @@ def test_offline_book_needs_no_cdn_in_configuration():
     config = yaml.safe_load((REPO / "_config.yml").read_text())
     assert "radiolens.book.sphinxext" in config["sphinx"]["extra_extensions"]
     assert "sphinx_exercise" in config["sphinx"]["extra_extensions"]
+
+
+def test_check_prints_a_clear_verdict_for_an_unfinished_scaffold(capsys):
+    from radiolens.book import check
+
+    def unfinished():  # what a scaffold with `...` does: arithmetic on Ellipsis
+        low = ...
+        return [1.0, 2.0] - low
+
+    def wrong():
+        assert 2 + 2 == 5, "got 4, expected 5"
+
+    assert check("minmax_scale", unfinished, hint="use the training rows") is False
+    assert check("sum", wrong) is False
+    assert check("sum", lambda: None) is True
+    out = capsys.readouterr().out
+    assert "✘ minmax_scale: not yet. TypeError:" in out and "Hint: use the training rows" in out
+    assert "✘ sum: not yet. got 4, expected 5" in out
+    assert "✔ sum: correct." in out
