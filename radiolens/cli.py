@@ -20,6 +20,7 @@ radiolens - a radiomic lens on how fine-tuning changes a foundation model's enco
                             -> embeddings -> penalty sweep -> lens -> report); every stage is
                             cached, so an interrupted run resumes where it stopped
   radiolens book            execute the book's chapters with papermill and render them
+                            (--student: the edition without solutions, for a class)
   radiolens config          print every configuration key with its default and meaning
   radiolens synth OUT       write a built-in synthetic cohort to a folder
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--chapter", action="append", default=None, help="execute only this chapter (repeatable), e.g. 07_lens_decoders")
     book.add_argument("--no-html", action="store_true", help="execute only, do not render HTML")
     book.add_argument("--root", default=None, help="repository root holding _toc.yml (default: found from the current folder)")
+    book.add_argument("--student", action="store_true", help="write the student edition (no solutions) to _build/student/ instead")
 
     sub.add_parser("config", help="print the configuration keys, defaults and meanings")
 
@@ -64,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_book(quick: bool, cache_dir, only=None, html=True, root=None) -> int:
+def _run_book(quick: bool, cache_dir, only=None, html=True, root=None, student=False) -> int:
     from radiolens.book import BookBuildError, build_book
 
     start = time.perf_counter()
     try:
-        path = build_book(root=root, quick=quick, cache_dir=cache_dir, only=only, html=html)
+        path = build_book(root=root, quick=quick, cache_dir=cache_dir, only=only, html=html, student=student)
     except BookBuildError as err:
         print(f"radiolens book: {err}", file=sys.stderr)
         return 1
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "book":
-        return _run_book(args.quick, args.cache_dir, only=args.chapter, html=not args.no_html, root=args.root)
+        return _run_book(args.quick, args.cache_dir, only=args.chapter, html=not args.no_html, root=args.root, student=args.student)
 
     from radiolens.config import ConfigError, load_config
     from radiolens.pipeline import run_study

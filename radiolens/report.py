@@ -40,7 +40,7 @@ import pandas as pd
 from radiolens import views
 from radiolens.cache import atomic_write_dir, atomic_write_text
 
-__all__ = ["javascript_bundle", "slug", "write_report"]
+__all__ = ["javascript_bundle", "json_for_script", "slug", "vegalite_version", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +96,38 @@ def _jsonable(obj: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def javascript_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script (from ``vl-convert-python``).
+def vegalite_version() -> str | None:
+    """The Vega-Lite version (``"6.4"``) of the installed Altair's schema when vl-convert ships it.
 
-    The Vega-Lite version matches the schema of the installed Altair when vl-convert ships it.
+    None means vl-convert's default; pass it as ``vl_version`` to any vl-convert call so that
+    charts, bundles and PNGs all use the Vega-Lite that Altair wrote the specs for.
     """
     try:
         import altair as alt
         import vl_convert as vlc
     except ImportError as error:  # pragma: no cover - core dependencies
         raise ImportError(
-            "the report inlines Vega's JavaScript from vl-convert-python: pip install vl-convert-python altair"
+            "charts are drawn offline with vl-convert-python: pip install vl-convert-python altair"
         ) from error
     match = re.match(r"v?(\d+)\.(\d+)", alt.SCHEMA_VERSION)
     wanted = f"{match[1]}.{match[2]}" if match else None
-    version = wanted if wanted in vlc.get_vegalite_versions() else None
-    bundle = vlc.javascript_bundle(vl_version=version)
+    return wanted if wanted in vlc.get_vegalite_versions() else None
+
+
+def javascript_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script (from ``vl-convert-python``).
+
+    The Vega-Lite version matches the schema of the installed Altair when vl-convert ships it.
+    """
+    import vl_convert as vlc
+
+    bundle = vlc.javascript_bundle(vl_version=vegalite_version())
     # A literal "</script" would end the inline script early.
     return bundle.replace("</script", "<\\/script")
 
 
-def _json_for_script(obj: Any) -> str:
-    """JSON that is safe inside a <script> element."""
+def json_for_script(obj: Any) -> str:
+    """JSON that is safe inside a ``<script type="application/json">`` element."""
     text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -181,7 +191,7 @@ class _Page:
         cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
         self.add(
             f'<figure><div class="vl-chart" id="{ident}"></div>{cap}'
-            f'<script type="application/json" id="{ident}-spec">{_json_for_script(spec)}</script></figure>'
+            f'<script type="application/json" id="{ident}-spec">{json_for_script(spec)}</script></figure>'
         )
 
 

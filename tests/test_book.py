@@ -17,6 +17,7 @@ import yaml
 
 import browser
 from conftest import run_cli
+from radiolens.book.bindings import glued_values, problems
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,11 @@ CHART_CHAPTERS = ["03_radiomics", "04_encoder", "05_finetuning", "06_lens_projec
 
 def _toc_files(root: Path) -> list[str]:
     toc = yaml.safe_load((root / "_toc.yml").read_text())
-    return [toc["root"], *[entry["file"] for entry in toc["chapters"]]]
+    return [toc["root"], *[entry["file"] for part in toc["parts"] for entry in part["chapters"]]]
+
+
+def _chapter_files(root: Path) -> list[str]:
+    return [name for name in _toc_files(root) if Path(name).name[:2].isdigit()]
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +57,20 @@ def test_every_chapter_is_rendered(built_book):
         assert "<h1" in text
     index = (html / "book" / "index.html").read_text(encoding="utf-8")
     assert "synthetic" in index.lower()  # the honest disclaimer is on the first page
-    # every chapter says which study its outputs come from (the CI build is the quick one)
-    for name in [n for n in _toc_files(root) if Path(n).name[:2].isdigit()]:
+    # every chapter says which study its outputs come from (the CI build is the quick one), with
+    # its size read from the configuration the chapter used
+    from radiolens.config import load_config
+
+    n_cases = load_config(quick=True)["cohort"]["n_cases"]
+    for name in _chapter_files(root):
         text = (html / f"{name}.html").read_text(encoding="utf-8")
-        assert "Run mode: quick" in text and "mode_note" not in text, name
+        assert "Run mode: quick" in text and "start_chapter" not in text, name
+        assert f"{n_cases} synthetic cases" in text, name
+        # one parameter cell: papermill's injected copy is hidden, the chapter's own one shows
+        assert len(re.findall(r'<span class="n">quick</span> <span class="o">=</span>', text)) == 1, name
+        assert "injected-parameters" not in text, name
+    for name in ("book/glossary", "book/teaching"):
+        assert (html / f"{name}.html").exists()
 
 
 def test_no_errors_in_executed_chapters(built_book):
@@ -71,71 +86,105 @@ def test_no_errors_in_executed_chapters(built_book):
                     assert "Traceback" not in output["text"], f"{path.name}: {output['text'][:500]}"
         # papermill injected the quick-mode parameters
         assert any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in notebook.cells), path.name
+        # the prose is backed by the run: every glue key exists, every claim holds, and every
+        # exercise check passed on its reference solution
+        assert problems(notebook, path.stem) == [], problems(notebook, path.stem)
+    checks = [key for path in executed for key in glued_values(nbformat.read(path, as_version=4)) if key.startswith("check:")]
+    assert len(checks) >= 8, checks  # a scaffolded, self-checking exercise in every methods chapter
 
 
-def test_charts_present(built_book):
+def test_every_glued_number_is_on_its_page(built_book):
+    """Chapter 2's prose is bound to its outputs: the page shows the values the run glued."""
+    root, html = built_book
+    notebook = nbformat.read(root / "_build" / "executed" / "book" / "02_data.ipynb", as_version=4)
+    values = glued_values(notebook)
+    text = re.sub(r"<[^>]+>", "", (html / "book" / "02_data.html").read_text(encoding="utf-8"))
+    text = re.sub(r"\s+", " ", text)
+    sentence = f"This cohort’s {values['n_cases']} cases split {values['n_train']} / {values['n_val']} / {values['n_test']}"
+    assert sentence.replace("’", "'") in text.replace("’", "'")
+    assert "{glue" not in text and "glue:text" not in text
+
+
+def test_charts_are_offline_with_a_picture(built_book):
     _, html = built_book
     for name in CHART_CHAPTERS:
         text = (html / "book" / f"{name}.html").read_text(encoding="utf-8")
-        assert len(re.findall(r'id="altair-viz-', text)) >= 1, f"no Altair chart in {name}"
+        charts = re.findall(r'<div class="radiolens-chart" id="(altair-viz-[0-9a-f]+)"><img class="radiolens-chart-fallback" alt="[^"]*" src="data:image/png;base64,', text)
+        assert charts, f"no chart with a PNG fallback in {name}"
+        assert all(f'id="{ident}-spec"' in text for ident in charts), name
+        assert "radiolens-book/vega.js" in text, name
+    for page in html.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "cdn.jsdelivr.net" not in text and "cdnjs" not in text, f"{page} loads a script from a CDN"
+    assert (html / "_static" / "radiolens-book" / "mathjax" / "tex-svg-full.js").exists()
 
 
-@pytest.fixture()
-def served_book(built_book):
-    """The rendered book over http://127.0.0.1 (as a reader's browser gets it), port chosen freely."""
-    import functools
-    import http.server
-    import socketserver
-    import threading
+def test_student_edition_has_no_solutions(built_book):
+    """The student edition, made from the executed chapters (no second render in CI)."""
+    import jupytext
 
-    _, html = built_book
+    from radiolens.book import write_student_edition
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    root, _ = built_book
+    folder = write_student_edition(root, root / "_build" / "executed", html=False)
+    for name in _chapter_files(root):
+        full = (root / f"{name}.md").read_text(encoding="utf-8")
+        blocks = re.findall(r"(`{3,})\{solution\}.*?\n\1\n", full, flags=re.S)
+        blocks += re.findall(r"```\{solution-start\}.*?```\{solution-end\}", full, flags=re.S)
+        assert blocks, f"{name} has no solutions to remove"
+        student = jupytext.writes(nbformat.read(folder / f"{name}.ipynb", as_version=4), fmt="md:myst")
+        outside = full
+        for block in blocks:
+            outside = outside.replace(block, "")
+        for block in blocks:
+            # lines only a solution has (a scaffold repeats the function's signature and docstring)
+            lines = [line.strip() for line in block.splitlines()[2:]
+                     if len(line.strip()) > 25 and not line.strip().startswith(("```", ":")) and line.strip() not in outside]
+            leaked = [line for line in lines if line in student]
+            assert leaked == [], f"{name}: solution text in the student edition: {leaked[:2]}"
+        assert "{exercise" in student, name
 
-    server = socketserver.TCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(html)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
-
-def _local_cdn() -> dict[str, str]:
-    """Scripts the published book loads from its CDN, served from local copies instead.
-
-    Every Altair chart on a page loads vega itself, so the page may load the bundle several
-    times: wrapped in a function, its top-level declarations cannot collide.
-    """
-    from radiolens.report import javascript_bundle
-
-    return {
-        "https://cdn.jsdelivr.net/npm/vega@": "(function () {\n" + javascript_bundle() + "\n})();",
-        "https://cdn.jsdelivr.net/npm/vega-lite@": "",
-        "https://cdn.jsdelivr.net/npm/vega-embed@": "",
-        "https://cdn.jsdelivr.net/npm/mathjax@": "",  # typesetting is not under test here
-    }
+PAGE_STATE = {
+    "charts": "document.querySelectorAll('div.radiolens-chart').length",
+    "drawn": "Array.from(document.querySelectorAll('div.radiolens-chart[data-rendered]')).filter(d => d.querySelector('.radiolens-chart-live svg, .radiolens-chart-live canvas')).length",
+    "pictures_left": "document.querySelectorAll('img.radiolens-chart-fallback').length",
+    "math": "document.querySelectorAll('span.math, div.math').length",
+    "typeset": "document.querySelectorAll('mjx-container svg').length",
+    "inputs": "document.querySelectorAll('.vega-bindings input, .vega-bindings select').length",
+    # a table wider than the text column must sit in a box that scrolls sideways
+    "clipped_tables": """Array.from(document.querySelectorAll('article table')).filter(table => {
+        const article = document.querySelector('article').getBoundingClientRect();
+        if (table.getBoundingClientRect().right <= article.right + 1) return false;
+        for (let box = table.parentElement; box && box.tagName !== 'ARTICLE'; box = box.parentElement) {
+            if (['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) return false;
+        }
+        return true;
+    }).length""",
+}
+READY = ("document.readyState === 'complete' && (!window.radiolensCharts || "
+         "radiolensCharts.drawn + radiolensCharts.failed >= radiolensCharts.total) && "
+         "(document.querySelectorAll('span.math, div.math').length === 0 || "
+         "(window.MathJax && MathJax.startup && MathJax.startup.document && "
+         "document.querySelectorAll('mjx-container').length >= document.querySelectorAll('span.math, div.math').length))")
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(browser.skip_reason() is not None, reason=browser.skip_reason() or "")
-def test_weight_change_explorer_renders_in_a_browser(built_book, served_book):
-    """Chapter 8 in headless Chromium, offline, with vega served locally instead of the CDN."""
-    _, html = built_book
-    n_charts = len(re.findall(r'<div id="altair-viz-[0-9a-f]+"', (html / "book" / "08_what_changed.html").read_text()))
-    assert n_charts >= 3
-    routes = _local_cdn()
-    drawn = "Array.from(document.querySelectorAll('div[id^=altair-viz-]')).filter(d => d.querySelector('svg, canvas')).length"
-    page = browser.open_page(
-        f"{served_book}/book/08_what_changed.html", wait_for=f"{drawn} >= {n_charts}", timeout=90, routes=routes, settle=2,
-        evaluate={"drawn": drawn, "inputs": "document.querySelectorAll('.vega-bindings input, .vega-bindings select').length"},
-    )
-    assert page.waited, f"only {page.values.get('drawn')} of {n_charts} charts drawn"
-    assert page.values["inputs"] >= 3  # the explorer's bound controls (task, ranking, top-k, ...)
-    # Jupyter Book 1.0.4's theme logs a few errors of its own on every page (a duplicated thebe
-    # script, an empty theme mode); the chapter must add none beyond those of the chart-free index
-    baseline = browser.open_page(f"{served_book}/book/index.html", timeout=60, routes=routes, settle=2)
-    added = sorted(set(page.errors) - set(baseline.errors))
-    assert added == [], added
-    external = [url for url in page.requests if not url.startswith(served_book)]
-    assert external == [], external  # nothing else tried the network
+def test_every_page_works_offline_from_file(built_book):
+    """Every page opened from file:// with no network: no console error, every chart drawn by
+    the site's own vega, every equation typeset by its own MathJax, no request leaves the disk."""
+    root, html = built_book
+    for name in _toc_files(root):
+        page = browser.open_page(html / f"{name}.html", wait_for=READY, evaluate=PAGE_STATE, timeout=120, settle=1)
+        values = page.values
+        assert page.waited, f"{name}: charts or equations never finished: {values}"
+        assert page.errors == [], f"{name}: {page.errors}"
+        assert page.requests == [], f"{name} tried the network: {page.requests}"
+        assert values["drawn"] == values["charts"] and values["pictures_left"] == 0, f"{name}: {values}"
+        assert values["typeset"] >= values["math"], f"{name}: {values}"
+        assert values["clipped_tables"] == 0, f"{name}: a wide table is cut off"
+        if Path(name).name in CHART_CHAPTERS:
+            assert values["charts"] >= 1, name
+        if Path(name).name == "08_what_changed":
+            assert values["inputs"] >= 3  # the explorer's bound controls (task, ranking, top-k, ...)

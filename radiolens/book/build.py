@@ -3,13 +3,18 @@
 The chapters are jupytext MyST Markdown files (``book/*.md``) listed in ``_toc.yml``. Each one
 has a cell tagged ``parameters`` (``quick``, ``cache_dir``); papermill injects the values, runs
 the notebook and stops at the first error, which :class:`BookBuildError` reports with the
-chapter and the cell. Jupyter Book then renders the *executed* notebooks from a staging folder
-(``_config.yml`` sets ``execute_notebooks: off``), so nothing runs twice.
+chapter and the cell. Each executed chapter is then verified (:mod:`radiolens.book.bindings`:
+every glue key its prose uses exists, every claim holds, every exercise check passes on its
+reference solution). Jupyter Book renders the *executed* notebooks from a staging folder
+(``_config.yml`` sets ``execute_notebooks: off``), so nothing runs twice; staging shows one
+parameter cell per page and rewrites charts to draw offline (:mod:`radiolens.book.offline`).
+A student edition (:mod:`radiolens.book.student`) is the same notebooks without solutions.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -18,51 +23,13 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["BookBuildError", "build_book", "chapters", "execute_chapters", "mode_note", "render_html"]
+__all__ = ["BookBuildError", "build_book", "chapters", "execute_chapters", "find_root", "render_html", "stage_notebook", "write_student_edition"]
 
 logger = logging.getLogger(__name__)
 
 
 class BookBuildError(RuntimeError):
     """A chapter failed to execute, or the HTML build failed."""
-
-
-def mode_note(quick: bool):
-    """The note at the top of every chapter saying which study its outputs come from.
-
-    The chapters' text was written against the quick study and quotes its numbers ("in the
-    quick run ..."); a page executed on the full default study says so, so that no reader
-    takes a quick-mode sentence for a statement about the outputs beside it.
-
-    Parameters
-    ----------
-    quick
-        The chapter's ``quick`` parameter.
-
-    Returns
-    -------
-    IPython.display.Markdown
-    """
-    from IPython.display import Markdown
-
-    from radiolens.config import load_config
-
-    cohort = load_config(quick=quick)["cohort"]
-    if quick:
-        text = (
-            f"**Run mode: quick.** The outputs on this page come from the quick study "
-            f"({cohort['n_cases']} synthetic cases, short training), the mode the text was written "
-            "against: the numbers it quotes from \"the quick run\" were read off outputs like these. "
-            "Set `quick = False` in the first cell for the full default study."
-        )
-    else:
-        text = (
-            f"**Run mode: full default study.** The outputs on this page come from the full study "
-            f"({cohort['n_cases']} synthetic cases). The text was written against the quick study and "
-            "quotes its numbers (\"in the quick run ...\"); the outputs here come from more data "
-            "and longer training and will differ."
-        )
-    return Markdown(f"> {text} Either way the data are synthetic: these are not the paper's results.")
 
 
 def find_root(start: str | Path | None = None) -> Path:
@@ -141,8 +108,28 @@ def execute_chapters(
         finally:
             unexecuted.unlink(missing_ok=True)
         _strip_widget_state(target)
+        _verify(target, name)
         print(f"[radiolens book] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
     return output_dir
+
+
+def _verify(executed: Path, name: str) -> None:
+    """Fail on prose keys the run did not glue and on failing exercise checks; warn on claims.
+
+    A claim that fails on this run already shows a note on its page (the full study or a
+    reader's own data may legitimately differ from the quick study the text describes); the
+    book test requires every claim to hold on the quick build.
+    """
+    from radiolens.book.bindings import problems
+
+    found = problems(executed, name)
+    claims = [message for message in found if ": claim " in message]
+    for message in claims:
+        logger.warning(message)
+        print(f"[radiolens book] warning: {message}", flush=True)
+    errors = [message for message in found if message not in claims]
+    if errors:
+        raise BookBuildError("\n".join(errors) + f"\n(executed notebook: {executed})")
 
 
 def _strip_widget_state(path: Path) -> None:
@@ -154,9 +141,36 @@ def _strip_widget_state(path: Path) -> None:
         nbformat.write(notebook, path)
 
 
-def render_html(root: Path, executed_dir: Path) -> Path:
-    """Render the executed notebooks with Jupyter Book 1.x; return the HTML folder."""
-    staging = root / "_build" / "book_src"
+def stage_notebook(notebook, quick: bool | None = None) -> None:
+    """Prepare an executed chapter for its page, in place.
+
+    - One parameter cell: papermill's ``injected-parameters`` cell is hidden and the chapter's
+      own ``parameters`` cell (the one a reader edits) shows the ``quick`` value actually used.
+    - Charts draw offline with a PNG fallback (:func:`radiolens.book.offline.offline_charts`).
+    """
+    from radiolens.book.offline import offline_charts
+
+    for cell in notebook.cells:
+        tags = cell.get("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        elif "parameters" in tags and quick is not None:
+            cell.source = re.sub(r"^quick\s*=.*$", f"quick = {bool(quick)}", cell.source, flags=re.M)
+    offline_charts(notebook)
+
+
+def _injected_quick(notebook) -> bool | None:
+    for cell in notebook.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            match = re.search(r"^quick\s*=\s*(True|False)", cell.source, flags=re.M)
+            return None if match is None else match[1] == "True"
+    return None
+
+
+def _stage(root: Path, executed_dir: Path, staging: Path, transform) -> None:
+    """Copy the book's sources to ``staging``, each chapter as ``transform(executed notebook)``."""
+    import nbformat
+
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
@@ -174,19 +188,64 @@ def render_html(root: Path, executed_dir: Path) -> Path:
         executed = executed_dir / f"{name}.ipynb"
         if executed.exists():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(executed, staging / f"{name}.ipynb")
+            notebook = transform(nbformat.read(executed, as_version=4))
+            nbformat.write(notebook, staging / f"{name}.ipynb")
         elif not (staging / f"{name}.md").exists():
             raise BookBuildError(f"chapter {name} has not been executed (no {executed})")
+
+
+def _jupyter_book(staging: Path, output: Path) -> Path:
     # the console script may not be on PATH (e.g. a venv not activated): call its module
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
-               "build", str(staging), "--path-output", str(root), "--all"]
+               "build", str(staging), "--path-output", str(output), "--all"]
     completed = subprocess.run(command, capture_output=True, text=True)
+    log = output / "_build" / "jupyter-book.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(completed.stdout + completed.stderr, encoding="utf-8")  # Sphinx's warnings, to read
     if completed.returncode != 0:
         raise BookBuildError(f"jupyter-book build failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}")
-    html = root / "_build" / "html"
+    html = output / "_build" / "html"
     if not (html / "index.html").exists():
         raise BookBuildError(f"jupyter-book build produced no {html / 'index.html'}")
     return html
+
+
+def render_html(root: Path, executed_dir: Path) -> Path:
+    """Render the executed notebooks with Jupyter Book 1.x; return the HTML folder."""
+
+    def transform(notebook):
+        stage_notebook(notebook, quick=_injected_quick(notebook))
+        return notebook
+
+    _stage(root, executed_dir, root / "_build" / "book_src", transform)
+    return _jupyter_book(root / "_build" / "book_src", root)
+
+
+def write_student_edition(root: Path, executed_dir: Path, html: bool = True) -> Path:
+    """The student edition: every chapter without solutions, as notebooks and (optionally) HTML.
+
+    Returns ``_build/student/html`` (or, with ``html=False``, the folder of student notebooks
+    ``_build/student/book_src``).
+    """
+    from radiolens.book.student import solutions_left, student_notebook
+
+    def transform(notebook):
+        student = student_notebook(notebook)
+        stage_notebook(student, quick=_injected_quick(student))
+        left = solutions_left(student)
+        if left:
+            raise BookBuildError(f"the student edition still holds solutions: {left}")
+        return student
+
+    output = root / "_build" / "student"
+    _stage(root, executed_dir, output / "book_src", transform)
+    if not html:
+        return output / "book_src"
+    built = _jupyter_book(output / "book_src", output)
+    target = output / "html"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(built), target)
+    return target
 
 
 def build_book(
@@ -195,8 +254,15 @@ def build_book(
     cache_dir: str | Path | None = None,
     only: list[str] | None = None,
     html: bool = True,
+    student: bool = False,
 ) -> Path:
-    """Execute the chapters in order and render the book; return the HTML (or executed) folder."""
+    """Execute the chapters in order and render the book; return the HTML (or executed) folder.
+
+    With ``student=True`` the student edition (no solutions) is written to
+    ``_build/student/`` and its folder is returned instead.
+    """
     root = find_root(root)
     executed = execute_chapters(root, quick=quick, cache_dir=cache_dir, only=only)
+    if student:
+        return write_student_edition(root, executed, html=html)
     return render_html(root, executed) if html else executed
