@@ -64,6 +64,7 @@ class StudyResult:
     downstream: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
 
 
 class Study:
@@ -88,6 +89,7 @@ class Study:
         self.progress = progress
         self.cache_root = default_cache_dir(config.get("cache_dir"))
         self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}
         self.warnings: list[str] = []
         self._memo: dict[Any, Any] = {}
         self._report_dirs: dict[Any, Path] = {}
@@ -99,9 +101,10 @@ class Study:
         return ArtifactCache(self.cache_root, namespace)
 
     def _timed(self, name: str, func, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = func(*args, **kwargs)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + _cpu_seconds() - cpu_start
         return result
 
     def _warn(self, message: str) -> None:
@@ -502,7 +505,7 @@ class Study:
 
         out = Path(out_dir or self.config["out"])
         out.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
         for task in self.available_tasks():
             for roi in TASK_ROIS[task]:
@@ -513,12 +516,35 @@ class Study:
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
         planted = self.planted_truth()
         self.timings["total"] = time.perf_counter() - start
+        self.cpu_timings["total"] = _cpu_seconds() - cpu_start
         report_path = write_report(
             out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
             provenance=self.provenance(), warnings=self.warnings,
             lens_dirs={name: self._report_dirs[("compare", *parse_report_name(name))] for name in reports},
         )
-        return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings))
+        return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings),
+                           dict(self.cpu_timings))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its worker processes (radiomics' loky
+    workers stay alive between calls, so the process tree is summed, not only reaped children)."""
+    import resource
+
+    try:
+        import psutil
+    except ImportError:  # psutil is optional: count this process and reaped children only
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # ended meanwhile: its time is in its parent's children_* fields
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def _code_version(*modules: str) -> str:
@@ -579,6 +605,7 @@ def run_study(config: dict, out_dir: str | Path | None = None, progress: bool = 
     try:
         result = Study(config, progress=progress).run(out)
         atomic_write_text(out / "timings.json", json.dumps(result.timings, indent=1))
+        atomic_write_text(out / "cpu_timings.json", json.dumps(result.cpu_timings, indent=1))
         return result
     finally:
         root.removeHandler(handler)
