@@ -39,6 +39,7 @@ import pandas as pd
 
 from radiolens import views
 from radiolens.cache import atomic_write_dir, atomic_write_text
+from radiolens.glossary import feature_definition
 
 __all__ = ["javascript_bundle", "slug", "write_report"]
 
@@ -619,7 +620,7 @@ def write_report(
             )
             page.chart(
                 lambda: views.delta_explorer(
-                    task_reports, k=top_k, top_max=max(15, top_k), definitions=_feature_definitions()
+                    task_reports, k=top_k, top_max=max(15, top_k), definitions=feature_definition
                 ),
                 None,
                 "explorer",
@@ -739,16 +740,6 @@ def _remove_stale(out: Path, files: list[str]) -> None:
         elif path.exists():
             path.unlink()
         log.info("removed %s left by an earlier report", path)
-
-
-def _feature_definitions():
-    """radiolens's plain-language PyRadiomics definitions, or None when unavailable."""
-    try:
-        from radiolens.widgets import feature_definition
-    except ImportError as error:  # widgets needs ipywidgets/matplotlib; definitions are optional
-        log.info("feature definitions unavailable in the explorer: %s", error)
-        return None
-    return feature_definition
 
 
 def _library_versions() -> dict[str, str]:

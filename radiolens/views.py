@@ -646,7 +646,7 @@ def delta_explorer(
         Which features and cases carry scatter data (see above).
     definitions
         Optional definitions shown for the clicked feature: ``{column: text}`` or a function
-        of the column name (e.g. :func:`radiolens.widgets.feature_definition`); wrapped to
+        of the column name (e.g. :func:`radiolens.glossary.feature_definition`); wrapped to
         five lines.
     """
     alt = _alt()
@@ -941,8 +941,6 @@ _WIDGET_VIEWS = (
     "SweepExplorer",
     "WeightChangeExplorer",
     "case_figure",
-    "feature_definition",
-    "image_type_definition",
     "rank_features",
     "ranking_figure",
     "render_slice",

@@ -467,7 +467,6 @@ def test_kernel_backed_views_are_reachable_from_views():
     from radiolens.views import show_case
 
     assert show_case is widgets.show_case
-    assert views.feature_definition is widgets.feature_definition
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         views.nope
 

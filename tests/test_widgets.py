@@ -1,4 +1,4 @@
-"""Tests for radiolens.widgets: case viewer, feature definitions, weight-change explorer."""
+"""Tests for radiolens.widgets: case viewer, weight-change explorer."""
 
 from __future__ import annotations
 
@@ -178,52 +178,6 @@ def test_window_levels_per_modality():
     assert low == pytest.approx(np.percentile(t2, 0.5)) and high == pytest.approx(np.percentile(t2, 99.5))
     assert W.window_for("DWI", t2)[0] == pytest.approx(np.percentile(t2, 1))
     assert W.window_for("T2W", np.ones(10)) == (1.0, 2.0)  # constant image: still a valid window
-
-
-# --------------------------------------------------------------------------------------
-# feature definitions
-# --------------------------------------------------------------------------------------
-
-
-def test_every_pyradiomics_feature_of_the_six_families_has_a_definition():
-    radiomics = pytest.importorskip("radiomics")
-    classes = radiomics.getFeatureClasses()
-    checked = 0
-    for family in ("firstorder", "glcm", "gldm", "glrlm", "glszm", "ngtdm"):
-        for feature in classes[family].getFeatureNames():
-            text = W.feature_definition(f"T2W__original_{family}_{feature}")
-            assert feature in text and len(text) > 40
-            checked += 1
-        # and nothing defined that PyRadiomics does not have (typos would hide there)
-        assert set(W.FEATURE_DEFINITIONS[family]) == set(classes[family].getFeatureNames())
-    assert checked >= 100
-
-
-def test_definitions_are_distinct_except_documented_aliases():
-    for family, defs in W.FEATURE_DEFINITIONS.items():
-        texts = [t for t in defs.values() if not t.startswith("Same as")]
-        assert len(texts) == len(set(texts)), family
-
-
-def test_definition_explains_image_type_and_modality():
-    text = W.feature_definition("ADC__wavelet-LHL_glcm_Imc2")
-    assert "GLCM Imc2" in text
-    assert "low-pass along x, high-pass along y, low-pass along z" in text
-    assert "ADC" in text
-    assert "without a filter" in W.feature_definition("DWI__original_ngtdm_Busyness")
-    assert "diffusion" in W.feature_definition("DWI__original_ngtdm_Busyness")
-    # PyRadiomics keys and family_feature work too
-    assert W.feature_definition("original_firstorder_Kurtosis").startswith("First order Kurtosis")
-    assert W.feature_definition("glszm_ZonePercentage").startswith("GLSZM ZonePercentage")
-
-
-def test_definition_of_unknown_feature_names_it():
-    with pytest.raises(ValueError, match="T2W__original_glcm_Fancy"):
-        W.feature_definition("T2W__original_glcm_Fancy")
-    with pytest.raises(ValueError, match="shape"):
-        W.feature_definition("T2W__original_shape_Sphericity")
-    with pytest.raises(ValueError, match="not_a_feature"):
-        W.feature_definition("not_a_feature")
 
 
 # --------------------------------------------------------------------------------------
