@@ -24,7 +24,7 @@ Caching
 Results are stored in :class:`radiolens.cache.ArtifactCache` (namespace ``"embeddings"``)
 under a key built from the encoder's weights (SHA-256 of every state-dict tensor) and class,
 the cohort's fingerprint and case list, the channels, the input normalisation version, the
-stages and the padding. ``batch_size``, ``device`` and ``progress`` are not part of the key:
+stages and the padding, with the step's version (:func:`radiolens.cache.step_key`). ``batch_size``, ``device`` and ``progress`` are not part of the key:
 they change the numbers by float rounding at most (batched == per-case to about 1e-6).
 
 Any encoder following radiolens's adapter protocol (see :mod:`radiolens.models.profound`)
@@ -44,14 +44,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from radiolens.cache import ArtifactCache, hash_json
+from radiolens.cache import ArtifactCache, step_key
 
-__all__ = ["EMBEDDINGS_VERSION", "extract", "encoder_hash", "stage_columns"]
+__all__ = ["extract", "encoder_hash", "stage_columns"]
 
 logger = logging.getLogger(__name__)
 
-#: Bump when the embedding computation changes (part of the cache key).
-EMBEDDINGS_VERSION = "1"
 _STAGES = ("last", "stage1", "stage2", "stage3", "stage4")
 
 
@@ -188,7 +186,8 @@ def extract(
     key = None
     cache = None
     if use_cache:
-        key = "emb-" + hash_json(
+        key = step_key(
+            "embeddings",
             {
                 "encoder": encoder_hash(encoder),
                 "cohort": cohort.fingerprint,
@@ -197,9 +196,9 @@ def extract(
                 "normalisation": NORMALISATION_VERSION,
                 "stages": stages,
                 "pad_multiple": stride,
-                "version": EMBEDDINGS_VERSION,
-            }
-        )[:32]
+            },
+            length=32,
+        )
         cache = ArtifactCache(cache_dir, "embeddings")
         hit = cache.get_frame(key)
         if hit is not None:

@@ -25,15 +25,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens import __version__
-from radiolens.cache import (
-    ArtifactCache,
-    atomic_write_dir,
-    atomic_write_text,
-    default_cache_dir,
-    hash_bytes,
-    hash_frame,
-    hash_json,
-)
+from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
 
 __all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "parse_report_name", "report_name", "run_study"]
 
@@ -152,10 +144,9 @@ class Study:
             key = "table-" + hash_json({"path": spec["path"], "seed": self.seed})[:16]
             cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed)
         else:
-            from radiolens.data import fetch
+            from radiolens.data.datasets import FETCHERS
 
-            fetcher = {"msd": fetch.fetch_msd_prostate, "picai": fetch.fetch_picai, "prostate158": fetch.fetch_prostate158}[source]
-            cohort = fetcher(data_dir=spec["path"])
+            cohort = FETCHERS[source](data_dir=spec["path"], progress=self.progress)
         if self.config["preprocess"]["enabled"]:
             from radiolens.data.preprocess import preprocess
 
@@ -196,16 +187,11 @@ class Study:
                     f"radiomics ({roi} ROI): {len(result.failures)} work unit(s) failed; those cases are "
                     f"left out of the lens (see the failures table): {sorted(set(result.failures['case_id']))[:10]}"
                 )
-            features = result.features.replace([np.inf, -np.inf], np.nan)
-            # a case without this ROI (or with a failed unit) has a whole modality missing: drop it
-            modality = features.columns.str.split("__").str[0]
-            incomplete = features.isna().T.groupby(modality).all().any(axis=0)
-            features = features.loc[~incomplete]
-            # a feature PyRadiomics could not compute for some cases: drop the feature, not the cases
-            partial = features.columns[features.isna().any()]
-            if len(partial):
-                self._warn(f"radiomics ({roi} ROI): {len(partial)} feature(s) undefined for some cases were dropped: {list(partial[:5])}")
-                features = features.drop(columns=partial)
+            features = radiomics.clean(result.features)
+            kept = set(features.columns)
+            dropped = [c for c in result.features.columns if c not in kept]
+            if dropped:
+                self._warn(f"radiomics ({roi} ROI): {len(dropped)} feature(s) undefined for some cases were dropped: {dropped[:5]}")
             self._memo[key] = features
         return self._memo[key]
 
@@ -224,21 +210,17 @@ class Study:
         spec = self.config["encoder"]
         weights = spec["weights"]
         if weights == "pretrain":
-            cache = self._cache("encoders")
-            key = "pretrain-" + hash_json(
-                {"cohort": self.cohort().fingerprint, "preset": spec["preset"], "epochs": spec["pretrain_epochs"], "seed": self.seed}
-            )[:24]
-            path = cache.get_file(key, "pt")
-            if path is None:
+            key = step_key("pretrain", {"cohort": self.cohort().fingerprint, "preset": spec["preset"],
+                                        "epochs": spec["pretrain_epochs"], "seed": self.seed})
+
+            def pretrain():
                 encoder, _history = models.pretrain(
                     self.cohort(), preset=spec["preset"], epochs=spec["pretrain_epochs"], seed=self.seed,
                     device=self.config["device"], progress=self.progress,
                 )
-                tmp = self.cache_root / "encoders" / f"{key}.tmp.pt"
-                models.save_encoder(encoder, tmp)
-                path = cache.put_file(key, "pt", tmp)
-                tmp.unlink(missing_ok=True)
-            return models.load_encoder(path)
+                return encoder
+
+            return self._cache("encoders").cached(key, pretrain, models.save_encoder, models.load_encoder, ext="pt")
         if Path(weights).suffix in (".pt", ".pth", ".ckpt") or Path(weights).exists():
             encoder, report = models.load_profound(weights, in_chans=3, preset=spec["preset"])
             if report.missing:
@@ -254,6 +236,7 @@ class Study:
         return self._memo[key]
 
     def _finetune(self, task: str, regime: str):
+        from radiolens.embeddings import encoder_hash
         from radiolens.models import finetune as ft
 
         spec = self.config["finetune"]
@@ -264,25 +247,21 @@ class Study:
         # the decoder width only exists for the segmentation task: other tasks' keys ignore it
         head_kwargs = {"channels": spec["decoder_channels"]} if task == "lesion" else {}
         params["head_kwargs"] = head_kwargs
-        cache = self._cache("finetuned")
-        key = f"{task}-{regime}-" + hash_json(
-            {"params": params, "encoder": _encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint,
-             "version": ft.FINETUNE_VERSION}
-        )[:24]
-        path = cache.get_file(key, "pt")
-        if path is not None:
-            return ft.load_finetuned(path)
-        result = ft.finetune(
-            self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
-            batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
-            device=self.config["device"], progress=self.progress, quick=bool(self.config.get("quick")),
-            head_kwargs=head_kwargs,
+        key = step_key("finetune", {"params": params, "encoder": encoder_hash(self.encoder()),
+                                    "cohort": self.cohort().fingerprint})
+
+        def finetune():
+            return ft.finetune(
+                self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
+                batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
+                device=self.config["device"], progress=self.progress, quick=bool(self.config.get("quick")),
+                head_kwargs=head_kwargs,
+            )
+
+        return self._cache("finetuned").cached(
+            key, finetune, lambda result, path: ft.save_finetuned(result, path, card=False), ft.load_finetuned,
+            ext="pt", meta={"task": task, "regime": regime},
         )
-        tmp = self.cache_root / "finetuned" / f"{key}.tmp.pt"
-        ft.save_finetuned(result, tmp, card=False)
-        cache.put_file(key, "pt", tmp, meta={"task": task, "regime": regime})
-        tmp.unlink(missing_ok=True)
-        return result
 
     def available_tasks(self) -> list[str]:
         """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
@@ -361,18 +340,13 @@ class Study:
             parts = self.lens_inputs(task, roi)
             (x_tr, _, r_tr), (x_va, _, r_va) = parts["train"], parts["val"]
             spec = self.config["lens"]
-            cache = self._cache("lens")
-            ckey = "sweep-" + hash_json(
-                {"x": hash_frame(x_tr), "xv": hash_frame(x_va), "r": hash_frame(r_tr), "rv": hash_frame(r_va),
-                 "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"], "v": _code_version("radiolens.lens")}
-            )[:24]
-            table = cache.get_frame(ckey)
-            if table is None:
-                table = self._timed(
-                    "penalty sweep", penalty_sweep, x_tr, r_tr, x_va, r_va,
-                    l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], **self._lens_params(),
-                )
-                cache.put_frame(ckey, table)
+            ckey = step_key("penalty_sweep", {
+                "x": hash_frame(x_tr), "xv": hash_frame(x_va), "r": hash_frame(r_tr), "rv": hash_frame(r_va),
+                "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"]})
+            table = self._cache("lens").cached_frame(ckey, lambda: self._timed(
+                "penalty sweep", penalty_sweep, x_tr, r_tr, x_va, r_va,
+                l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], **self._lens_params(),
+            ))
             self._memo[key] = table
         return self._memo[key]
 
@@ -386,18 +360,11 @@ class Study:
             best = sweep.loc[sweep["selected"]].iloc[0]
             x_tr, _, r_tr = self.lens_inputs(task, roi)["train"]
             params = {**self._lens_params(), "l1": float(best["l1"]), "l2": float(best["l2"])}
-            cache_dir = self.cache_root / "lens"
-            ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": _code_version("radiolens.lens")})[:24]
-            folder = cache_dir / ckey
-            lens = None
-            if folder.exists():
-                try:
-                    lens = RadiomicLens.load(folder)
-                except Exception as err:
-                    logger.warning("cached lens %s unreadable (%s); refitting", folder, err)
-            if lens is None:
-                lens = self._timed(f"lens fit {task}/{roi}", RadiomicLens(**params).fit, x_tr, r_tr)
-                atomic_write_dir(folder, lens.save)
+            ckey = step_key("lens", {"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params})
+            lens = self._cache("lens").cached(
+                ckey, lambda: self._timed(f"lens fit {task}/{roi}", RadiomicLens(**params).fit, x_tr, r_tr),
+                lambda lens, folder: lens.save(folder), RadiomicLens.load,
+            )
             self._memo[key] = lens
         return self._memo[key]
 
@@ -411,24 +378,18 @@ class Study:
             parts = self.lens_inputs(task, roi)
             (x_pre, x_ft, r), test = parts["train"], parts["test"]
             spec = self.config["lens"]
-            ckey = "report-" + hash_json(
-                {"lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
-                 "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"],
-                 "v": _code_version("radiolens.lens")}
-            )[:24]
-            folder = self.cache_root / "lens" / ckey
-            report = None
-            if folder.exists():
-                try:
-                    report = LensReport.from_dir(folder)
-                except Exception as err:
-                    logger.warning("cached lens report %s unreadable (%s); recomputing", folder, err)
-            if report is None:
-                report = self._timed(
+            ckey = step_key("lens_report", {
+                "lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
+                "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"]})
+            cache = self._cache("lens")
+            report = cache.cached(
+                ckey, lambda: self._timed(
                     f"compare {task}/{roi}", lens.compare, x_pre, x_ft, r, test=test,
                     n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"],
-                )
-                atomic_write_dir(folder, report.to_dir)
+                ),
+                lambda report, folder: report.to_dir(folder), LensReport.from_dir,
+            )
+            folder = cache.get_dir(ckey)
             self._memo[key] = report
             self._report_dirs[key] = folder
         return self._memo[key]
@@ -454,19 +415,16 @@ class Study:
             from radiolens import simulate
 
             quick = bool(self.config.get("quick"))
-            params = {"quick": quick, "seed": self.seed, "v": _code_version("radiolens.lens", "radiolens.simulate")}
-            cache = self._cache("planted")
-            key = "planted-" + hash_json(params)[:24]
-            table = cache.get_frame(key)
-            if table is None:
-                # hidden widths below and above the simulated embedding width (96), few and many
-                # cases; the full grid of the lens benchmark takes too long for a study run
-                if quick:
-                    kwargs = dict(hidden_dims=(16, 256), n_cases=(300,), epochs=100, n_test=300)
-                else:
-                    kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
-                table = self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
-                cache.put_frame(key, table)
+            # hidden widths below and above the simulated embedding width (96), few and many
+            # cases; the full grid of the lens benchmark takes too long for a study run
+            if quick:
+                kwargs = dict(hidden_dims=(16, 256), n_cases=(300,), epochs=100, n_test=300)
+            else:
+                kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
+            key = step_key("planted_truth", {"seed": self.seed, **kwargs})
+            table = self._cache("planted").cached_frame(
+                key, lambda: self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
+            )
             self._memo["planted"] = table
         return self._memo["planted"]
 
@@ -547,15 +505,6 @@ def _cpu_seconds() -> float:
     return total
 
 
-def _code_version(*modules: str) -> str:
-    """Hash of the named radiolens modules' source: a cached result computed by other code is
-    never reused (the package version alone does not change between commits)."""
-    import importlib
-
-    parts = [Path(importlib.import_module(name).__file__).read_bytes() for name in modules]
-    return hash_json([hash_bytes(part) for part in parts])[:16]
-
-
 def report_name(task: str, roi: str = "gland") -> str:
     """The name of one lens report: ``"pirads"`` (gland ROI) or ``"lesion (lesion ROI)"``.
 
@@ -580,13 +529,6 @@ def parse_report_name(name: str) -> tuple[str, str]:
     if not task or not roi or "(" in task or ")" in task:
         raise ValueError(f"{name!r} is not a report name ('task' or 'task (roi ROI)')")
     return task, roi
-
-
-def _encoder_hash(encoder) -> str:
-    from radiolens.cache import hash_array
-
-    parts = {k: hash_array(v.detach().cpu().numpy()) for k, v in encoder.state_dict().items()}
-    return hash_json(parts)
 
 
 def _lens_key(lens) -> str:

@@ -53,19 +53,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radiolens.cache import (
-    ArtifactCache,
-    atomic_write_bytes,
-    atomic_write_text,
-    default_cache_dir,
-    hash_file,
-    hash_json,
+from radiolens._utils import progress_bar
+from radiolens.cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_file, hash_json, step_key
+from radiolens.data.image_io import (
+    error_text,
+    geometry,
+    geometry_mismatch,
+    read_array,
+    read_header,
+    read_image,
+    volume_ml,
 )
+from radiolens.naming import MODALITIES
 
 __all__ = [
-    "COLUMN_ALIASES",
     "FILE_KEYS",
-    "IMAGE_KEYS",
     "LABEL_COLUMNS",
     "MANIFEST_COLUMNS",
     "MASK_KEYS",
@@ -75,22 +77,19 @@ __all__ = [
     "Case",
     "Cohort",
     "CohortError",
-    "cohort_from_table",
     "load_cohort",
+    "pirads_group",
     "plot_cases",
     "split_cases",
-    "write_image",
     "write_manifest",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Image columns of the manifest, in channel order.
-IMAGE_KEYS: tuple[str, ...] = ("T2W", "DWI", "ADC")
-#: Mask columns of the manifest.
+#: Mask columns of the manifest (the image columns are :data:`radiolens.naming.MODALITIES`).
 MASK_KEYS: tuple[str, ...] = ("gland", "zones", "lesion")
-#: Every file column.
-FILE_KEYS: tuple[str, ...] = IMAGE_KEYS + MASK_KEYS
+#: Every file column: the modalities in channel order, then the masks.
+FILE_KEYS: tuple[str, ...] = MODALITIES + MASK_KEYS
 #: Label columns.
 LABEL_COLUMNS: tuple[str, ...] = ("pirads_group", "gland_volume_ml", "lesion_volume_ml")
 #: Provenance columns.
@@ -102,6 +101,19 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Display names of the PI-RADS groups 0..3.
 PIRADS_GROUPS: tuple[str, ...] = ("<3", "3", "4", "5")
 
+
+def pirads_group(score: int) -> int:
+    """The contract's PI-RADS group of a PI-RADS score: 1-2 -> 0, 3 -> 1, 4 -> 2, 5 -> 3.
+
+    Raises
+    ------
+    ValueError
+        A score outside 1..5.
+    """
+    if not 1 <= int(score) <= 5 or int(score) != score:
+        raise ValueError(f"PI-RADS score {score!r} is not an integer 1..5")
+    return max(0, int(score) - 2)
+
 #: Allowed voxel values per mask.
 MASK_VALUES: dict[str, frozenset[int]] = {
     "gland": frozenset({0, 1}),
@@ -109,14 +121,6 @@ MASK_VALUES: dict[str, frozenset[int]] = {
     "lesion": frozenset({0, 1}),
 }
 
-# Geometry tolerances (documented in load_cohort): spacing relative, origin as a fraction of
-# the smallest voxel side, direction cosines absolute. Real headers carry float32 rounding.
-SPACING_RTOL = 1e-3
-ORIGIN_VOXEL_FRACTION = 0.05
-DIRECTION_ATOL = 1e-3
-
-_CHECK_VERSION = 1  # bump when the pixel checks change, invalidating remembered passes
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class CohortError(ValueError):
@@ -156,7 +160,7 @@ def _describe(case_id: str | None, key: str | None, path: Any, problem: str) -> 
     return (", ".join(parts) + ": " if parts else "") + problem
 
 
-def _error(case_id, key, path, problem) -> CohortError:
+def cohort_error(case_id, key, path, problem) -> CohortError:
     return CohortError(_describe(case_id, key, path, problem), case_id, key, path)
 
 
@@ -209,7 +213,7 @@ class Case:
         """Volume of one voxel in millilitres."""
         return float(np.prod(self.spacing)) / 1000.0
 
-    def stack(self, keys: Sequence[str] = IMAGE_KEYS) -> np.ndarray:
+    def stack(self, keys: Sequence[str] = MODALITIES) -> np.ndarray:
         """Images as one float32 array (channel, z, y, x); raises if one is missing."""
         absent = [k for k in keys if k not in self.images]
         if absent:
@@ -217,144 +221,9 @@ class Case:
         return np.stack([self.images[k] for k in keys]).astype(np.float32, copy=False)
 
 
-# --------------------------------------------------------------------------------------------
-# image I/O
-# --------------------------------------------------------------------------------------------
-def _sitk():
-    import SimpleITK as sitk  # imported here: a core dependency, but slow to import
-
-    return sitk
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix or ".nii.gz"
-
-
-def write_image(
-    image: np.ndarray | Any,
-    path: str | os.PathLike,
-    spacing: Sequence[float] | None = None,
-    origin: Sequence[float] | None = None,
-    direction: Sequence[float] | None = None,
-    compress: bool = True,
-) -> Path:
-    """Write a 3D image atomically (temporary name in the same folder, then rename).
-
-    Parameters
-    ----------
-    image
-        A NumPy array in (z, y, x) order, or a ``SimpleITK.Image`` (geometry kept unless
-        overridden).
-    path
-        Destination; the format follows the extension (``.nii.gz``, ``.nrrd``, ``.mha``, ...).
-    spacing, origin
-        (x, y, z) in mm. Default (1, 1, 1) / (0, 0, 0) for arrays.
-    direction
-        9 direction cosines, row-major. Default identity for arrays.
-    compress
-        Compress the pixel data where the format supports it.
-
-    Returns
-    -------
-    pathlib.Path
-        The written path.
-    """
-    sitk = _sitk()
-    path = Path(path)
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3:
-            raise ValueError(f"{path}: expected a 3D (z, y, x) array, got shape {image.shape}")
-        img = sitk.GetImageFromArray(image)
-    else:
-        img = image
-    if spacing is not None:
-        img.SetSpacing([float(s) for s in spacing])
-    if origin is not None:
-        img.SetOrigin([float(o) for o in origin])
-    if direction is not None:
-        img.SetDirection([float(d) for d in direction])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # SimpleITK picks the writer from the extension, so the temporary name keeps it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp_name, compress)
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; data is shared
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return path
-
-
-def _read_header(path: Path):
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return reader
-
-
-def _is_nifti(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
-def _read_array(path: Path) -> np.ndarray:
-    """Voxels in (z, y, x) order, exactly as stored (scaling applied).
-
-    NIfTI files are read with nibabel because ITK's NIfTI reader silently turns NaN voxels
-    into 0, which would hide them from the checks. The voxel order of both libraries is the
-    file's, so transposing nibabel's (i, j, k) array gives SimpleITK's (k, j, i) one.
-    """
-    if _is_nifti(path):
-        import nibabel as nib
-
-        array = np.asarray(nib.load(str(path)).dataobj)
-        return array.transpose(tuple(range(array.ndim))[::-1])
-    sitk = _sitk()
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
-def _geometry(obj) -> dict[str, tuple]:
-    return {
-        "size": tuple(int(s) for s in obj.GetSize()),
-        "spacing": tuple(float(s) for s in obj.GetSpacing()),
-        "origin": tuple(float(s) for s in obj.GetOrigin()),
-        "direction": tuple(float(s) for s in obj.GetDirection()),
-    }
-
-
-def _geometry_mismatch(ref: dict, other: dict) -> str | None:
-    """Describe how ``other`` differs from ``ref`` beyond tolerance, or None."""
-    if ref["size"] != other["size"]:
-        return f"size {other['size']} differs from {ref['size']}"
-    rs, os_ = np.asarray(ref["spacing"]), np.asarray(other["spacing"])
-    if np.any(np.abs(rs - os_) > SPACING_RTOL * rs):
-        return f"spacing {tuple(np.round(os_, 4))} differs from {tuple(np.round(rs, 4))}"
-    if np.any(np.abs(np.subtract(ref["origin"], other["origin"])) > ORIGIN_VOXEL_FRACTION * rs.min()):
-        return (
-            f"origin {tuple(np.round(other['origin'], 3))} differs from "
-            f"{tuple(np.round(ref['origin'], 3))}"
-        )
-    if np.any(np.abs(np.subtract(ref["direction"], other["direction"])) > DIRECTION_ATOL):
-        return "direction cosines differ"
-    return None
-
-
 def _check_pixels(key: str, array: np.ndarray) -> tuple[str | None, np.ndarray]:
     """Pixel-level checks; returns (problem or None, converted array)."""
-    if key in IMAGE_KEYS:
+    if key in MODALITIES:
         array = array.astype(np.float32, copy=False)
         bad = ~np.isfinite(array)
         if bad.any():
@@ -377,14 +246,10 @@ def _check_pixels(key: str, array: np.ndarray) -> tuple[str | None, np.ndarray]:
     return None, array
 
 
-def _volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    return float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
-
-
 # --------------------------------------------------------------------------------------------
 # manifest parsing
 # --------------------------------------------------------------------------------------------
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, str):
@@ -411,7 +276,7 @@ def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     # case ids: non-empty, unique strings
     ids = []
     for row, value in enumerate(frame["case_id"]):
-        if _is_missing(value):
+        if is_missing(value):
             bad(None, "case_id", f"row {row + 2} of {source} has an empty case_id")
             ids.append(f"<row {row + 2}>")
         else:
@@ -428,13 +293,13 @@ def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     # file columns: strings, None when missing
     for key in FILE_KEYS:
         frame[key] = pd.array(
-            [None if _is_missing(v) else str(v).strip() for v in frame[key]], dtype=object
+            [None if is_missing(v) else str(v).strip() for v in frame[key]], dtype=object
         )
 
     # split
     splits = []
     for case_id, value in zip(ids, frame["split"]):
-        text = None if _is_missing(value) else str(value).strip().lower()
+        text = None if is_missing(value) else str(value).strip().lower()
         if text not in SPLITS:
             bad(case_id, "split", f"split {value!r} is not one of {list(SPLITS)}")
         splits.append(text)
@@ -443,7 +308,7 @@ def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     # PI-RADS group
     groups: list[Any] = []
     for case_id, value in zip(ids, frame["pirads_group"]):
-        if _is_missing(value):
+        if is_missing(value):
             groups.append(pd.NA)
             continue
         try:
@@ -466,7 +331,7 @@ def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     for col in ("gland_volume_ml", "lesion_volume_ml"):
         values = []
         for case_id, value in zip(ids, frame[col]):
-            if _is_missing(value):
+            if is_missing(value):
                 values.append(np.nan)
                 continue
             try:
@@ -481,11 +346,11 @@ def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
 
     for col in PROVENANCE_COLUMNS:
         frame[col] = pd.array(
-            [None if _is_missing(v) else str(v).strip() for v in frame[col]], dtype=object
+            [None if is_missing(v) else str(v).strip() for v in frame[col]], dtype=object
         )
 
-    for case_id, row in zip(ids, frame[list(IMAGE_KEYS)].itertuples(index=False)):
-        if all(_is_missing(v) for v in row):
+    for case_id, row in zip(ids, frame[list(MODALITIES)].itertuples(index=False)):
+        if all(is_missing(v) for v in row):
             bad(case_id, "T2W", "no image at all (T2W, DWI and ADC are all empty)")
 
     if problems:
@@ -600,7 +465,7 @@ class Cohort:
         if key not in FILE_KEYS:
             raise KeyError(f"unknown file key {key!r}; expected one of {list(FILE_KEYS)}")
         value = self._row(case_id)[key]
-        if _is_missing(value):
+        if is_missing(value):
             return None
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else self.root / path
@@ -626,16 +491,14 @@ class Cohort:
         """Read one file as a ``SimpleITK.Image`` (raises CohortError when missing/corrupt)."""
         path = self.path(case_id, key)
         if path is None:
-            raise _error(case_id, key, None, f"the cohort has no {key} file for this case")
+            raise cohort_error(case_id, key, None, f"the cohort has no {key} file for this case")
         if not path.exists():
-            raise _error(case_id, key, path, "file does not exist")
-        sitk = _sitk()
+            raise cohort_error(case_id, key, path, "file does not exist")
         try:
-            return sitk.ReadImage(str(path))
+            return read_image(path)
         except RuntimeError as err:
-            raise _error(
-                case_id, key, path, f"cannot read image (corrupted or unsupported file): "
-                f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}"
+            raise cohort_error(
+                case_id, key, path, f"cannot read image (corrupted or unsupported file): {error_text(err)}"
             ) from err
 
     def load_case(self, case_id: str, keys: Iterable[str] | None = None) -> Case:
@@ -676,39 +539,39 @@ class Cohort:
                 missing.append(key)
                 continue
             if not path.exists():
-                raise _error(case_id, key, path, "file does not exist")
+                raise cohort_error(case_id, key, path, "file does not exist")
             try:
-                header = _read_header(path)
+                header = read_header(path)
             except RuntimeError as err:
-                raise _error(case_id, key, path, f"cannot read image header (corrupted or "
-                             f"unsupported file): {_last_line(err)}") from err
+                raise cohort_error(case_id, key, path, f"cannot read image header (corrupted or "
+                             f"unsupported file): {error_text(err)}") from err
             if header.GetDimension() != 3 or header.GetNumberOfComponents() != 1:
-                raise _error(
+                raise cohort_error(
                     case_id, key, path,
                     f"expected a 3D single-channel image, got {header.GetDimension()}D "
                     f"with {header.GetNumberOfComponents()} component(s)",
                 )
-            geo = _geometry(header)
+            geo = geometry(header)
             if ref is None:
                 ref, ref_key = geo, key
             else:
-                problem = _geometry_mismatch(ref, geo)
+                problem = geometry_mismatch(ref, geo)
                 if problem:
-                    raise _error(case_id, key, path, f"geometry mismatch with {ref_key}: {problem}")
+                    raise cohort_error(case_id, key, path, f"geometry mismatch with {ref_key}: {problem}")
             try:
-                array = _read_array(path)
+                array = read_array(path)
             except Exception as err:  # truncated or damaged voxel data
-                raise _error(case_id, key, path, f"cannot read image (corrupted file): {_last_line(err)}") from err
+                raise cohort_error(case_id, key, path, f"cannot read image (corrupted file): {error_text(err)}") from err
             if array.ndim != 3 or min(array.shape) < 2:
-                raise _error(case_id, key, path, f"expected a 3D image, got voxel array of shape {array.shape}")
+                raise cohort_error(case_id, key, path, f"expected a 3D image, got voxel array of shape {array.shape}")
             problem, array = _check_pixels(key, array)
             if problem:
-                raise _error(case_id, key, path, problem)
-            (images if key in IMAGE_KEYS else masks)[key] = array
+                raise cohort_error(case_id, key, path, problem)
+            (images if key in MODALITIES else masks)[key] = array
         if ref is None:
             raise CohortError(f"case {case_id!r}: none of {keys} exist", case_id)
         labels = {
-            k: (None if _is_missing(v) else v)
+            k: (None if is_missing(v) else v)
             for k, v in row.items()
             if k not in FILE_KEYS
         }
@@ -741,7 +604,7 @@ class Cohort:
                     out.append((case_id, key, path))
         return out
 
-    def validate(self, check_pixels: bool = True, show_progress: bool = False) -> Cohort:
+    def validate(self, check_pixels: bool = True, progress: bool = False) -> Cohort:
         """Check every file against the contract; raise :class:`CohortError` on the first case
         with problems (listing all of that pass's problems). Returns self."""
         files = self._files()
@@ -756,16 +619,16 @@ class Cohort:
         refs: dict[str, tuple[str, dict]] = {}
         for case_id, key, path in files:
             try:
-                reader = _read_header(path)
+                reader = read_header(path)
             except RuntimeError as err:
                 problems.append((case_id, key, path, f"cannot read image header (corrupted or "
-                                 f"unsupported file): {_last_line(err)}"))
+                                 f"unsupported file): {error_text(err)}"))
                 continue
             if reader.GetDimension() != 3:
                 problems.append((case_id, key, path, f"expected a 3D image, got a "
                                  f"{reader.GetDimension()}D image of size {reader.GetSize()}"))
                 continue
-            geo = _geometry(reader)
+            geo = geometry(reader)
             if min(geo["size"]) < 2:
                 problems.append((case_id, key, path, f"image is 2D in disguise (size {geo['size']})"))
                 continue
@@ -776,7 +639,7 @@ class Cohort:
                 refs[case_id] = (key, geo)
             else:
                 ref_key, ref = refs[case_id]
-                mismatch = _geometry_mismatch(ref, geo)
+                mismatch = geometry_mismatch(ref, geo)
                 if mismatch:
                     problems.append((case_id, key, path, f"geometry mismatch with {ref_key}: {mismatch}"))
         if problems:
@@ -784,28 +647,26 @@ class Cohort:
         self._geometry = {c: g for c, (_, g) in refs.items()}
 
         if check_pixels:
-            self._validate_pixels(files, show_progress)
+            self._validate_pixels(files, progress)
         return self
 
-    def _validate_pixels(self, files, show_progress: bool) -> None:
+    def _validate_pixels(self, files, progress: bool) -> None:
         stats = []
         for case_id, key, path in files:
             st = path.stat()
             stats.append((case_id, key, str(path.resolve()), st.st_size, st.st_mtime_ns))
         cache = ArtifactCache(namespace="cohort_checks")
-        check_key = hash_json({"version": _CHECK_VERSION, "files": stats})
+        check_key = step_key("cohort_checks", {"files": stats})
         if cache.get_json(check_key) is not None:
             logger.debug("pixel checks of %d files remembered from an earlier load", len(files))
             return
-        from tqdm.auto import tqdm
-
         problems: list[tuple] = []
-        for case_id, key, path in tqdm(files, desc="checking voxels", disable=not show_progress):
+        for case_id, key, path in progress_bar(files, desc="checking voxels", progress=progress, leave=True):
             try:
-                array = _read_array(path)
+                array = read_array(path)
             except Exception as err:  # truncated or damaged voxel data
                 problems.append((case_id, key, path, f"cannot read image (corrupted file): "
-                                 f"{_last_line(err)}"))
+                                 f"{error_text(err)}"))
                 continue
             problem, _ = _check_pixels(key, array)
             if problem:
@@ -827,7 +688,7 @@ class Cohort:
                     path = self.path(case_id, col)
                     record[col] = None if path is None else hash_file(path)
                 else:
-                    record[col] = None if _is_missing(value) else _plain(value)
+                    record[col] = None if is_missing(value) else _plain(value)
             rows.append([str(case_id), record])
         return hash_json({"cohort": rows})
 
@@ -842,19 +703,13 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, str)) else str(value)
 
 
-def _last_line(err: Exception) -> str:
-    text = str(err).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
 # --------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------
 def load_cohort(
     path: str | os.PathLike,
     check_pixels: bool = True,
-    show_progress: bool = False,
+    progress: bool = False,
 ) -> Cohort:
     """Load and validate a cohort.
 
@@ -867,7 +722,7 @@ def load_cohort(
         Passed checks are remembered in the radiolens cache keyed by path, size and
         modification time. With ``False`` only headers are checked here and
         :meth:`Cohort.load_case` still checks each case's voxels when it reads them.
-    show_progress
+    progress
         Show a progress bar for the voxel checks.
 
     Returns
@@ -889,13 +744,13 @@ def load_cohort(
     frame = _read_manifest_file(manifest_path)
     manifest = _normalise_manifest(frame, repr(str(manifest_path)))
     cohort = Cohort(manifest_path.parent, manifest, manifest_path)
-    cohort.validate(check_pixels=check_pixels, show_progress=show_progress)
+    cohort.validate(check_pixels=check_pixels, progress=progress)
     logger.info("loaded %r", cohort)
     return cohort
 
 
 def _relative(value: Any, root: Path) -> Any:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     path = Path(str(value)).expanduser()
     if path.is_absolute():
@@ -914,7 +769,7 @@ def write_manifest(
     check_pixels: bool = True,
     fill_volumes: bool = True,
     split_seed: int = 0,
-    show_progress: bool = False,
+    progress: bool = False,
 ) -> Cohort:
     """Validate a manifest table and write it atomically into the cohort folder.
 
@@ -942,7 +797,7 @@ def write_manifest(
         lesion mask is missing).
     split_seed
         Seed for filling missing splits.
-    show_progress
+    progress
         Progress bar for the voxel checks.
 
     Returns
@@ -962,21 +817,21 @@ def write_manifest(
     for col in MANIFEST_COLUMNS:
         if col not in frame.columns:
             frame[col] = None
-    if frame["split"].map(_is_missing).all():
+    if frame["split"].map(is_missing).all():
         frame["split"] = split_cases(frame, seed=split_seed).to_numpy()
     for key in FILE_KEYS:
         if key in frame.columns:
             frame[key] = [_relative(v, out_dir) for v in frame[key]]
     manifest = _normalise_manifest(frame, "table")
     cohort = Cohort(out_dir, manifest, None)
-    cohort.validate(check_pixels=check_pixels, show_progress=show_progress)
+    cohort.validate(check_pixels=check_pixels, progress=progress)
 
     if fill_volumes:
         for case_id in cohort.case_ids:
             for key, col in (("gland", "gland_volume_ml"), ("lesion", "lesion_volume_ml")):
                 if np.isnan(manifest.at[case_id, col]) and cohort.has(case_id, key):
                     case = cohort.load_case(case_id, keys=[key])
-                    manifest.at[case_id, col] = _volume_ml(case.masks[key], case.spacing)
+                    manifest.at[case_id, col] = volume_ml(case.masks[key], case.spacing)
 
     ordered = [*MANIFEST_COLUMNS, *[c for c in manifest.reset_index().columns if c not in MANIFEST_COLUMNS]]
     table = manifest.reset_index()[ordered]
@@ -1038,7 +893,7 @@ def split_cases(
     if stratify is not None and stratify not in table.columns:
         raise KeyError(f"cannot stratify by {stratify!r}: no such column")
     strata = (
-        table[stratify].map(lambda v: "<missing>" if _is_missing(v) else str(v))
+        table[stratify].map(lambda v: "<missing>" if is_missing(v) else str(v))
         if stratify
         else pd.Series("all", index=table.index)
     )
@@ -1076,7 +931,7 @@ def plot_cases(
     cohort: Cohort,
     case_ids: Sequence[str] | None = None,
     path: str | os.PathLike | None = None,
-    keys: Sequence[str] = IMAGE_KEYS,
+    keys: Sequence[str] = MODALITIES,
     contours: bool = True,
 ):
     """Mid-slices of T2W / DWI / ADC with gland, peripheral-zone and lesion contours.
@@ -1177,181 +1032,3 @@ def plot_cases(
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
     return fig
-
-
-# --------------------------------------------------------------------------------------------
-# your own data
-# --------------------------------------------------------------------------------------------
-#: Accepted alternative column names (case-insensitive) in a user's table.
-COLUMN_ALIASES: dict[str, str] = {
-    "case": "case_id", "id": "case_id", "study_id": "case_id", "caseid": "case_id",
-    "t2": "T2W", "t2w": "T2W", "t2_path": "T2W",
-    "dwi": "DWI", "hbv": "DWI", "high_b": "DWI", "highb": "DWI", "dwi_path": "DWI",
-    "adc": "ADC", "adc_path": "ADC",
-    "gland": "gland", "prostate": "gland", "gland_mask": "gland", "whole_gland": "gland",
-    "zones": "zones", "zone": "zones", "zonal": "zones", "zones_mask": "zones",
-    "lesion": "lesion", "lesions": "lesion", "lesion_mask": "lesion",
-    "pirads_group": "pirads_group", "pirads": "pirads", "pi-rads": "pirads", "pirads_score": "pirads",
-    "gland_volume_ml": "gland_volume_ml", "lesion_volume_ml": "lesion_volume_ml",
-    "split": "split", "source": "source", "site": "site", "scanner": "scanner",
-    "patient_id": "patient_id", "patient": "patient_id",
-}
-
-
-def _pirads_score_to_group(value: Any, case_id: str) -> Any:
-    """PI-RADS score 1..5 -> group 0..3 (1-2 -> 0, 3 -> 1, 4 -> 2, 5 -> 3)."""
-    if _is_missing(value):
-        return pd.NA
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        score = np.nan
-    if not (np.isfinite(score) and score == int(score) and 1 <= score <= 5):
-        raise CohortError(
-            f"case {case_id!r}, column 'pirads': unknown PI-RADS score {value!r}: expected 1..5 or empty",
-            case_id, "pirads",
-        )
-    return max(0, int(score) - 2)
-
-
-def cohort_from_table(
-    table: str | os.PathLike | pd.DataFrame,
-    out_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    resample: bool = False,
-    fmt: str = "csv",
-    show_progress: bool = False,
-) -> Cohort:
-    """Make a cohort from a table of your own NIfTI / NRRD / MHA files and labels.
-
-    Parameters
-    ----------
-    table
-        CSV/Parquet path or DataFrame, one row per case. Columns (case-insensitive; common
-        aliases such as ``t2``, ``hbv``, ``prostate`` are understood, see
-        :data:`COLUMN_ALIASES`):
-
-        * ``case_id`` (required), optionally ``patient_id`` (keeps a patient's studies in one
-          split);
-        * image paths ``T2W``, ``DWI`` (high b-value), ``ADC`` - at least one;
-        * mask paths ``gland``, ``zones`` (1 = peripheral, 2 = transition), ``lesion``;
-        * ``pirads_group`` (0..3 for PI-RADS <3, 3, 4, 5) *or* ``pirads`` (the score 1..5);
-        * optional ``gland_volume_ml``, ``lesion_volume_ml`` (measured from the masks when
-          empty), ``split`` (assigned 7:1:2, stratified by PI-RADS group, when absent),
-          ``source``, ``site``, ``scanner`` and any extra columns (kept).
-
-        Relative paths are relative to the table's folder (to the working folder for a
-        DataFrame). Empty cells mean "missing" and stay missing.
-    out_dir
-        Where the manifest (and, with ``resample``, resampled files) is written. Default:
-        ``<radiolens cache>/cohorts/table-<hash of the table>``. Your files are not copied:
-        the manifest points to them with absolute paths.
-    seed
-        Seed of the split when the table has none.
-    resample
-        Images or masks whose grid differs from the case's first image (e.g. an ADC map at
-        DWI resolution) are resampled onto it (linear for images, nearest neighbour for
-        masks) and written into ``out_dir``. Without it such a case is an error, as in
-        :func:`load_cohort`.
-    fmt
-        Manifest format, ``"csv"`` or ``"parquet"``.
-    show_progress
-        Progress bar for the voxel checks.
-
-    Returns
-    -------
-    Cohort
-        Validated exactly like :func:`load_cohort` (with voxel checks).
-    """
-    if isinstance(table, pd.DataFrame):
-        frame, base, source = table.copy(), Path.cwd(), "table"
-    else:
-        path = Path(table).expanduser()
-        if not path.exists():
-            raise CohortError(f"table {str(path)!r} does not exist", path=path)
-        if path.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        base, source = path.resolve().parent, repr(str(path))
-    if frame.index.name is not None and frame.index.name.lower() in ("case_id", "case", "id"):
-        frame = frame.reset_index()
-    rename = {}
-    for col in frame.columns:
-        canon = COLUMN_ALIASES.get(str(col).strip().lower())
-        if canon and canon not in rename.values():
-            rename[col] = canon
-    frame = frame.rename(columns=rename)
-    if "case_id" not in frame.columns:
-        raise CohortError(f"table {source} has no case_id column (columns: {list(frame.columns)})")
-    if not any(k in frame.columns for k in IMAGE_KEYS):
-        raise CohortError(f"table {source} has none of the image columns {list(IMAGE_KEYS)}")
-    if "pirads" in frame.columns:
-        scores = [
-            _pirads_score_to_group(v, str(c)) for c, v in zip(frame["case_id"], frame["pirads"])
-        ]
-        if "pirads_group" in frame.columns:
-            given = frame["pirads_group"]
-            frame["pirads_group"] = [s if _is_missing(g) else g for s, g in zip(scores, given)]
-        else:
-            frame["pirads_group"] = scores
-        frame = frame.drop(columns="pirads")
-    for key in FILE_KEYS:
-        if key not in frame.columns:
-            frame[key] = None
-        else:
-            frame[key] = [
-                None if _is_missing(v) else str((base / Path(str(v).strip()).expanduser()).resolve())
-                for v in frame[key]
-            ]
-    if "split" not in frame.columns or frame["split"].map(_is_missing).all():
-        frame["split"] = split_cases(frame.assign(case_id=frame["case_id"].astype(str)), seed=seed).to_numpy()
-
-    if out_dir is None:
-        key = hash_json({"table": frame.astype(str).to_dict(orient="list"), "resample": resample})[:16]
-        out_dir = default_cache_dir() / "cohorts" / f"table-{key}"
-    out_dir = Path(out_dir).expanduser().resolve()
-
-    if resample:
-        frame = _resample_rows(frame, out_dir)
-    return write_manifest(frame, out_dir, fmt=fmt, check_pixels=True, fill_volumes=True,
-                          split_seed=seed, show_progress=show_progress)
-
-
-def _resample_rows(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
-    """Put every file of a case on the grid of its first image (files written to out_dir)."""
-    from radiolens.data.preprocess import resample_to_reference
-
-    sitk = _sitk()
-    frame = frame.copy()
-    for row in frame.index:
-        case_id = str(frame.at[row, "case_id"])
-        present = [k for k in FILE_KEYS if not _is_missing(frame.at[row, k])]
-        ref_key = next((k for k in IMAGE_KEYS if k in present), None)
-        if ref_key is None:
-            continue
-        ref_path = Path(frame.at[row, ref_key])
-        try:
-            ref = _read_header(ref_path)
-        except RuntimeError as err:
-            raise _error(case_id, ref_key, ref_path, f"cannot read image header: {_last_line(err)}") from err
-        ref_geo = _geometry(ref)
-        reference = None
-        for key in present:
-            if key == ref_key:
-                continue
-            path = Path(frame.at[row, key])
-            try:
-                geo = _geometry(_read_header(path))
-            except RuntimeError as err:
-                raise _error(case_id, key, path, f"cannot read image header: {_last_line(err)}") from err
-            if _geometry_mismatch(ref_geo, geo) is None:
-                continue
-            if reference is None:
-                reference = sitk.ReadImage(str(ref_path))
-            moved = resample_to_reference(sitk.ReadImage(str(path)), reference, is_mask=key in MASK_KEYS)
-            target = out_dir / "resampled" / f"{case_id}_{key}.nii.gz"
-            write_image(moved, target)
-            logger.info("case %r: %s resampled onto the %s grid", case_id, key, ref_key)
-            frame.at[row, key] = str(target)
-    return frame

@@ -51,9 +51,9 @@ from radiolens.data.cohort import (
     CohortError,
     load_cohort,
     split_cases,
-    write_image,
     write_manifest,
 )
+from radiolens.data.image_io import write_image
 
 __all__ = [
     "B_VALUE",

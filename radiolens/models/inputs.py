@@ -32,10 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from radiolens.data.cohort import IMAGE_KEYS
+from radiolens.naming import MODALITIES
 
 __all__ = [
-    "DEFAULT_CHANNELS",
     "NORMALISATION_VERSION",
     "CohortDataset",
     "case_tensor",
@@ -45,8 +44,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The cohort's image columns, in the order the encoder's stem expects them.
-DEFAULT_CHANNELS: tuple[str, ...] = IMAGE_KEYS
 #: Bump when :func:`case_tensor` changes its output; part of every embedding cache key.
 NORMALISATION_VERSION = "zscore-nonzero-v1"
 
@@ -99,7 +96,7 @@ def pad_to_multiple(array, multiple: int, value: float = 0.0):
 
 
 def case_tensor(
-    case, channels: Sequence[str] = DEFAULT_CHANNELS, pad_multiple: int | None = None
+    case, channels: Sequence[str] = MODALITIES, pad_multiple: int | None = None
 ) -> torch.Tensor:
     """Stack and normalise a case's images into a ``(C, D, H, W)`` float32 tensor.
 
@@ -127,9 +124,9 @@ def case_tensor(
     case_id = getattr(case, "case_id", "?")
     if not channels:
         raise ValueError(f"case {case_id!r}: at least one channel is needed")
-    unknown = [c for c in channels if c not in IMAGE_KEYS]
+    unknown = [c for c in channels if c not in MODALITIES]
     if unknown:
-        raise ValueError(f"unknown channel(s) {unknown}; expected some of {list(IMAGE_KEYS)}")
+        raise ValueError(f"unknown channel(s) {unknown}; expected some of {list(MODALITIES)}")
     images = getattr(case, "images", {})
     absent = [c for c in channels if c not in images]
     if absent:
@@ -188,7 +185,7 @@ class CohortDataset(Dataset):
         self,
         cohort,
         split: str | Iterable[str] | None = None,
-        channels: Sequence[str] = DEFAULT_CHANNELS,
+        channels: Sequence[str] = MODALITIES,
         masks: Sequence[str] = (),
         pad_multiple: int | None = 16,
         cache_mb: float = 1024.0,

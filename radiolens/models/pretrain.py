@@ -44,7 +44,8 @@ from torch import nn
 
 from radiolens.cache import atomic_write_text, hash_file
 from radiolens.models.convnext import Block, ConvNeXtV2Encoder3D
-from radiolens.models.inputs import DEFAULT_CHANNELS, NORMALISATION_VERSION, CohortDataset
+from radiolens.models.inputs import NORMALISATION_VERSION, CohortDataset
+from radiolens.naming import MODALITIES
 
 __all__ = ["FCMAE3D", "pretrain", "random_patch_mask", "main"]
 
@@ -163,7 +164,7 @@ def pretrain(
     device: str = "cpu",
     quick: bool = False,
     out: str | Path | None = None,
-    channels: tuple[str, ...] = DEFAULT_CHANNELS,
+    channels: tuple[str, ...] = MODALITIES,
     decoder_dim: int = 64,
     norm_pix_loss: bool = True,
     max_cases: int | None = None,
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "n_parameters": sum(p.numel() for p in encoder.parameters()),
         "normalisation": NORMALISATION_VERSION,
-        "channels": list(DEFAULT_CHANNELS),
+        "channels": list(MODALITIES),
         "cohort": {**cohort_desc, "fingerprint": cohort.fingerprint, "n_train": len(cohort.ids("train"))},
         "note": "radiolens's own 'micro' preset pre-trained on synthetic data: a teaching stand-in "
         "for ProFound, not a clinical model.",
