@@ -47,7 +47,8 @@ def optional_import(name: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as err:
-        hint = _INSTALL_HINTS.get(name, name)
+        top = name.split(".")[0]
+        hint = _INSTALL_HINTS.get(name, _INSTALL_HINTS.get(top, top))
         raise ImportError(f"{purpose} needs {name}: pip install {hint}") from err
 
 

@@ -1,14 +1,17 @@
-"""The whole study, stage by stage, every stage cached on disk by content hash.
+"""The whole study, step by step, every step cached on disk by content hash.
 
 :class:`Study` is what ``radiolens run`` executes and what every book chapter uses: each method
-returns one stage's artifact, computing it (with a progress bar) or reading it from the cache.
+returns one step's artifact, computing it (with a progress bar) or reading it from the cache.
 A chapter opened on its own in Binder therefore recomputes only what is missing, and an
-interrupted run resumes at the first unfinished stage.
+interrupted run resumes at the first unfinished step.
 
-Stages, in the order data flows::
+Steps, in the order data flows::
 
     cohort -> radiomics -> encoder -> fine-tuned encoders (+ Table 2) -> embeddings
            -> penalty sweep -> lens fit -> compare (per task and ROI) -> report
+
+The study only composes: each step is a function of its module, and each cache key is
+:func:`radiolens.cache.step_key` of the step's inputs (see ``CONTRIBUTING.md``).
 """
 
 from __future__ import annotations
@@ -26,24 +29,11 @@ import pandas as pd
 
 from radiolens import __version__
 from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
+from radiolens.tasks import MissingLabelsError, get_task
 
-__all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "parse_report_name", "report_name", "run_study"]
+__all__ = ["Study", "StudyResult", "parse_report_name", "report_name", "run_study"]
 
 logger = logging.getLogger(__name__)
-
-#: Input channels per downstream task, as in the paper (volume regression sees T2W only).
-TASK_CHANNELS: dict[str, tuple[str, ...]] = {
-    "pirads": ("T2W", "DWI", "ADC"),
-    "lesion": ("T2W", "DWI", "ADC"),
-    "volume": ("T2W",),
-}
-
-#: Radiomics ROIs per task, as in the paper (segmentation is read through both masks).
-TASK_ROIS: dict[str, tuple[str, ...]] = {
-    "pirads": ("gland",),
-    "lesion": ("gland", "lesion"),
-    "volume": ("gland",),
-}
 
 
 @dataclass
@@ -73,7 +63,7 @@ class Study:
     --------
     >>> from radiolens.config import load_config
     >>> study = Study(load_config(quick=True))          # doctest: +SKIP
-    >>> report = study.compare("pirads")                 # computes or loads every stage  # doctest: +SKIP
+    >>> report = study.compare("pirads")                 # computes or loads every step  # doctest: +SKIP
     """
 
     def __init__(self, config: dict, progress: bool = True) -> None:
@@ -113,7 +103,7 @@ class Study:
         return list(self.config["finetune"]["tasks"])
 
     # ------------------------------------------------------------------------------------
-    # stage 1: cohort
+    # step 1: cohort
     # ------------------------------------------------------------------------------------
     def cohort(self):
         """The cohort (built-in synthetic by default), preprocessed when configured."""
@@ -162,7 +152,7 @@ class Study:
         return cohort
 
     # ------------------------------------------------------------------------------------
-    # stage 2: radiomics
+    # step 2: radiomics
     # ------------------------------------------------------------------------------------
     def radiomics(self, roi: str = "gland") -> pd.DataFrame:
         """Radiomic features (cases x nM) of one ROI; cases without that ROI are dropped here."""
@@ -196,7 +186,7 @@ class Study:
         return self._memo[key]
 
     # ------------------------------------------------------------------------------------
-    # stage 3: encoders
+    # step 3: encoders
     # ------------------------------------------------------------------------------------
     def encoder(self):
         """The pre-trained encoder (shipped weights, a checkpoint, or pre-trained here)."""
@@ -228,6 +218,29 @@ class Study:
             return encoder
         return models.load_pretrained(weights)
 
+    def case_store(self):
+        """The cohort's cases as network inputs, read once for all fine-tuning runs and embeddings."""
+        if "case_store" not in self._memo:
+            from radiolens.models import CaseStore
+
+            masks = tuple({get_task(t).label for t in self.tasks if get_task(t).kind == "segmentation"})
+            self._memo["case_store"] = CaseStore(self.cohort(), getattr(self.encoder(), "total_stride", None), masks=masks)
+        return self._memo["case_store"]
+
+    def finetune_config(self, task: str):
+        """The :class:`~radiolens.finetune.FineTuneConfig` of one task, from the configuration."""
+        from radiolens.finetune import FineTuneConfig
+
+        spec = self.config["finetune"]
+        # the decoder's shape only exists for segmentation: other tasks' keys ignore it
+        head_kwargs = {}
+        if get_task(task).kind == "segmentation":
+            head_kwargs = {"channels": spec["decoder_channels"], "pool_scales": tuple(spec["decoder_pool_scales"])}
+        return FineTuneConfig(
+            epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"], patience=spec["patience"],
+            head_kwargs=head_kwargs, precompute_frozen=True if self.config.get("quick") else None,
+        )
+
     def finetuned(self, task: str, regime: str = "full"):
         """A fine-tuned encoder and its test metrics for one task and regime (cached)."""
         key = ("finetuned", task, regime)
@@ -236,27 +249,16 @@ class Study:
         return self._memo[key]
 
     def _finetune(self, task: str, regime: str):
-        from radiolens.embeddings import encoder_hash
-        from radiolens.models import finetune as ft
+        from radiolens import finetune as ft
+        from radiolens.models import encoder_hash
 
-        spec = self.config["finetune"]
-        params = {
-            "task": task, "regime": regime, "quick": bool(self.config.get("quick")), "epochs": spec["epochs"], "lr": spec["lr"],
-            "batch_size": spec["batch_size"], "patience": spec["patience"], "seed": self.seed,
-        }
-        # the decoder width only exists for the segmentation task: other tasks' keys ignore it
-        head_kwargs = {"channels": spec["decoder_channels"]} if task == "lesion" else {}
-        params["head_kwargs"] = head_kwargs
-        key = step_key("finetune", {"params": params, "encoder": encoder_hash(self.encoder()),
-                                    "cohort": self.cohort().fingerprint})
+        config = self.finetune_config(task)
+        key = step_key("finetune", {"task": task, "regime": regime, "config": config.key(), "seed": self.seed,
+                                    "encoder": encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint})
 
         def finetune():
-            return ft.finetune(
-                self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
-                batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
-                device=self.config["device"], progress=self.progress, quick=bool(self.config.get("quick")),
-                head_kwargs=head_kwargs,
-            )
+            return ft.finetune(self.encoder(), self.cohort(), task, regime, config, seed=self.seed,
+                               device=self.config["device"], progress=self.progress, store=self.case_store())
 
         return self._cache("finetuned").cached(
             key, finetune, lambda result, path: ft.save_finetuned(result, path, card=False), ft.load_finetuned,
@@ -266,12 +268,10 @@ class Study:
     def available_tasks(self) -> list[str]:
         """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
         if "available_tasks" not in self._memo:
-            from radiolens.models.finetune import check_task_labels, MissingLabelsError
-
             ok = []
             for task in self.tasks:
                 try:
-                    check_task_labels(self.cohort(), task)
+                    get_task(task).check_labels(self.cohort())
                     ok.append(task)
                 except MissingLabelsError as err:
                     self._warn(f"task {task!r} skipped: {err}")
@@ -290,26 +290,26 @@ class Study:
         return pd.concat(frames, ignore_index=True)
 
     # ------------------------------------------------------------------------------------
-    # stage 4: embeddings
+    # step 4: embeddings
     # ------------------------------------------------------------------------------------
     def embeddings(self, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``(X_pre, X_ft)``: the pre-trained and the fully fine-tuned encoder on every case."""
         key = ("embeddings", task)
         if key not in self._memo:
             from radiolens import embeddings
-            from radiolens.models.finetune import encoder_for_task
+            from radiolens.models import encoder_for_task
 
-            channels = TASK_CHANNELS[task]
             pre_encoder = encoder_for_task(self.encoder(), task)
             ft_encoder = self.finetuned(task, "full").encoder
-            kwargs = dict(channels=channels, device=self.config["device"], cache_dir=self.cache_root, progress=self.progress)
+            kwargs = dict(channels=get_task(task).channels, device=self.config["device"], cache_dir=self.cache_root,
+                          progress=self.progress, store=self.case_store())
             x_pre = self._timed("embeddings", embeddings.extract, pre_encoder, self.cohort(), **kwargs)
             x_ft = self._timed("embeddings", embeddings.extract, ft_encoder, self.cohort(), **kwargs)
             self._memo[key] = (x_pre, x_ft)
         return self._memo[key]
 
     # ------------------------------------------------------------------------------------
-    # stage 5: the lens
+    # step 5: the lens
     # ------------------------------------------------------------------------------------
     def lens_inputs(self, task: str, roi: str = "gland") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
         """``{"train"|"val"|"test": (X_pre, X_ft, R)}`` on the cases that have this ROI's radiomics."""
@@ -399,7 +399,7 @@ class Study:
         ``"lesion (lesion ROI)"``."""
         out = {}
         for task in self.available_tasks():
-            for roi in TASK_ROIS[task]:
+            for roi in get_task(task).rois:
                 if roi == "lesion" and not self.config["radiomics"]["lesion_roi"]:
                     continue
                 name = report_name(task, roi)
@@ -458,7 +458,7 @@ class Study:
         }
 
     def run(self, out_dir: str | Path | None = None) -> StudyResult:
-        """Run (or resume) every stage and write the report folder."""
+        """Run (or resume) every step and write the report folder."""
         from radiolens.report import write_report
 
         out = Path(out_dir or self.config["out"])
@@ -466,7 +466,7 @@ class Study:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
         for task in self.available_tasks():
-            for roi in TASK_ROIS[task]:
+            for roi in get_task(task).rois:
                 if roi == "gland" or self.config["radiomics"]["lesion_roi"]:
                     self.radiomics(roi)
         downstream = self.downstream_table()

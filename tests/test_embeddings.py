@@ -8,7 +8,8 @@ import torch
 from _encoder_helpers import make_tiny_cohort
 from torch import nn
 
-from radiolens.embeddings import encoder_hash, extract, stage_columns
+from radiolens.embeddings import extract, stage_columns
+from radiolens.models import encoder_hash
 from radiolens.models import ConvNeXtV2Encoder3D, as_encoder
 from radiolens.models.inputs import case_tensor
 

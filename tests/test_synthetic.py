@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radiolens.data import CohortError, load_cohort, make_synthetic_cohort, plot_cases
+from radiolens.data import CohortError, load_cohort, make_synthetic_cohort
+from radiolens.plotting import plot_cases
 from radiolens.data.synthetic import PRESETS, default_shape, sample_latents, simulate_case
 
 OUTPUT = Path(__file__).parent / "_output"

@@ -27,7 +27,6 @@ from radiolens.data.cohort import (
     CohortError,
     load_cohort,
     pirads_group,
-    plot_cases,
     split_cases,
     write_manifest,
 )
@@ -51,7 +50,6 @@ __all__ = [
     "load_cohort",
     "make_synthetic_cohort",
     "pirads_group",
-    "plot_cases",
     "split_cases",
     "write_image",
     "write_manifest",

@@ -43,7 +43,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -79,7 +78,6 @@ __all__ = [
     "CohortError",
     "load_cohort",
     "pirads_group",
-    "plot_cases",
     "split_cases",
     "write_manifest",
 ]
@@ -914,121 +912,3 @@ def split_cases(
     return pd.Series([assigned[p] for p in patients], index=pd.Index(ids, name="case_id"), name="split")
 
 
-# --------------------------------------------------------------------------------------------
-# a quick look
-# --------------------------------------------------------------------------------------------
-def _focus_slice(case: Case) -> int:
-    """Slice through the lesion's centre of mass, else the gland's, else the middle."""
-    for key in ("lesion", "gland"):
-        mask = case.masks.get(key)
-        if mask is not None and mask.any():
-            per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
-            return int(np.argmax(per_slice))
-    return case.shape[0] // 2
-
-
-def plot_cases(
-    cohort: Cohort,
-    case_ids: Sequence[str] | None = None,
-    path: str | os.PathLike | None = None,
-    keys: Sequence[str] = MODALITIES,
-    contours: bool = True,
-):
-    """Mid-slices of T2W / DWI / ADC with gland, peripheral-zone and lesion contours.
-
-    Parameters
-    ----------
-    cohort
-        The cohort.
-    case_ids
-        Cases to show, one row each. Default: one case per PI-RADS group present (up to 4),
-        preferring lesion cases for groups 3-5.
-    path
-        Save the figure here (PNG/PDF/SVG; written atomically).
-    keys
-        Image columns, one per column of the figure.
-    contours
-        Draw mask outlines (gland yellow, peripheral zone cyan, lesion red).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The slice shown is the one holding most lesion voxels (else most gland voxels).
-        T2W and DWI are windowed to the 1st-99.5th / 99.9th percentile; ADC to 0-3000 x 1e-6 mm^2/s.
-    """
-    try:
-        import matplotlib
-
-        if path is not None and not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "qt", "tk", "wx", "macosx", "gtk")):
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - matplotlib is a core dependency
-        raise ImportError("plot_cases needs matplotlib: pip install matplotlib") from err
-
-    if case_ids is None:
-        case_ids = []
-        groups = cohort.manifest["pirads_group"]
-        for group in range(4):
-            members = [str(c) for c in groups.index[groups == group]]
-            if members:
-                case_ids.append(members[0])
-        if not case_ids:
-            case_ids = cohort.case_ids[:4]
-    case_ids = list(case_ids)
-    fig, axes = plt.subplots(
-        len(case_ids), len(keys), figsize=(3.0 * len(keys), 3.0 * len(case_ids)), squeeze=False
-    )
-    colours = {"gland": "#ffd23f", "pz": "#35d0ff", "lesion": "#ff3b3b"}
-    for row, case_id in enumerate(case_ids):
-        case = cohort.load_case(case_id)
-        z = _focus_slice(case)
-        sx, sy, _ = case.spacing
-        group = case.labels.get("pirads_group")
-        group_name = "unknown" if group is None else PIRADS_GROUPS[int(group)]
-        for col, key in enumerate(keys):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if key not in case.images:
-                ax.text(0.5, 0.5, f"{key} missing", ha="center", va="center", transform=ax.transAxes)
-                continue
-            image = case.images[key][z]
-            if key == "ADC":
-                vmin, vmax = 0.0, 3000.0
-            else:
-                vmin, vmax = np.percentile(case.images[key], [1, 99.5 if key == "T2W" else 99.9])
-            h, w = image.shape
-            extent = (0, w * sx, h * sy, 0)  # mm, anterior at the top as radiologists read
-            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
-            if contours:
-                outlines = {
-                    "gland": case.masks.get("gland"),
-                    "pz": None if "zones" not in case.masks else (case.masks["zones"] == 1),
-                    "lesion": case.masks.get("lesion"),
-                }
-                for name, mask in outlines.items():
-                    if mask is not None and mask[z].any():
-                        ax.contour(
-                            (np.arange(w) + 0.5) * sx, (np.arange(h) + 0.5) * sy,
-                            mask[z].astype(float), levels=[0.5], colors=colours[name], linewidths=0.8,
-                        )
-            if row == 0:
-                unit = " (1e-6 mm²/s)" if key == "ADC" else ""
-                ax.set_title(f"{key}{unit}", fontsize=10)
-            if col == 0:
-                site = case.labels.get("site") or "?"
-                ax.set_ylabel(f"{case_id}\nPI-RADS {group_name}, site {site}\nslice {z}", fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        suffix = path.suffix or ".png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp_name, dpi=110)
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-    return fig

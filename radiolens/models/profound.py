@@ -41,6 +41,7 @@ feed_forward=False), in_chans=3)``. Per-stage features (``forward_stages``) exis
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -60,6 +61,7 @@ __all__ = [
     "EncoderAdapter",
     "LoadReport",
     "as_encoder",
+    "encoder_hash",
     "infer_preset",
     "load_encoder",
     "load_pretrained",
@@ -379,6 +381,22 @@ def load_profound(
     if strict and not report.ok:
         raise ValueError(f"strict loading of {path} failed: {report}")
     return encoder.eval(), report
+
+
+def encoder_hash(encoder: nn.Module) -> str:
+    """SHA-256 of an encoder's class and every state-dict entry (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    digest.update(type(encoder).__qualname__.encode())
+    inner = getattr(encoder, "module", None)
+    if inner is not None:
+        digest.update(type(inner).__qualname__.encode())
+    for name, tensor in encoder.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
