@@ -17,9 +17,9 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fake_archives import FakeWeb, make_msd_tar, make_picai  # noqa: E402
-
 from radiolens.data.datasets import fetch_msd_prostate, fetch_picai, msd, picai  # noqa: E402
+
+from fake_archives import FakeWeb, make_msd_tar, make_picai  # noqa: E402
 
 
 def main(n_cases: int = 10) -> None:

@@ -32,9 +32,8 @@ def main() -> None:
     parser.add_argument("--cohort-dir", default=None, help="reuse/create the cohort here")
     args = parser.parse_args()
 
-    import torch
-
     import pandas as pd
+    import torch
 
     from radiolens.config import load_config
     from radiolens.data import make_synthetic_cohort

@@ -29,8 +29,8 @@ import logging
 import math
 import re
 import shutil
-from functools import partial
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 

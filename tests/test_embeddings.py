@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _encoder_helpers import make_tiny_cohort
 from torch import nn
 
 from radiolens.embeddings import extract, stage_columns
-from radiolens.models import encoder_hash
-from radiolens.models import ConvNeXtV2Encoder3D, as_encoder
+from radiolens.models import ConvNeXtV2Encoder3D, as_encoder, encoder_hash
 from radiolens.models.inputs import case_tensor
+
+from _encoder_helpers import make_tiny_cohort
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ fake Zenodo record that declares md5 checksums. pooch's own checksum verificatio
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,19 @@ import pytest
 import SimpleITK as sitk
 
 from radiolens.data.cohort import load_cohort
-from radiolens.data.datasets import msd, picai, prostate158
 from radiolens.data.datasets import (
     ChecksumError,
     DownloadError,
     fetch_msd_prostate,
     fetch_picai,
     fetch_prostate158,
+    msd,
+    picai,
     pirads_group_from_scores,
+    prostate158,
     resolve_data_dir,
 )
+
 from fake_archives import (
     PICAI_CASES,
     FakeWeb,
@@ -214,7 +216,7 @@ def test_picai_converts_labels_and_provenance(web, picai_archives, monkeypatch, 
     assert not any("_cor" in u or "_sag" in u for u in web.requests)
 
     voxel_ml = float(np.prod(picai_archives.t2_spacing)) / 1000.0
-    for patient, study, cell, group, lesion_source, center in PICAI_CASES:
+    for patient, study, _cell, group, lesion_source, center in PICAI_CASES:
         case_id = f"{patient}_{study}"
         row = m.loc[case_id]
         expected = pd.NA if group is None else group

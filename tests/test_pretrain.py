@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _encoder_helpers import make_tiny_cohort
 
 from radiolens.data import Case
 from radiolens.models import ConvNeXtV2Encoder3D, load_encoder
 from radiolens.models.inputs import CohortDataset, case_tensor, normalise_channel, pad_to_multiple
 from radiolens.models.pretrain import FCMAE3D, main, pretrain, random_patch_mask
+
+from _encoder_helpers import make_tiny_cohort
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,13 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-import _radiomics_helpers as H
 from radiolens import radiomics as R
-from radiolens.radiomics import extraction as R_extract
-from radiolens.radiomics import units as R_units
 from radiolens.cache import ArtifactCache, hash_json
 from radiolens.naming import FAMILIES, parse_column
+from radiolens.radiomics import extraction as R_extract
+from radiolens.radiomics import units as R_units
+
+import _radiomics_helpers as H
 
 HELPER = Path(__file__).with_name("_radiomics_helpers.py")
 

@@ -9,11 +9,12 @@ from html import unescape
 import numpy as np
 import pandas as pd
 import pytest
+from test_views import fake_downstream, fake_planted, fake_reports, fake_sweep, make_report
 
-import browser
 from radiolens import plotting
 from radiolens.report import slug, write_report
-from test_views import fake_downstream, fake_planted, fake_reports, fake_sweep, make_report
+
+import browser
 
 needs_browser = pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason()))
 

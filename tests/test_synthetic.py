@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from radiolens.data import CohortError, load_cohort, make_synthetic_cohort
-from radiolens.plotting import plot_cases
 from radiolens.data.synthetic import PRESETS, default_shape, sample_latents, simulate_case
+from radiolens.plotting import plot_cases
 
 OUTPUT = Path(__file__).parent / "_output"
 

@@ -1,7 +1,9 @@
 """Cohorts: the contract every data source produces, and the sources.
 
-* :mod:`radiolens.data.cohort` - the contract: :class:`Cohort`, :class:`Case`, validation,
-  :func:`load_cohort`, :func:`write_manifest`, :func:`split_cases`
+* :mod:`radiolens.data.contract` - the contract: manifest columns and values, :class:`CohortError`,
+  :func:`split_cases`, :func:`pirads_group`
+* :mod:`radiolens.data.cohort` - cohorts on disk: :class:`Cohort`, :class:`Case`, validation,
+  :func:`load_cohort`, :func:`write_manifest`
 * :mod:`radiolens.data.image_io` - reading, writing and resampling images (SimpleITK)
 * :mod:`radiolens.data.tables` - your own files: :func:`cohort_from_table`
 * :mod:`radiolens.data.synthetic` - the built-in synthetic cohort: :func:`make_synthetic_cohort`
@@ -14,7 +16,8 @@ Every data source produces a :class:`Cohort` (a folder of images plus one manife
 every later step reads nothing else.
 """
 
-from radiolens.data.cohort import (
+from radiolens.data.cohort import Case, Cohort, load_cohort, write_manifest
+from radiolens.data.contract import (
     FILE_KEYS,
     LABEL_COLUMNS,
     MANIFEST_COLUMNS,
@@ -22,13 +25,9 @@ from radiolens.data.cohort import (
     PIRADS_GROUPS,
     PROVENANCE_COLUMNS,
     SPLITS,
-    Case,
-    Cohort,
     CohortError,
-    load_cohort,
     pirads_group,
     split_cases,
-    write_manifest,
 )
 from radiolens.data.image_io import write_image
 from radiolens.data.synthetic import make_synthetic_cohort

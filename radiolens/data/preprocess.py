@@ -24,7 +24,8 @@ import numpy as np
 
 from radiolens._utils import progress_bar
 from radiolens.cache import atomic_write_text, default_cache_dir, step_key
-from radiolens.data.cohort import FILE_KEYS, MASK_KEYS, Cohort, load_cohort, write_manifest
+from radiolens.data.cohort import Cohort, load_cohort, write_manifest
+from radiolens.data.contract import FILE_KEYS, MASK_KEYS
 from radiolens.data.image_io import resample_to_reference, simpleitk, write_image
 
 __all__ = ["crop_grid", "preprocess", "resample_to_spacing"]

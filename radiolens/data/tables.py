@@ -18,16 +18,15 @@ import numpy as np
 import pandas as pd
 
 from radiolens.cache import default_cache_dir, hash_json
-from radiolens.data.cohort import (
+from radiolens.data.cohort import Cohort, write_manifest
+from radiolens.data.contract import (
     FILE_KEYS,
     MASK_KEYS,
-    Cohort,
     CohortError,
     cohort_error,
     is_missing,
     pirads_group,
     split_cases,
-    write_manifest,
 )
 from radiolens.data.image_io import (
     error_text,

@@ -26,7 +26,6 @@ import logging
 import math
 from collections.abc import Sequence
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

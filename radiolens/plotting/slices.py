@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens._utils import optional_import
-from radiolens.data.cohort import PIRADS_GROUPS
+from radiolens.data.contract import PIRADS_GROUPS
 from radiolens.naming import MODALITIES
 from radiolens.plotting._display import array_png, bundle, figure_png, ipywidgets, new_figure, save_figure
 from radiolens.plotting.style import FILLED, OVERLAYS, window_for, window_label

@@ -33,7 +33,7 @@ What the conversion does (the same for every data set, in :mod:`._base`):
   volume); ``lesion_volume_ml`` is 0 for an annotated case without lesion and empty when the
   data set has no lesion annotation.
 * Splits: patient-level 7:1:2 stratified by PI-RADS group
-  (:func:`radiolens.data.cohort.split_cases`, seed ``seed``).
+  (:func:`radiolens.data.contract.split_cases`, seed ``seed``).
 
 To add a data set, write one module here whose ``fetch_<name>`` function hands a ``convert``
 function to :func:`._base.build_cohort`, and list it in :data:`FETCHERS`.

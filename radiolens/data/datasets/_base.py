@@ -26,7 +26,8 @@ import pandas as pd
 
 from radiolens._utils import optional_import
 from radiolens.cache import atomic_write_text, hash_json
-from radiolens.data.cohort import MASK_KEYS, CohortError, load_cohort, write_manifest
+from radiolens.data.cohort import load_cohort, write_manifest
+from radiolens.data.contract import MASK_KEYS, CohortError
 from radiolens.data.image_io import read_array, resample_to_reference, same_grid, simpleitk, volume_ml, write_image
 from radiolens.naming import MODALITIES
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from radiolens._utils import progress_bar
 from radiolens.cache import STEP_VERSIONS
-from radiolens.data.cohort import CohortError
+from radiolens.data.contract import CohortError
 from radiolens.data.datasets._base import (
     DownloadError,
     build_cohort,

@@ -16,9 +16,10 @@ import pandas as pd
 
 from radiolens._utils import progress_bar
 from radiolens.cache import STEP_VERSIONS
-from radiolens.data.cohort import CohortError, pirads_group
+from radiolens.data.contract import CohortError, pirads_group
 from radiolens.data.datasets._base import (
     DownloadError,
+    _pooch,
     build_cohort,
     extract_zip_members,
     fill_doc,
@@ -29,7 +30,6 @@ from radiolens.data.datasets._base import (
     scanner_from_header,
     write_case,
     zenodo_retrieve,
-    _pooch,
 )
 from radiolens.data.image_io import read_image, volume_ml
 
