@@ -15,6 +15,7 @@ from radiolens._utils import jsonable
 from radiolens.cache import atomic_write_bytes, atomic_write_text, hash_file
 from radiolens.finetune.train import FineTuneResult
 from radiolens.models.heads import adapt_stem_in_chans, encoder_in_chans, head_from_config
+from radiolens.models.profound import load_torch_file
 
 __all__ = ["CHECKPOINT_FORMAT", "load_finetuned", "save_finetuned"]
 
@@ -93,12 +94,7 @@ def load_finetuned(path: str | Path, encoder: nn.Module | None = None) -> FineTu
         With ``encoder`` and ``head`` in eval mode on the CPU.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"fine-tuned checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read fine-tuned checkpoint {path}: {err}") from err
+    obj = load_torch_file(path, "fine-tuned checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a radiolens fine-tuned checkpoint (format {CHECKPOINT_FORMAT!r})")
     card = json.loads(obj["card"])

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens._utils import optional_import
-from radiolens.cache import atomic_write_text, hash_json
+from radiolens.cache import STEP_VERSIONS, atomic_write_text, hash_json
 from radiolens.data.cohort import load_cohort, write_manifest
 from radiolens.data.contract import MASK_KEYS, CohortError
 from radiolens.data.image_io import read_array, resample_to_reference, same_grid, simpleitk, volume_ml, write_image
@@ -36,6 +36,7 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "build_cohort",
+    "dataset_folder",
     "fill_doc",
     "resolve_data_dir",
 ]
@@ -343,8 +344,14 @@ def _existing_cohort(cohort_dir: Path, settings: dict[str, Any]):
         return None
 
 
+def dataset_folder(data_dir: str | os.PathLike | None, dataset: str) -> Path:
+    """``<data_dir>/<dataset>`` (see :func:`resolve_data_dir`): its ``raw/`` and ``cohort/``."""
+    return resolve_data_dir(data_dir) / dataset
+
+
 def build_cohort(
     dataset_dir: Path,
+    title: str,
     settings: dict[str, Any],
     convert: Callable[[Path, Path], tuple[pd.DataFrame, dict[str, str]]],
     seed: int,
@@ -353,8 +360,24 @@ def build_cohort(
     """Reuse ``dataset_dir/cohort`` if valid for ``settings``, else build it atomically.
 
     ``convert(cohort_tmp, work_dir)`` writes the case files under ``cohort_tmp`` and returns
-    the manifest table (without splits) and the skipped cases with reasons.
+    the manifest table (without splits) and the skipped cases with reasons (logged here).
+    The conversion's version (:data:`radiolens.cache.STEP_VERSIONS`) and the split seed are
+    part of the settings, so a cohort made otherwise is rebuilt, not reused.
+
+    Raises
+    ------
+    DownloadError
+        No case could be converted, or the converted cohort fails validation (``title``
+        names the data set).
     """
+    settings = {"dataset": dataset_dir.name, **settings, "format": STEP_VERSIONS["datasets"], "seed": seed}
+    try:
+        return _build(dataset_dir, title, settings, convert, seed, force)
+    except CohortError as err:
+        raise DownloadError(f"converted {title} data failed validation: {err}") from err
+
+
+def _build(dataset_dir, title, settings, convert, seed, force):
     cohort_dir = dataset_dir / "cohort"
     if not force:
         existing = _existing_cohort(cohort_dir, settings)
@@ -369,6 +392,8 @@ def build_cohort(
         tmp.mkdir(parents=True)
         work.mkdir(parents=True)
         table, skipped = convert(tmp, work)
+        for case_id, reason in skipped.items():
+            logger.warning("%s: skipped case %s (%s)", title, case_id, reason)
         if table.empty:
             raise DownloadError(f"no case of {settings['dataset']} could be converted: {skipped}")
         zone_check = _check_zone_convention(tmp, table, settings["dataset"])

@@ -11,16 +11,14 @@ from pathlib import Path
 import pandas as pd
 
 from radiolens._utils import progress_bar
-from radiolens.cache import STEP_VERSIONS
-from radiolens.data.contract import CohortError
 from radiolens.data.datasets._base import (
     DownloadError,
     build_cohort,
+    dataset_folder,
     extract_tar,
     fill_doc,
     hidden,
     mask_from,
-    resolve_data_dir,
     retrieve,
     write_case,
 )
@@ -73,9 +71,8 @@ def fetch_msd_prostate(
     DownloadError
         The archive does not have the published layout.
     """
-    root = resolve_data_dir(data_dir)
-    dataset_dir = root / "msd_prostate"
-    settings = {"dataset": "msd_prostate", "format": STEP_VERSIONS["datasets"], "seed": seed}
+    dataset_dir = dataset_folder(data_dir, "msd_prostate")
+
     def convert(cohort_tmp: Path, work: Path):
         itk = simpleitk()
         tar = retrieve(MSD_URL, f"md5:{MSD_MD5}", dataset_dir / "raw", "Task05_Prostate.tar",
@@ -128,13 +125,8 @@ def fetch_msd_prostate(
                        site="Radboud University Medical Center", scanner=None,
                        patient_id=case_id)
             rows.append(row)
-        for case_id, reason in skipped.items():
-            logger.warning("MSD prostate: skipped case %s (%s)", case_id, reason)
         return pd.DataFrame(rows), skipped
 
-    try:
-        return build_cohort(dataset_dir, settings, convert, seed, force)
-    except CohortError as err:
-        raise DownloadError(f"converted MSD prostate data failed validation: {err}") from err
+    return build_cohort(dataset_dir, "MSD prostate", {}, convert, seed, force)
 
 

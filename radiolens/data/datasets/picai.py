@@ -15,17 +15,16 @@ import numpy as np
 import pandas as pd
 
 from radiolens._utils import progress_bar
-from radiolens.cache import STEP_VERSIONS
-from radiolens.data.contract import CohortError, pirads_group
+from radiolens.data.contract import pirads_group
 from radiolens.data.datasets._base import (
     DownloadError,
     _pooch,
     build_cohort,
+    dataset_folder,
     extract_zip_members,
     fill_doc,
     hidden,
     mask_from,
-    resolve_data_dir,
     retrieve,
     scanner_from_header,
     write_case,
@@ -194,13 +193,10 @@ def fetch_picai(
         raise ValueError(
             f"folds must be a non-empty subset of {list(PICAI_FOLDS)}, got {bad or folds}"
         )
-    root = resolve_data_dir(data_dir)
-    dataset_dir = root / "picai"
+    dataset_dir = dataset_folder(data_dir, "picai")
     raw_dir = dataset_dir / "raw"
-    settings = {
-        "dataset": "picai", "format": STEP_VERSIONS["datasets"], "folds": list(folds),
-        "max_cases": max_cases, "seed": seed, "labels_commit": PICAI_LABELS_COMMIT,
-    }
+    settings = {"folds": list(folds), "max_cases": max_cases, "labels_commit": PICAI_LABELS_COMMIT}
+
     def convert(cohort_tmp: Path, work: Path):
         registry = _load_picai_registry()
         marksheet_path = _picai_label_file(registry, "marksheet", "-", raw_dir)
@@ -283,13 +279,8 @@ def fetch_picai(
             )
             rows.append(row)
             shutil.rmtree(work / case_id, ignore_errors=True)
-        for case_id, reason in skipped.items():
-            logger.warning("PI-CAI: skipped case %s (%s)", case_id, reason)
         return pd.DataFrame(rows), skipped
 
-    try:
-        return build_cohort(dataset_dir, settings, convert, seed, force)
-    except CohortError as err:
-        raise DownloadError(f"converted PI-CAI data failed validation: {err}") from err
+    return build_cohort(dataset_dir, "PI-CAI", settings, convert, seed, force)
 
 

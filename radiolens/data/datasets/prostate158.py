@@ -10,16 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from radiolens._utils import progress_bar
-from radiolens.cache import STEP_VERSIONS
-from radiolens.data.contract import CohortError
 from radiolens.data.datasets._base import (
     DownloadError,
     build_cohort,
+    dataset_folder,
     extract_zip_members,
     fill_doc,
     hidden,
     mask_from,
-    resolve_data_dir,
     scanner_from_header,
     write_case,
     zenodo_retrieve,
@@ -71,9 +69,8 @@ def fetch_prostate158(
     radiolens.data.cohort.Cohort
         The validated cohort in ``<data_dir>/prostate158/cohort``.
     """
-    root = resolve_data_dir(data_dir)
-    dataset_dir = root / "prostate158"
-    settings = {"dataset": "prostate158", "format": STEP_VERSIONS["datasets"], "seed": seed}
+    dataset_dir = dataset_folder(data_dir, "prostate158")
+
     def convert(cohort_tmp: Path, work: Path):
         itk = simpleitk()
         archive = zenodo_retrieve(PROSTATE158_DOI, PROSTATE158_ARCHIVE, dataset_dir / "raw",
@@ -141,11 +138,6 @@ def fetch_prostate158(
                        scanner=scanner_from_header(t2), patient_id=case_id,
                        source_split=entry["source_split"])
             rows.append(row)
-        for case_id, reason in skipped.items():
-            logger.warning("Prostate158: skipped case %s (%s)", case_id, reason)
         return pd.DataFrame(rows), skipped
 
-    try:
-        return build_cohort(dataset_dir, settings, convert, seed, force)
-    except CohortError as err:
-        raise DownloadError(f"converted Prostate158 data failed validation: {err}") from err
+    return build_cohort(dataset_dir, "Prostate158", {}, convert, seed, force)
