@@ -17,7 +17,7 @@ radiolens - a radiomic lens on how fine-tuning changes a foundation model's enco
 (Wang et al., MIDL 2026).
 
   radiolens run [CONFIG]    run the whole study (cohort -> radiomics -> encoder -> fine-tuning
-                            -> embeddings -> penalty sweep -> lens -> report); every stage is
+                            -> embeddings -> penalty sweep -> lens -> report); every step is
                             cached, so an interrupted run resumes where it stopped
   radiolens book            execute the book's chapters with papermill and render them
   radiolens config          print every configuration key with its default and meaning

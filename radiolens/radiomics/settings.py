@@ -43,7 +43,7 @@ def default_settings() -> dict[str, Any]:
         about 5x faster than ``binWidth: 5`` on a 130k-voxel ROI. (PyRadiomics logs a warning
         recommending bin width; radiolens silences it during extraction.)
     ``resampledPixelSpacing: None``
-        Resampling belongs to the data stage (``radiolens.data.preprocess``, which resamples
+        Resampling belongs to the data step (``radiolens.data.preprocess``, which resamples
         real studies to the paper's 0.5 x 0.5 x 1.0 mm grid; the built-in synthetic cohort is
         generated directly on its own 0.8 x 0.8 x 2.0 mm grid), so extraction does not
         interpolate again (a second B-spline pass would blur texture). Set
