@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/bench_pipeline.py            # quick cold + warm
     python benchmarks/bench_pipeline.py --full     # also the full default run (long)
+    python benchmarks/bench_pipeline.py --full --skip-quick   # only the full default run
     python benchmarks/bench_pipeline.py --book     # also the quick book build (uses the warm cache)
 """
 
@@ -75,13 +76,14 @@ def stage_table(out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also time the full default run")
+    parser.add_argument("--skip-quick", action="store_true", help="do not time the quick run (with --full)")
     parser.add_argument("--book", action="store_true", help="also time `radiolens book --quick` on the warm cache")
     parser.add_argument("--workdir", default=None, help="folder for caches and outputs (default: a temporary one)")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="radiolens-bench-"))
     rows = []
-    modes = [("quick", ["--quick"], 600)] + ([("full", [], 13 * 60)] if args.full else [])
+    modes = ([] if args.skip_quick else [("quick", ["--quick"], 600)]) + ([("full", [], 13 * 60)] if args.full else [])
     for mode, flags, target in modes:
         cache, out = work / f"cache-{mode}", work / f"out-{mode}"
         env = {**os.environ, "RADIOLENS_CACHE": str(cache)}
