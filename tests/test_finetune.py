@@ -457,8 +457,8 @@ def test_on_the_built_in_synthetic_cohort(synthetic_cohort):
     torch.manual_seed(0)
     enc = ConvNeXtV2Encoder3D.from_preset("micro", in_chans=3)
     labels = synthetic_cohort.labels
-    res = finetune(enc, synthetic_cohort, "volume", "frozen", epochs=3, batch_size=4, precompute_frozen=True,
-                   progress=False)
+    res = finetune(enc, synthetic_cohort, "volume", "frozen", epochs=3, batch_size=4, progress=False)
+    assert res.config["precomputed_features"] and not res.config["augment"]
     n_train = int(labels.loc[synthetic_cohort.ids("train"), "gland_volume_ml"].notna().sum())
     assert res.metrics["n_train"] == n_train and len(res.history) == 3
     assert np.isfinite(res.metrics["mse"]) and res.metrics["mae_ml"] > 0

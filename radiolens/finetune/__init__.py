@@ -28,8 +28,9 @@ T2W-only task a 3-channel encoder keeps the T2W slice of its stem kernel
 (:func:`radiolens.models.heads.adapt_stem_in_chans`); the Dice loss is a *batch* soft Dice
 (see :func:`~radiolens.finetune.metrics.soft_dice_loss` for why) with the decoder's output starting at a 1% lesion prior;
 the lesion metric thresholds the probability at 0.5 and averages Dice over test cases that
-have a lesion; in the frozen regime the encoder's outputs are computed once per case when
-there is no augmentation, which is exact and several times faster.
+have a lesion; in the frozen regime the encoder's outputs are computed once per case and the
+head trains on them without augmentation (augmenting would mean running the fixed encoder on
+every augmented view, every epoch: most of the frozen runs' cost); the full regime augments.
 
 Determinism: every random choice (head initialisation, batch order, augmentation) derives
 from ``seed``; training runs under ``torch.use_deterministic_algorithms`` and a forked torch

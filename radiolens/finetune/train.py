@@ -51,9 +51,10 @@ class FineTuneConfig:
         Random flips / small affine / intensity changes of training cases
         (:mod:`radiolens.models.augment`).
     precompute_frozen
-        Frozen regime only: run the (unchanging, eval-mode) encoder once per case and train
-        the head on the stored outputs. Exact without augmentation; with it, the frozen
-        regime then trains on un-augmented cases. ``None``: when ``augment`` is off.
+        Frozen regime only (default): run the unchanging, eval-mode encoder once per case and
+        train the head on its stored outputs, un-augmented. Augmenting would need the encoder
+        run on every augmented view, every epoch (what ``False`` does): it was most of the
+        frozen runs' cost, for a head that sees features of one fixed encoder.
     stem_mode
         How a multi-channel encoder gets a 1-channel stem for a T2W-only task
         (:func:`radiolens.models.heads.adapt_stem_in_chans`).
@@ -73,7 +74,7 @@ class FineTuneConfig:
     patience: int | None = 15
     augment: bool = True
     augment_config: AugmentConfig | None = None
-    precompute_frozen: bool | None = None
+    precompute_frozen: bool = True
     stem_mode: str = "select"
     bce_weight: float = 0.0
     head_kwargs: dict = field(default_factory=dict)
@@ -298,8 +299,7 @@ def finetune(
     if not val.case_ids:
         logger.warning("task %r: empty validation split; selecting the epoch on the training loss", task.name)
 
-    precompute_frozen = not cfg.augment if cfg.precompute_frozen is None else cfg.precompute_frozen
-    precompute = regime == "frozen" and bool(precompute_frozen)
+    precompute = regime == "frozen" and bool(cfg.precompute_frozen)
     use_augment = bool(cfg.augment) and not precompute
     record = {
         "epochs": epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": batch_size,
