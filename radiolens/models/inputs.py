@@ -161,7 +161,8 @@ class CaseStore:
     Each case is read from disk once per channel set (:func:`case_tensor`) and kept in memory
     while the total stays under ``cache_mb``; a channel subset of a stack already held (e.g.
     T2W of T2W, DWI, ADC) is cut from it, which is exact because channels are normalised
-    independently. A study shares one store between its fine-tuning runs and its embeddings.
+    independently. A study shares one store between its fine-tuning runs and its embeddings
+    (at 200 cases of 3 x 32 x 96 x 96 that is 0.7 GB).
 
     Parameters
     ----------
@@ -212,9 +213,8 @@ class CaseStore:
             return self._images[key]
         for (cid, have), image in list(self._images.items()):
             if cid == case_id and set(channels) <= set(have):
-                subset = np.ascontiguousarray(image[[have.index(c) for c in channels]])
-                self._keep(self._images, key, subset)
-                return subset
+                # cut, not kept: a subset costs a copy, not a second read or more memory
+                return np.ascontiguousarray(image[[have.index(c) for c in channels]])
         masks = [k for k in self.masks if (case_id, k) not in self._masks]
         return self._read(case_id, channels, masks)
 
