@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "patience": 10,
         "decoder_channels": 32,
         "decoder_pool_scales": [1, 2, 3, 6],
+        "frozen_views": 4,
     },
     "lens": {
         "hidden_dim": None,
@@ -137,6 +138,8 @@ DOCS: dict[str, str] = {
     "finetune.decoder_channels": "width of the segmentation task's UPerNet decoder (ProFound: 512; "
     "32 keeps the built-in CPU study within its time budget)",
     "finetune.decoder_pool_scales": "output sizes of the decoder's pyramid pooling (UPerNet: 1, 2, 3, 6)",
+    "finetune.frozen_views": "frozen regime: augmented views per training case whose encoder outputs are computed "
+    "once (the head trains on them in turn); 0 = un-augmented",
     "lens.hidden_dim": "width of the shared projection (null: chosen below d and n_train)",
     "lens.epochs": "stage-1 training epochs",
     "lens.lr": "stage-1 learning rate",
@@ -244,6 +247,8 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
         raise ConfigError(f"config key 'cohort.shape' must be multiples of 16 (the encoder's stride), got {cohort['shape']!r}")
     if config["finetune"]["decoder_channels"] < 1:
         raise ConfigError(f"config key 'finetune.decoder_channels' must be >= 1, got {config['finetune']['decoder_channels']!r}")
+    if config["finetune"]["frozen_views"] < 0:
+        raise ConfigError(f"config key 'finetune.frozen_views' must be >= 0, got {config['finetune']['frozen_views']!r}")
     scales = config["finetune"]["decoder_pool_scales"]
     if not scales or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in scales):
         raise ConfigError(f"config key 'finetune.decoder_pool_scales' must be positive integers, got {scales!r}")

@@ -238,7 +238,7 @@ class Study:
             head_kwargs = {"channels": spec["decoder_channels"], "pool_scales": tuple(spec["decoder_pool_scales"])}
         return FineTuneConfig(
             epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"], patience=spec["patience"],
-            head_kwargs=head_kwargs,
+            frozen_views=spec["frozen_views"], head_kwargs=head_kwargs,
         )
 
     def finetuned(self, task: str, regime: str = "full"):

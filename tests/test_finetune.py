@@ -282,6 +282,35 @@ def test_precomputed_frozen_features_give_the_same_training(cohort):
     np.testing.assert_allclose(a.history[["train_loss", "val_loss"]], b.history[["train_loss", "val_loss"]], rtol=1e-4)
 
 
+class CountingEncoder(TinyEncoder):
+    """Counts the cases it encodes."""
+
+    cases = 0
+
+    def forward(self, x):
+        type(self).cases += len(x)
+        return super().forward(x)
+
+
+def test_frozen_encoder_runs_once_per_case_and_view_whatever_the_epochs(cohort):
+    n_train, n_other = len(cohort.ids("train")), len(cohort.ids("val")) + len(cohort.ids("test"))
+    for epochs, views in ((2, 0), (5, 0), (5, 2)):
+        torch.manual_seed(0)
+        CountingEncoder.cases = 0
+        res = finetune(CountingEncoder(), cohort, "pirads", "frozen", epochs=epochs, patience=None, frozen_views=views,
+                       batch_size=4, progress=False)
+        assert CountingEncoder.cases == n_train * (1 + views) + n_other, (epochs, views)
+        assert res.config["frozen_views"] == views and res.config["augment"] == (views > 0)
+        assert len(res.history) == epochs
+    # the views are augmented: another view, another training loss
+    a = finetune(_encoder(), cohort, "pirads", "frozen", epochs=2, patience=None, frozen_views=2, batch_size=4,
+                 progress=False)
+    b = finetune(_encoder(), cohort, "pirads", "frozen", epochs=2, patience=None, frozen_views=1, batch_size=4,
+                 progress=False)
+    assert a.history["train_loss"].iloc[0] == b.history["train_loss"].iloc[0]  # view 0 in both
+    assert a.history["train_loss"].iloc[1] != b.history["train_loss"].iloc[1]  # view 1 vs view 0 again
+
+
 def test_frozen_segmentation_trains_only_the_decoder(cohort):
     enc = _encoder()
     before = _state(enc)
@@ -458,7 +487,7 @@ def test_on_the_built_in_synthetic_cohort(synthetic_cohort):
     enc = ConvNeXtV2Encoder3D.from_preset("micro", in_chans=3)
     labels = synthetic_cohort.labels
     res = finetune(enc, synthetic_cohort, "volume", "frozen", epochs=3, batch_size=4, progress=False)
-    assert res.config["precomputed_features"] and not res.config["augment"]
+    assert res.config["precomputed_features"] and res.config["frozen_views"] == 4
     n_train = int(labels.loc[synthetic_cohort.ids("train"), "gland_volume_ml"].notna().sum())
     assert res.metrics["n_train"] == n_train and len(res.history) == 3
     assert np.isfinite(res.metrics["mse"]) and res.metrics["mae_ml"] > 0

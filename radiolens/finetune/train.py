@@ -52,9 +52,13 @@ class FineTuneConfig:
         (:mod:`radiolens.models.augment`).
     precompute_frozen
         Frozen regime only (default): run the unchanging, eval-mode encoder once per case and
-        train the head on its stored outputs, un-augmented. Augmenting would need the encoder
-        run on every augmented view, every epoch (what ``False`` does): it was most of the
-        frozen runs' cost, for a head that sees features of one fixed encoder.
+        augmented view (see ``frozen_views``) and train the head on the stored outputs. Running
+        it on every augmented batch of every epoch instead (``False``) was most of the frozen
+        runs' cost, for outputs of one fixed encoder.
+    frozen_views
+        With ``precompute_frozen`` and ``augment``: augmented views of each training case whose
+        encoder outputs are computed once; epoch ``e`` trains on view ``(e - 1) % frozen_views``
+        (the head still sees augmented cases, a few fixed draws of them). 0: un-augmented.
     stem_mode
         How a multi-channel encoder gets a 1-channel stem for a T2W-only task
         (:func:`radiolens.models.heads.adapt_stem_in_chans`).
@@ -75,6 +79,7 @@ class FineTuneConfig:
     augment: bool = True
     augment_config: AugmentConfig | None = None
     precompute_frozen: bool = True
+    frozen_views: int = 4
     stem_mode: str = "select"
     bce_weight: float = 0.0
     head_kwargs: dict = field(default_factory=dict)
@@ -89,6 +94,8 @@ class FineTuneConfig:
             raise ValueError(f"batch_size must be >= 2 (the heads use batch norm), got {self.batch_size}")
         if self.patience is not None and int(self.patience) < 1:
             raise ValueError(f"patience must be >= 1 or None (no early stopping), got {self.patience}")
+        if int(self.frozen_views) < 0:
+            raise ValueError(f"frozen_views must be >= 0, got {self.frozen_views}")
         return self
 
     def key(self) -> dict:
@@ -300,11 +307,12 @@ def finetune(
         logger.warning("task %r: empty validation split; selecting the epoch on the training loss", task.name)
 
     precompute = regime == "frozen" and bool(cfg.precompute_frozen)
-    use_augment = bool(cfg.augment) and not precompute
+    views = int(cfg.frozen_views) if precompute and cfg.augment else 0
+    use_augment = bool(cfg.augment) and not precompute  # augmentation per batch
     record = {
         "epochs": epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": batch_size,
-        "schedule": cfg.schedule, "patience": cfg.patience, "augment": use_augment,
-        "precomputed_features": precompute,
+        "schedule": cfg.schedule, "patience": cfg.patience, "augment": use_augment or views > 0,
+        "precomputed_features": precompute, "frozen_views": views,
         "stem_mode": cfg.stem_mode if len(task.channels) == 1 else None, "bce_weight": cfg.bce_weight,
         "device": str(device),
     }
@@ -323,15 +331,35 @@ def finetune(
         def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return task_loss(task, out, y, cfg.bce_weight)
 
-        def encode_split(split: Split):
-            """The frozen encoder's outputs for every case of a split, on the CPU."""
-            chunks = []
+        def augment_cases(split: Split, idx: np.ndarray, params: list) -> tuple[np.ndarray, np.ndarray]:
+            """Inputs and targets of some cases, case ``j`` augmented with ``params[j]``."""
+            xs, ys = split.inputs(idx), split.y[idx].copy()
+            for j in range(len(idx)):
+                mask = ys[j] if task.kind == "segmentation" else None
+                xs[j], mask = apply_augment(params[j], xs[j], mask)
+                if task.kind == "segmentation":
+                    ys[j] = mask
+            return xs, ys
+
+        def encode_split(split: Split, view: int | None = None):
+            """The frozen encoder's outputs for every case of a split, on the CPU, and the
+            targets: of the cases as they are, or of augmented view ``view`` of each case."""
+            chunks, targets = [], []
             with torch.no_grad():
                 for idx in batches(len(split.case_ids), batch_size, None):
-                    chunks.append(model.encode(torch.from_numpy(split.inputs(idx)).to(device)))
+                    if view is None:
+                        xs, ys = split.inputs(idx), split.y[idx]
+                    else:  # one draw per (view, case), whatever the batches
+                        params = [sample_params(np.random.default_rng([seed, 2, view, int(i)]), cfg.augment_config)
+                                  for i in idx]
+                        xs, ys = augment_cases(split, idx, params)
+                    chunks.append(model.encode(torch.from_numpy(np.ascontiguousarray(xs)).to(device)))
+                    targets.append(ys)
             if task.kind == "segmentation":
-                return [torch.cat([c[i] for c in chunks]).cpu() for i in range(len(chunks[0]))]
-            return torch.cat(chunks).cpu()
+                feats = [torch.cat([c[i] for c in chunks]).cpu() for i in range(len(chunks[0]))]
+            else:
+                feats = torch.cat(chunks).cpu()
+            return feats, np.concatenate(targets)
 
         def forward_batch(split: Split, idx: np.ndarray, rng: np.random.Generator | None):
             """Model outputs and targets for some cases (augmented when ``rng`` is given)."""
@@ -342,15 +370,10 @@ def finetune(
                     feats = split.feats[idx].to(device)
                 y = torch.from_numpy(np.ascontiguousarray(split.y[idx])).to(device)
                 return model.decode(feats, split.spatial_shape), y
-            xs, ys = split.inputs(idx), split.y[idx]
             if rng is not None:
-                ys = ys.copy()
-                for j in range(len(idx)):
-                    params_j = sample_params(rng, cfg.augment_config)
-                    mask = ys[j] if task.kind == "segmentation" else None
-                    xs[j], mask = apply_augment(params_j, xs[j], mask)
-                    if task.kind == "segmentation":
-                        ys[j] = mask
+                xs, ys = augment_cases(split, idx, [sample_params(rng, cfg.augment_config) for _ in idx])
+            else:
+                xs, ys = split.inputs(idx), split.y[idx]
             x = torch.from_numpy(np.ascontiguousarray(xs)).to(device)
             y = torch.from_numpy(np.ascontiguousarray(ys)).to(device)
             return model(x), y
@@ -367,11 +390,13 @@ def finetune(
             out = np.concatenate(outs)
             return total / len(split.case_ids), task_metrics(task, out, split.y)[metric_name], out
 
+        train_views = []
         if precompute:
             model.eval()
             for split in (train, val, test):
                 if split.case_ids:
-                    split.feats = encode_split(split)
+                    split.feats = encode_split(split)[0]
+            train_views = [encode_split(train, view) for view in range(views)]
 
         rows, best = [], (math.inf, 0, None)
         bar = progress_bar(range(1, epochs + 1), desc=f"{task.name}/{regime}", progress=progress)
@@ -379,6 +404,8 @@ def finetune(
             model.train()
             rng = np.random.default_rng([seed, epoch])
             aug_rng = np.random.default_rng([seed, epoch, 1]) if use_augment else None
+            if train_views:
+                train.feats, train.y = train_views[(epoch - 1) % len(train_views)]
             total, count = 0.0, 0
             for idx in batches(len(train.case_ids), batch_size, rng):
                 out, y = forward_batch(train, idx, aug_rng)
