@@ -20,6 +20,7 @@ import json
 import logging
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,22 +249,52 @@ class Study:
             self._memo[key] = self._timed(f"fine-tune {task}/{regime}", self._finetune, task, regime)
         return self._memo[key]
 
-    def _finetune(self, task: str, regime: str):
-        from radiolens import finetune as ft
+    def _finetune_key(self, task: str, regime: str) -> str:
         from radiolens.models import encoder_hash
 
         config = self.finetune_config(task)
-        key = step_key("finetune", {"task": task, "regime": regime, "config": config.key(), "seed": self.seed,
-                                    "encoder": encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint})
+        return step_key("finetune", {"task": task, "regime": regime, "config": config.key(), "seed": self.seed,
+                                     "encoder": encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint})
+
+    def _finetune(self, task: str, regime: str):
+        from radiolens import finetune as ft
 
         def finetune():
-            return ft.finetune(self.encoder(), self.cohort(), task, regime, config, seed=self.seed,
-                               device=self.config["device"], progress=self.progress, store=self.case_store())
+            # one intra-op thread: a run's result does not depend on how many run at once
+            # (finetune_all runs them in parallel processes), as radiomics runs on one ITK thread
+            with _torch_threads(1):
+                return ft.finetune(self.encoder(), self.cohort(), task, regime, self.finetune_config(task),
+                                   seed=self.seed, device=self.config["device"], progress=self.progress,
+                                   store=self.case_store())
 
         return self._cache("finetuned").cached(
-            key, finetune, lambda result, path: ft.save_finetuned(result, path, card=False), ft.load_finetuned,
-            ext="pt", meta={"task": task, "regime": regime},
+            self._finetune_key(task, regime), finetune, lambda result, path: ft.save_finetuned(result, path, card=False),
+            ft.load_finetuned, ext="pt", meta={"task": task, "regime": regime},
         )
+
+    def finetune_all(self) -> None:
+        """Fine-tune every available task and regime not in the cache yet, ``jobs`` runs at a time
+        in worker processes (each run on one thread), longest first; later calls of
+        :meth:`finetuned` read the results from the cache."""
+        runs = [(task, regime) for task in self.available_tasks() for regime in self.config["finetune"]["regimes"]
+                if self._cache("finetuned").get_file(self._finetune_key(task, regime), "pt") is None]
+        jobs = min(int(self.config["jobs"]), len(runs))
+        if jobs < 2:
+            return  # nothing to share out: finetuned() computes in this process
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        # longest first (segmentation, then the full regime), so no worker is left with a long run at the end
+        runs.sort(key=lambda run: (get_task(run[0]).kind != "segmentation", run[1] != "full"))
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        # a pool of our own: its workers, and the cases they hold in memory, end with the phase
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {run: pool.submit(_finetune_job, self.config, *run) for run in runs}
+            for (task, regime), future in futures.items():
+                wall, cpu = future.result()
+                self.timings[f"fine-tune {task}/{regime} (in a worker)"] = wall
+                self.cpu_timings[f"fine-tune {task}/{regime} (in a worker)"] = cpu
+        self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
+        self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
 
     def available_tasks(self) -> list[str]:
         """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
@@ -280,6 +311,7 @@ class Study:
 
     def downstream_table(self) -> pd.DataFrame:
         """Our Table 2: (task, regime, metric, value) for every available task and regime."""
+        self.finetune_all()
         frames = []
         for task in self.available_tasks():
             for regime in self.config["finetune"]["regimes"]:
@@ -482,6 +514,32 @@ class Study:
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings),
                            dict(self.cpu_timings))
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_WORKER_STUDIES: dict[str, Study] = {}
+
+
+def _finetune_job(config: dict, task: str, regime: str) -> tuple[float, float]:
+    """One fine-tuning run in a worker process (:meth:`Study.finetune_all`): computed into the
+    cache; returns its wall and CPU seconds. The worker keeps its study (cohort, encoder, cases
+    in memory) for its next run."""
+    key = hash_json(config)
+    study = _WORKER_STUDIES.get(key) or _WORKER_STUDIES.setdefault(key, Study(config, progress=False))
+    start, cpu = time.perf_counter(), time.process_time()
+    study.finetuned(task, regime)
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def _cpu_seconds() -> float:
