@@ -108,7 +108,7 @@ QUICK: dict[str, Any] = {
 
 DOCS: dict[str, str] = {
     "seed": "master random seed (cohort split, training, lens)",
-    "jobs": "parallel worker processes for radiomics extraction",
+    "jobs": "parallel worker processes for radiomics extraction and for fine-tuning runs (one thread each)",
     "device": "torch device for the encoder: cpu, cuda, cuda:1, mps",
     "cache_dir": "cache folder (default: $RADIOLENS_CACHE or ~/.cache/radiolens)",
     "out": "output folder of the report",
