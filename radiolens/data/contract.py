@@ -146,6 +146,14 @@ def is_missing(value: Any) -> bool:
         return False
 
 
+def _number(value: Any) -> float:
+    """A table cell as a float; NaN when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Check the table and return it indexed by case_id with typed columns."""
     frame = frame.copy()
@@ -197,10 +205,7 @@ def normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         if is_missing(value):
             groups.append(pd.NA)
             continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = np.nan
+        number = _number(value)
         if not (np.isfinite(number) and number == int(number) and 0 <= number <= 3):
             bad(
                 case_id,
@@ -220,10 +225,7 @@ def normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             if is_missing(value):
                 values.append(np.nan)
                 continue
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = np.nan
+            number = _number(value)
             if not np.isfinite(number) or number < 0:
                 bad(case_id, col, f"{col} {value!r} is not a non-negative number")
                 number = np.nan

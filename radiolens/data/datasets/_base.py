@@ -288,22 +288,15 @@ def write_case(
     reference = images["T2W"]
     row: dict[str, Any] = {"case_id": case_id}
     folder = Path("cases") / case_id
-    for key in MODALITIES:
-        image = images.get(key)
-        if image is None:
-            row[key] = None
-            continue
-        rel = folder / f"{key}.nii.gz"
-        write_image(_image_on(image, reference), cohort_dir / rel)
-        row[key] = rel.as_posix()
-    for key in MASK_KEYS:
-        mask = masks.get(key)
-        if mask is None:
-            row[key] = None
-            continue
-        rel = folder / f"{key}.nii.gz"
-        write_image(mask, cohort_dir / rel)
-        row[key] = rel.as_posix()
+    # images in the pixel type they came in, put on the reference grid; masks as they are
+    files = {**{k: _image_on(v, reference) for k, v in images.items() if v is not None and k in MODALITIES},
+             **{k: v for k, v in masks.items() if v is not None and k in MASK_KEYS}}
+    for key in (*MODALITIES, *MASK_KEYS):
+        row[key] = None
+        if key in files:
+            rel = folder / f"{key}.nii.gz"
+            write_image(files[key], cohort_dir / rel)
+            row[key] = rel.as_posix()
     for key in ("gland", "lesion"):
         mask = masks.get(key)
         row[f"{key}_volume_ml"] = volume_ml(mask) if mask is not None else np.nan
