@@ -56,6 +56,10 @@ DOCS: dict[str, str] = {
         Rebuild the cohort even if a valid one exists (downloads are still reused).""",
     "progress": """progress
         Show download and conversion progress.""",
+    "returns": """Returns
+    -------
+    radiolens.data.cohort.Cohort
+        The validated cohort in ``<data_dir>/<data set>/cohort`` (made once, then reused).""",
 }
 
 

@@ -59,10 +59,7 @@ def fetch_msd_prostate(
     %(force)s
     %(progress)s
 
-    Returns
-    -------
-    radiolens.data.cohort.Cohort
-        The validated cohort in ``<data_dir>/msd_prostate/cohort``.
+    %(returns)s
 
     Raises
     ------

@@ -182,10 +182,7 @@ def fetch_picai(
     %(force)s
     %(progress)s
 
-    Returns
-    -------
-    radiolens.data.cohort.Cohort
-        The validated cohort in ``<data_dir>/picai/cohort``.
+    %(returns)s
     """
     folds = tuple(sorted({int(f) for f in folds}))
     bad = [f for f in folds if f not in PICAI_FOLDS]

@@ -64,10 +64,7 @@ def fetch_prostate158(
     %(force)s
     %(progress)s
 
-    Returns
-    -------
-    radiolens.data.cohort.Cohort
-        The validated cohort in ``<data_dir>/prostate158/cohort``.
+    %(returns)s
     """
     dataset_dir = dataset_folder(data_dir, "prostate158")
 
