@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from radiolens._utils import progress_bar
 from radiolens.cache import atomic_write_text, hash_file
 from radiolens.models.convnext import Block, ConvNeXtV2Encoder3D
 from radiolens.models.inputs import NORMALISATION_VERSION, CohortDataset
@@ -219,8 +220,6 @@ def pretrain(
     ValueError
         The cohort has no training cases, or bad parameters.
     """
-    from tqdm.auto import tqdm
-
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1 or batch_size < 1:
@@ -264,7 +263,7 @@ def pretrain(
 
     rows = []
     step = 0
-    bar = tqdm(total=total, desc=f"pre-training {preset}", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"pre-training {preset}", progress=progress)
     for epoch in range(epochs):
         start = time.perf_counter()
         model.train()

@@ -20,6 +20,7 @@ import numpy as np
 
 from radiolens._utils import jsonable
 from radiolens.cache import ArtifactCache
+from radiolens.data.image_io import simpleitk
 from radiolens.naming import MODALITIES
 from radiolens.radiomics.settings import _extractor_for, _quiet_radiomics, radiomics_version
 
@@ -135,7 +136,7 @@ def _limit_threads() -> None:
         threadpool_limits(limits=1)
     except ImportError:  # threadpoolctl ships with scikit-learn; the env vars still apply
         pass
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
@@ -157,7 +158,7 @@ def _geometry_difference(image, mask, tolerance: float) -> str | None:
 @contextlib.contextmanager
 def _single_itk_thread() -> Iterator[None]:
     """One ITK thread while PyRadiomics runs (bit-reproducible values), then restore."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -174,7 +175,7 @@ def _extract_one(unit: WorkUnit, params: dict, params_hash: str, resample_mask: 
 
 
 def _extract_one_checked(unit: WorkUnit, params: dict, params_hash: str, resample_mask: bool) -> dict:
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     where = unit.describe()
     image = sitk.ReadImage(unit.image)
@@ -266,7 +267,7 @@ def _run_unit(
     # they go into the entry's metadata, not its payload: the payload is then byte-identical
     # whoever computes it, and two processes racing to store one unit cannot pair one's
     # payload with the other's checksum.
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     run = {
         "seconds": time.perf_counter() - start,
