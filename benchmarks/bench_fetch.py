@@ -1,4 +1,4 @@
-"""Conversion speed of the public-data fetchers (radiolens.data.fetch), network mocked.
+"""Conversion speed of the public-data fetchers (radiolens.data.datasets), network mocked.
 
 Builds archives in each data set's real layout at realistic image sizes (MSD: 320 x 320 x 20
 4D NIfTI; PI-CAI: T2W 384 x 384 x 20 with DWI/ADC 128 x 128 x 20 and labels on other grids),
@@ -17,14 +17,14 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fake_archives import FakeWeb, make_msd_tar, make_picai  # noqa: E402
+from radiolens.data.datasets import fetch_msd_prostate, fetch_picai, msd, picai  # noqa: E402
 
-from radiolens.data import fetch  # noqa: E402
+from fake_archives import FakeWeb, make_msd_tar, make_picai  # noqa: E402
 
 
 def main(n_cases: int = 10) -> None:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(fetch, "MSD_MD5", ""):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(msd, "MSD_MD5", ""):
         tmp = Path(tmp)
         patches = []
 
@@ -35,20 +35,20 @@ def main(n_cases: int = 10) -> None:
 
         web = FakeWeb().install(setattr_)
         try:
-            msd = make_msd_tar(tmp / "msd", n_cases=n_cases, shape_xyz=(320, 320, 20))
-            web.files[fetch.MSD_URL] = msd.archive
-            fetch.MSD_MD5 = msd.md5
-            picai = make_picai(tmp / "picai", fetch.PICAI_LABELS_URL,
+            msd_fake = make_msd_tar(tmp / "msd", n_cases=n_cases, shape_xyz=(320, 320, 20))
+            web.files[msd.MSD_URL] = msd_fake.archive
+            msd.MSD_MD5 = msd_fake.md5
+            picai_fake = make_picai(tmp / "picai", picai.PICAI_LABELS_URL,
                                t2_shape=(20, 384, 384), dwi_shape=(20, 128, 128))
-            web.files.update(picai.urls)
-            web.zenodo[fetch.PICAI_IMAGES_DOI] = {picai.fold_zip.name: (picai.fold_zip, picai.fold_md5)}
-            setattr_(fetch, "_PICAI_REGISTRY_PATH", picai.registry)
+            web.files.update(picai_fake.urls)
+            web.zenodo[picai.PICAI_IMAGES_DOI] = {picai_fake.fold_zip.name: (picai_fake.fold_zip, picai_fake.fold_md5)}
+            setattr_(picai, "_PICAI_REGISTRY_PATH", picai_fake.registry)
 
             for name, call, n, shape in (
-                ("msd_prostate", lambda: fetch.fetch_msd_prostate(tmp / "data", progressbar=False),
+                ("msd_prostate", lambda: fetch_msd_prostate(tmp / "data", progress=False),
                  n_cases, "320x320x20 (T2+ADC 4D)"),
-                ("picai", lambda: fetch.fetch_picai(tmp / "data", progressbar=False),
-                 len(picai.glands), "T2 384x384x20, DWI 128x128x20"),
+                ("picai", lambda: fetch_picai(tmp / "data", progress=False),
+                 len(picai_fake.glands), "T2 384x384x20, DWI 128x128x20"),
             ):
                 start = time.perf_counter()
                 call()

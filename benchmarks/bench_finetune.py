@@ -1,7 +1,9 @@
-"""Benchmark: quick-mode fine-tuning, 3 tasks x 2 regimes, on the built-in synthetic cohort.
+"""Benchmark: fine-tuning as the quick study runs it, 3 tasks x 2 regimes, on the built-in cohort.
 
 Target (issue 4): quick pre-training + all three tasks x two regimes in quick mode under
 10 minutes on a 2-core CPU; this script times the fine-tuning part (budget: well under 6 min).
+The settings are the quick study's (``radiolens.config.QUICK``) and one case store is shared by
+the six runs, as in :class:`radiolens.pipeline.Study`.
 
 Usage::
 
@@ -30,11 +32,14 @@ def main() -> None:
     parser.add_argument("--cohort-dir", default=None, help="reuse/create the cohort here")
     args = parser.parse_args()
 
+    import pandas as pd
     import torch
 
+    from radiolens.config import load_config
     from radiolens.data import make_synthetic_cohort
-    from radiolens.models import ConvNeXtV2Encoder3D
-    from radiolens.models.finetune import run_downstream
+    from radiolens.finetune import finetune
+    from radiolens.models import CaseStore, ConvNeXtV2Encoder3D
+    from radiolens.pipeline import Study
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,20 +61,31 @@ def main() -> None:
           f" (ready in {t_cohort:.1f} s); encoder {args.preset} ({weights}); device {args.device}; "
           f"torch threads {torch.get_num_threads()}; os.cpu_count {os.cpu_count()}")
 
-    kwargs = dict(quick=True) if args.full_epochs is None else dict(epochs=args.full_epochs, patience=None)
+    study = Study(load_config(quick=args.full_epochs is None))
+    store = CaseStore(cohort, encoder.total_stride, masks=("lesion",))
+    rows, tables = [], []
     t0 = time.perf_counter()
-    res = run_downstream(encoder, cohort, device=args.device, augment=not args.no_augment,
-                         progress=False, seed=0, **kwargs)
+    for task in study.tasks:
+        config = study.finetune_config(task)
+        overrides = {"augment": not args.no_augment}
+        if args.full_epochs is not None:
+            overrides.update(epochs=args.full_epochs, patience=None)
+        for regime in study.config["finetune"]["regimes"]:
+            res = finetune(encoder, cohort, task, regime, config, seed=0, device=args.device, progress=False,
+                           store=store, **overrides)
+            rows.append({"task": task, "regime": regime, "seconds": res.elapsed_s, "cpu_seconds": res.cpu_s,
+                         "epochs_run": len(res.history), "s_per_epoch": res.elapsed_s / len(res.history)})
+            tables.append(res.metrics_table())
     total = time.perf_counter() - t0
-    timings = res.timings.assign(s_per_epoch=lambda d: d.seconds / d.epochs_run)
-    cpu_total = float(res.timings.cpu_seconds.sum())
+    timings = pd.DataFrame(rows)
     print()
     print(timings.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print(f"\ntotal fine-tuning (3 tasks x 2 regimes, incl. reading the cohort once): {total:.1f} s wall, "
-          f"{cpu_total:.1f} s process CPU (all threads)")
+          f"{timings.cpu_seconds.sum():.1f} s process CPU (all threads)")
     print()
-    print(res.wide().to_string(float_format=lambda v: f"{v:.3f}"))
-
+    table = pd.concat(tables, ignore_index=True)
+    print(table.pivot_table(index=["task", "metric"], columns="regime", values="value", sort=False)
+          .to_string(float_format=lambda v: f"{v:.3f}"))
 
 if __name__ == "__main__":
     main()

@@ -1,10 +1,12 @@
 """radiolens: a radiomic lens on how fine-tuning changes a medical foundation model's encoder.
 
 Implements Wang et al., *What Fine-Tuning Changes: A Radiomic Lens on Prostate Foundation Model
-Representations*, MIDL 2026. The pipeline stages are separate modules, in the order data flows:
+Representations*, MIDL 2026. The study's steps are separate modules, in the order data flows:
 :mod:`radiolens.data` -> :mod:`radiolens.radiomics` -> :mod:`radiolens.models` ->
-:mod:`radiolens.embeddings` -> :mod:`radiolens.lens` -> :mod:`radiolens.report` /
-:mod:`radiolens.views`; :mod:`radiolens.pipeline` runs them all.
+:mod:`radiolens.finetune` -> :mod:`radiolens.embeddings` -> :mod:`radiolens.lens` ->
+:mod:`radiolens.plotting` / :mod:`radiolens.report`; :mod:`radiolens.pipeline` runs them all.
+What they share is defined once, below them: :mod:`radiolens.tasks`, :mod:`radiolens.naming`,
+:mod:`radiolens.glossary`, :mod:`radiolens.cache`, :mod:`radiolens.config`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ radiolens - a radiomic lens on how fine-tuning changes a foundation model's enco
 (Wang et al., MIDL 2026).
 
   radiolens run [CONFIG]    run the whole study (cohort -> radiomics -> encoder -> fine-tuning
-                            -> embeddings -> penalty sweep -> lens -> report); every stage is
+                            -> embeddings -> penalty sweep -> lens -> report); every step is
                             cached, so an interrupted run resumes where it stopped
   radiolens book            execute the book's chapters with papermill and render them
                             (--student: the edition without solutions, for a class)
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole study and write the report", description="Run the whole study and write the report folder.")
     run.add_argument("config", nargs="?", default=None, help="YAML configuration file (see `radiolens config`); default: built-in")
     _add_common(run)
-    run.add_argument("--jobs", type=int, default=None, help="parallel processes for radiomics extraction (default 2)")
+    run.add_argument("--jobs", type=int, default=None, help="parallel processes for radiomics extraction and fine-tuning runs (default 2)")
     run.add_argument("--out", default=None, help="output folder (default radiolens-output)")
     run.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")
     run.add_argument("--book", action="store_true", help="then execute and render the book with the same settings")

@@ -27,6 +27,9 @@ from typing import Any
 
 import yaml
 
+from radiolens.naming import MODALITIES
+from radiolens.tasks import REGIMES, TASKS
+
 __all__ = ["ConfigError", "DEFAULTS", "QUICK", "describe_defaults", "load_config", "merge"]
 
 
@@ -55,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_shape": [64, 224, 224],
     },
     "radiomics": {
-        "modalities": ["T2W", "DWI", "ADC"],
+        "modalities": list(MODALITIES),
         "settings": None,
         "lesion_roi": True,
     },
@@ -65,13 +68,15 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_epochs": 30,
     },
     "finetune": {
-        "tasks": ["pirads", "lesion", "volume"],
-        "regimes": ["frozen", "full"],
+        "tasks": list(TASKS),
+        "regimes": list(REGIMES),
         "epochs": 40,
         "lr": 1e-3,
         "batch_size": 8,
         "patience": 10,
         "decoder_channels": 32,
+        "decoder_pool_scales": [1, 2, 3, 6],
+        "frozen_views": 4,
     },
     "lens": {
         "hidden_dim": None,
@@ -91,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     "cohort": {"n_cases": 60},
     "encoder": {"pretrain_epochs": 2},
-    "finetune": {"epochs": 3, "batch_size": 4, "patience": 3},
+    "finetune": {"epochs": 3, "batch_size": 4, "patience": 3, "decoder_pool_scales": [1, 2, 3]},
     "lens": {
         "epochs": 100,
         "l1_grid": [0.0, 1e-6],
@@ -103,7 +108,7 @@ QUICK: dict[str, Any] = {
 
 DOCS: dict[str, str] = {
     "seed": "master random seed (cohort split, training, lens)",
-    "jobs": "parallel worker processes for radiomics extraction",
+    "jobs": "parallel worker processes for radiomics extraction and for fine-tuning runs (one thread each)",
     "device": "torch device for the encoder: cpu, cuda, cuda:1, mps",
     "cache_dir": "cache folder (default: $RADIOLENS_CACHE or ~/.cache/radiolens)",
     "out": "output folder of the report",
@@ -123,7 +128,7 @@ DOCS: dict[str, str] = {
     "encoder.weights": "shipped weights name, a ProFound/radiolens checkpoint path, or 'pretrain'",
     "encoder.preset": "ConvNeXt V2 size preset (micro, atto, ..., tiny, ...)",
     "encoder.pretrain_epochs": "epochs of masked pre-training when weights = pretrain",
-    "finetune.tasks": "downstream tasks: pirads, lesion, volume",
+    "finetune.tasks": "downstream tasks (radiolens.tasks): " + ", ".join(TASKS),
     "finetune.regimes": "frozen (head only) and/or full fine-tuning",
     "finetune.epochs": "maximum fine-tuning epochs, early stopping on validation (the paper: 100; "
     "40 keeps the built-in CPU study within its time budget)",
@@ -132,6 +137,9 @@ DOCS: dict[str, str] = {
     "finetune.patience": "early-stopping patience in epochs",
     "finetune.decoder_channels": "width of the segmentation task's UPerNet decoder (ProFound: 512; "
     "32 keeps the built-in CPU study within its time budget)",
+    "finetune.decoder_pool_scales": "output sizes of the decoder's pyramid pooling (UPerNet: 1, 2, 3, 6)",
+    "finetune.frozen_views": "frozen regime: augmented views per training case whose encoder outputs are computed "
+    "once (the head trains on them in turn); 0 = un-augmented",
     "lens.hidden_dim": "width of the shared projection (null: chosen below d and n_train)",
     "lens.epochs": "stage-1 training epochs",
     "lens.lr": "stage-1 learning rate",
@@ -149,9 +157,9 @@ _CHOICES: dict[str, tuple] = {
     "lens.decoder": ("ols", "ridge"),
 }
 _LIST_CHOICES: dict[str, tuple] = {
-    "finetune.tasks": ("pirads", "lesion", "volume"),
-    "finetune.regimes": ("frozen", "full"),
-    "radiomics.modalities": ("T2W", "DWI", "ADC"),
+    "finetune.tasks": tuple(TASKS),
+    "finetune.regimes": REGIMES,
+    "radiomics.modalities": MODALITIES,
 }
 
 
@@ -239,6 +247,11 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
         raise ConfigError(f"config key 'cohort.shape' must be multiples of 16 (the encoder's stride), got {cohort['shape']!r}")
     if config["finetune"]["decoder_channels"] < 1:
         raise ConfigError(f"config key 'finetune.decoder_channels' must be >= 1, got {config['finetune']['decoder_channels']!r}")
+    if config["finetune"]["frozen_views"] < 0:
+        raise ConfigError(f"config key 'finetune.frozen_views' must be >= 0, got {config['finetune']['frozen_views']!r}")
+    scales = config["finetune"]["decoder_pool_scales"]
+    if not scales or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in scales):
+        raise ConfigError(f"config key 'finetune.decoder_pool_scales' must be positive integers, got {scales!r}")
     if not config["finetune"]["tasks"]:
         raise ConfigError("config key 'finetune.tasks' must name at least one task")
     return config

@@ -24,7 +24,7 @@ Caching
 Results are stored in :class:`radiolens.cache.ArtifactCache` (namespace ``"embeddings"``)
 under a key built from the encoder's weights (SHA-256 of every state-dict tensor) and class,
 the cohort's fingerprint and case list, the channels, the input normalisation version, the
-stages and the padding. ``batch_size``, ``device`` and ``progress`` are not part of the key:
+stages and the padding, with the step's version (:func:`radiolens.cache.step_key`). ``batch_size``, ``device`` and ``progress`` are not part of the key:
 they change the numbers by float rounding at most (batched == per-case to about 1e-6).
 
 Any encoder following radiolens's adapter protocol (see :mod:`radiolens.models.profound`)
@@ -33,42 +33,26 @@ is accepted; plain modules are wrapped with :func:`radiolens.models.as_encoder`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from radiolens.cache import ArtifactCache, hash_json
+from radiolens._utils import progress_bar
+from radiolens.cache import ArtifactCache, step_key
+from radiolens.models.inputs import NORMALISATION_VERSION, CaseStore
+from radiolens.models.profound import as_encoder, encoder_hash
+from radiolens.naming import MODALITIES
 
-__all__ = ["EMBEDDINGS_VERSION", "extract", "encoder_hash", "stage_columns"]
+__all__ = ["extract", "stage_columns"]
 
 logger = logging.getLogger(__name__)
 
-#: Bump when the embedding computation changes (part of the cache key).
-EMBEDDINGS_VERSION = "1"
 _STAGES = ("last", "stage1", "stage2", "stage3", "stage4")
-
-
-def encoder_hash(encoder: nn.Module) -> str:
-    """SHA-256 of an encoder's class and every state-dict entry (names, shapes, bytes)."""
-    digest = hashlib.sha256()
-    digest.update(type(encoder).__qualname__.encode())
-    inner = getattr(encoder, "module", None)
-    if inner is not None:
-        digest.update(type(inner).__qualname__.encode())
-    for name, tensor in encoder.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def stage_columns(frame: pd.DataFrame, stage: str) -> pd.DataFrame:
@@ -115,7 +99,7 @@ def _embed_batch(encoder: nn.Module, x: torch.Tensor, stages: tuple[str, ...]) -
 def extract(
     encoder: nn.Module,
     cohort,
-    channels: Sequence[str] = ("T2W", "DWI", "ADC"),
+    channels: Sequence[str] = MODALITIES,
     batch_size: int = 16,
     stages: Sequence[str] = ("last",),
     device: str = "cpu",
@@ -123,6 +107,7 @@ def extract(
     progress: bool = True,
     case_ids: Iterable[str] | None = None,
     use_cache: bool = True,
+    store: CaseStore | None = None,
 ) -> pd.DataFrame:
     """Embed every case of a cohort.
 
@@ -153,6 +138,9 @@ def extract(
         Embed only these cases (default: all, in manifest order).
     use_cache
         Read and write the cache (False: always compute, store nothing).
+    store
+        The :class:`~radiolens.models.inputs.CaseStore` to read cases through (a study shares
+        one between fine-tuning and embeddings); by default cases are streamed, not kept.
 
     Returns
     -------
@@ -165,11 +153,6 @@ def extract(
         Bad stages/batch size, no cases, an encoder whose channel count does not match
         ``channels``, or a bad case (named by :func:`~radiolens.models.inputs.case_tensor`).
     """
-    from tqdm.auto import tqdm
-
-    from radiolens.models.inputs import NORMALISATION_VERSION, case_tensor
-    from radiolens.models.profound import as_encoder
-
     channels = tuple(channels)
     encoder = as_encoder(encoder, in_chans=len(channels))
     stages = _check_stages(stages, encoder)
@@ -188,7 +171,8 @@ def extract(
     key = None
     cache = None
     if use_cache:
-        key = "emb-" + hash_json(
+        key = step_key(
+            "embeddings",
             {
                 "encoder": encoder_hash(encoder),
                 "cohort": cohort.fingerprint,
@@ -197,59 +181,37 @@ def extract(
                 "normalisation": NORMALISATION_VERSION,
                 "stages": stages,
                 "pad_multiple": stride,
-                "version": EMBEDDINGS_VERSION,
-            }
-        )[:32]
+            },
+            length=32,
+        )
         cache = ArtifactCache(cache_dir, "embeddings")
         hit = cache.get_frame(key)
         if hit is not None:
             logger.info("embeddings: cache hit %s (%d cases)", key, len(hit))
             return hit
 
-    def load(case_id: str) -> torch.Tensor:
-        case = cohort.load_case(case_id, keys=list(channels))
-        return case_tensor(case, channels, pad_multiple=stride if stride > 1 else None)
-
+    if store is None:
+        store = CaseStore(cohort, pad_multiple=stride, cache_mb=0)
+    elif (store.pad_multiple or 1) != stride:
+        raise ValueError(f"the case store pads to a multiple of {store.pad_multiple}, the encoder needs {stride}")
     was_training = encoder.training
     encoder.eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {s: [] for s in stages}
     done: list[str] = []
-    bar = tqdm(total=len(ids), desc="embeddings", disable=not progress, leave=False)
-
-    def flush(batch_ids: list[str], tensors: list[torch.Tensor]) -> None:
-        x = torch.stack(tensors).to(device)
-        if x.device.type == "cpu":
-            # oneDNN's 3D convolutions run about 1.4x faster on channels-last inputs on CPU
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.inference_mode():
-            arrays = _embed_batch(encoder, x, stages)
-        for stage, arr in zip(stages, arrays):
-            chunks[stage].append(arr)
-        done.extend(batch_ids)
-        bar.update(len(batch_ids))
-
     try:
-        # read upcoming cases in a background thread while a batch runs; at most two
-        # batches ahead, so memory stays bounded on large cohorts
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = 2 * int(batch_size)
-            futures = [pool.submit(load, c) for c in ids[:ahead]]
-            pending_ids: list[str] = []
-            pending: list[torch.Tensor] = []
-            for i, case_id in enumerate(ids):
-                tensor = futures[i].result()
-                futures[i] = None  # release it once batched
-                if i + ahead < len(ids):
-                    futures.append(pool.submit(load, ids[i + ahead]))
-                if pending and (len(pending) == batch_size or tensor.shape != pending[0].shape):
-                    flush(pending_ids, pending)
-                    pending_ids, pending = [], []
-                pending_ids.append(case_id)
-                pending.append(tensor)
-            if pending:
-                flush(pending_ids, pending)
+        with progress_bar(total=len(ids), desc="embeddings", progress=progress) as bar:
+            for batch_ids, batch in store.batches(ids, channels, int(batch_size)):
+                x = torch.from_numpy(batch).to(device)
+                if x.device.type == "cpu":
+                    # oneDNN's 3D convolutions run about 1.4x faster on channels-last inputs on CPU
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                with torch.inference_mode():
+                    arrays = _embed_batch(encoder, x, stages)
+                for stage, arr in zip(stages, arrays):
+                    chunks[stage].append(arr)
+                done.extend(batch_ids)
+                bar.update(len(batch_ids))
     finally:
-        bar.close()
         encoder.train(was_training)
 
     frames = []

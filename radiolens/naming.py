@@ -1,9 +1,14 @@
-"""Radiomic column names: ``"{modality}__{pyradiomics key}"`` and their parts.
+"""The modalities, the feature families and radiomic column names (and their parts).
+
+:data:`MODALITIES` is the one list of image modalities: the cohort's image columns, the
+encoder's input channels in order, the radiomics extracted. To add a modality, add it here
+(then give it a colour and a window in :mod:`radiolens.plotting.style` and a sentence in
+:mod:`radiolens.glossary`).
 
 PyRadiomics names a feature ``{image type}_{feature class}_{feature}``, e.g.
 ``original_glcm_MCC`` or ``wavelet-LHL_firstorder_Kurtosis``. radiolens prefixes the modality
 so that one table can hold T2W, DWI and ADC features side by side:
-``T2W__original_glcm_MCC``. Every stage that needs the parts calls :func:`parse_column`.
+``T2W__original_glcm_MCC``. Every step that needs the parts calls :func:`parse_column`.
 """
 
 from __future__ import annotations

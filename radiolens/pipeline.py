@@ -1,14 +1,17 @@
-"""The whole study, stage by stage, every stage cached on disk by content hash.
+"""The whole study, step by step, every step cached on disk by content hash.
 
 :class:`Study` is what ``radiolens run`` executes and what every book chapter uses: each method
-returns one stage's artifact, computing it (with a progress bar) or reading it from the cache.
+returns one step's artifact, computing it (with a progress bar) or reading it from the cache.
 A chapter opened on its own in Binder therefore recomputes only what is missing, and an
-interrupted run resumes at the first unfinished stage.
+interrupted run resumes at the first unfinished step.
 
-Stages, in the order data flows::
+Steps, in the order data flows::
 
     cohort -> radiomics -> encoder -> fine-tuned encoders (+ Table 2) -> embeddings
            -> penalty sweep -> lens fit -> compare (per task and ROI) -> report
+
+The study only composes: each step is a function of its module, and each cache key is
+:func:`radiolens.cache.step_key` of the step's inputs (see ``CONTRIBUTING.md``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,33 +29,12 @@ import numpy as np
 import pandas as pd
 
 from radiolens import __version__
-from radiolens.cache import (
-    ArtifactCache,
-    atomic_write_dir,
-    atomic_write_text,
-    default_cache_dir,
-    hash_bytes,
-    hash_frame,
-    hash_json,
-)
+from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
+from radiolens.tasks import MissingLabelsError, get_task
 
-__all__ = ["Study", "StudyResult", "TASK_CHANNELS", "TASK_ROIS", "parse_report_name", "report_name", "run_study"]
+__all__ = ["Study", "StudyResult", "parse_report_name", "report_name", "run_study"]
 
 logger = logging.getLogger(__name__)
-
-#: Input channels per downstream task, as in the paper (volume regression sees T2W only).
-TASK_CHANNELS: dict[str, tuple[str, ...]] = {
-    "pirads": ("T2W", "DWI", "ADC"),
-    "lesion": ("T2W", "DWI", "ADC"),
-    "volume": ("T2W",),
-}
-
-#: Radiomics ROIs per task, as in the paper (segmentation is read through both masks).
-TASK_ROIS: dict[str, tuple[str, ...]] = {
-    "pirads": ("gland",),
-    "lesion": ("gland", "lesion"),
-    "volume": ("gland",),
-}
 
 
 @dataclass
@@ -64,6 +47,7 @@ class StudyResult:
     downstream: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
 
 
 class Study:
@@ -80,7 +64,7 @@ class Study:
     --------
     >>> from radiolens.config import load_config
     >>> study = Study(load_config(quick=True))          # doctest: +SKIP
-    >>> report = study.compare("pirads")                 # computes or loads every stage  # doctest: +SKIP
+    >>> report = study.compare("pirads")                 # computes or loads every step  # doctest: +SKIP
     """
 
     def __init__(self, config: dict, progress: bool = True) -> None:
@@ -88,6 +72,7 @@ class Study:
         self.progress = progress
         self.cache_root = default_cache_dir(config.get("cache_dir"))
         self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}
         self.warnings: list[str] = []
         self._memo: dict[Any, Any] = {}
         self._report_dirs: dict[Any, Path] = {}
@@ -99,9 +84,10 @@ class Study:
         return ArtifactCache(self.cache_root, namespace)
 
     def _timed(self, name: str, func, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = func(*args, **kwargs)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + _cpu_seconds() - cpu_start
         return result
 
     def _warn(self, message: str) -> None:
@@ -118,7 +104,7 @@ class Study:
         return list(self.config["finetune"]["tasks"])
 
     # ------------------------------------------------------------------------------------
-    # stage 1: cohort
+    # step 1: cohort
     # ------------------------------------------------------------------------------------
     def cohort(self):
         """The cohort (built-in synthetic by default), preprocessed when configured."""
@@ -149,10 +135,9 @@ class Study:
             key = "table-" + hash_json({"path": spec["path"], "seed": self.seed})[:16]
             cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed)
         else:
-            from radiolens.data import fetch
+            from radiolens.data.datasets import FETCHERS
 
-            fetcher = {"msd": fetch.fetch_msd_prostate, "picai": fetch.fetch_picai, "prostate158": fetch.fetch_prostate158}[source]
-            cohort = fetcher(data_dir=spec["path"])
+            cohort = FETCHERS[source](data_dir=spec["path"], progress=self.progress)
         if self.config["preprocess"]["enabled"]:
             from radiolens.data.preprocess import preprocess
 
@@ -168,7 +153,7 @@ class Study:
         return cohort
 
     # ------------------------------------------------------------------------------------
-    # stage 2: radiomics
+    # step 2: radiomics
     # ------------------------------------------------------------------------------------
     def radiomics(self, roi: str = "gland") -> pd.DataFrame:
         """Radiomic features (cases x nM) of one ROI; cases without that ROI are dropped here."""
@@ -193,21 +178,16 @@ class Study:
                     f"radiomics ({roi} ROI): {len(result.failures)} work unit(s) failed; those cases are "
                     f"left out of the lens (see the failures table): {sorted(set(result.failures['case_id']))[:10]}"
                 )
-            features = result.features.replace([np.inf, -np.inf], np.nan)
-            # a case without this ROI (or with a failed unit) has a whole modality missing: drop it
-            modality = features.columns.str.split("__").str[0]
-            incomplete = features.isna().T.groupby(modality).all().any(axis=0)
-            features = features.loc[~incomplete]
-            # a feature PyRadiomics could not compute for some cases: drop the feature, not the cases
-            partial = features.columns[features.isna().any()]
-            if len(partial):
-                self._warn(f"radiomics ({roi} ROI): {len(partial)} feature(s) undefined for some cases were dropped: {list(partial[:5])}")
-                features = features.drop(columns=partial)
+            features = radiomics.clean(result.features)
+            kept = set(features.columns)
+            dropped = [c for c in result.features.columns if c not in kept]
+            if dropped:
+                self._warn(f"radiomics ({roi} ROI): {len(dropped)} feature(s) undefined for some cases were dropped: {dropped[:5]}")
             self._memo[key] = features
         return self._memo[key]
 
     # ------------------------------------------------------------------------------------
-    # stage 3: encoders
+    # step 3: encoders
     # ------------------------------------------------------------------------------------
     def encoder(self):
         """The pre-trained encoder (shipped weights, a checkpoint, or pre-trained here)."""
@@ -221,27 +201,46 @@ class Study:
         spec = self.config["encoder"]
         weights = spec["weights"]
         if weights == "pretrain":
-            cache = self._cache("encoders")
-            key = "pretrain-" + hash_json(
-                {"cohort": self.cohort().fingerprint, "preset": spec["preset"], "epochs": spec["pretrain_epochs"], "seed": self.seed}
-            )[:24]
-            path = cache.get_file(key, "pt")
-            if path is None:
+            key = step_key("pretrain", {"cohort": self.cohort().fingerprint, "preset": spec["preset"],
+                                        "epochs": spec["pretrain_epochs"], "seed": self.seed})
+
+            def pretrain():
                 encoder, _history = models.pretrain(
                     self.cohort(), preset=spec["preset"], epochs=spec["pretrain_epochs"], seed=self.seed,
                     device=self.config["device"], progress=self.progress,
                 )
-                tmp = self.cache_root / "encoders" / f"{key}.tmp.pt"
-                models.save_encoder(encoder, tmp)
-                path = cache.put_file(key, "pt", tmp)
-                tmp.unlink(missing_ok=True)
-            return models.load_encoder(path)
+                return encoder
+
+            return self._cache("encoders").cached(key, pretrain, models.save_encoder, models.load_encoder, ext="pt")
         if Path(weights).suffix in (".pt", ".pth", ".ckpt") or Path(weights).exists():
             encoder, report = models.load_profound(weights, in_chans=3, preset=spec["preset"])
             if report.missing:
                 self._warn(f"encoder checkpoint {weights}: {len(report.missing)} missing key(s), e.g. {report.missing[:3]}")
             return encoder
         return models.load_pretrained(weights)
+
+    def case_store(self):
+        """The cohort's cases as network inputs, read once for all fine-tuning runs and embeddings."""
+        if "case_store" not in self._memo:
+            from radiolens.models import CaseStore
+
+            masks = tuple({get_task(t).label for t in self.tasks if get_task(t).kind == "segmentation"})
+            self._memo["case_store"] = CaseStore(self.cohort(), getattr(self.encoder(), "total_stride", None), masks=masks)
+        return self._memo["case_store"]
+
+    def finetune_config(self, task: str):
+        """The :class:`~radiolens.finetune.FineTuneConfig` of one task, from the configuration."""
+        from radiolens.finetune import FineTuneConfig
+
+        spec = self.config["finetune"]
+        # the decoder's shape only exists for segmentation: other tasks' keys ignore it
+        head_kwargs = {}
+        if get_task(task).kind == "segmentation":
+            head_kwargs = {"channels": spec["decoder_channels"], "pool_scales": tuple(spec["decoder_pool_scales"])}
+        return FineTuneConfig(
+            epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"], patience=spec["patience"],
+            frozen_views=spec["frozen_views"], head_kwargs=head_kwargs,
+        )
 
     def finetuned(self, task: str, regime: str = "full"):
         """A fine-tuned encoder and its test metrics for one task and regime (cached)."""
@@ -250,46 +249,60 @@ class Study:
             self._memo[key] = self._timed(f"fine-tune {task}/{regime}", self._finetune, task, regime)
         return self._memo[key]
 
-    def _finetune(self, task: str, regime: str):
-        from radiolens.models import finetune as ft
+    def _finetune_key(self, task: str, regime: str) -> str:
+        from radiolens.models import encoder_hash
 
-        spec = self.config["finetune"]
-        params = {
-            "task": task, "regime": regime, "quick": bool(self.config.get("quick")), "epochs": spec["epochs"], "lr": spec["lr"],
-            "batch_size": spec["batch_size"], "patience": spec["patience"], "seed": self.seed,
-        }
-        # the decoder width only exists for the segmentation task: other tasks' keys ignore it
-        head_kwargs = {"channels": spec["decoder_channels"]} if task == "lesion" else {}
-        params["head_kwargs"] = head_kwargs
-        cache = self._cache("finetuned")
-        key = f"{task}-{regime}-" + hash_json(
-            {"params": params, "encoder": _encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint,
-             "version": ft.FINETUNE_VERSION}
-        )[:24]
-        path = cache.get_file(key, "pt")
-        if path is not None:
-            return ft.load_finetuned(path)
-        result = ft.finetune(
-            self.encoder(), self.cohort(), task=task, regime=regime, epochs=spec["epochs"], lr=spec["lr"],
-            batch_size=spec["batch_size"], patience=spec["patience"], seed=self.seed,
-            device=self.config["device"], progress=self.progress, quick=bool(self.config.get("quick")),
-            head_kwargs=head_kwargs,
+        config = self.finetune_config(task)
+        return step_key("finetune", {"task": task, "regime": regime, "config": config.key(), "seed": self.seed,
+                                     "encoder": encoder_hash(self.encoder()), "cohort": self.cohort().fingerprint})
+
+    def _finetune(self, task: str, regime: str):
+        from radiolens import finetune as ft
+
+        def finetune():
+            # one intra-op thread: a run's result does not depend on how many run at once
+            # (finetune_all runs them in parallel processes), as radiomics runs on one ITK thread
+            with _torch_threads(1):
+                return ft.finetune(self.encoder(), self.cohort(), task, regime, self.finetune_config(task),
+                                   seed=self.seed, device=self.config["device"], progress=self.progress,
+                                   store=self.case_store())
+
+        return self._cache("finetuned").cached(
+            self._finetune_key(task, regime), finetune, lambda result, path: ft.save_finetuned(result, path, card=False),
+            ft.load_finetuned, ext="pt", meta={"task": task, "regime": regime},
         )
-        tmp = self.cache_root / "finetuned" / f"{key}.tmp.pt"
-        ft.save_finetuned(result, tmp, card=False)
-        cache.put_file(key, "pt", tmp, meta={"task": task, "regime": regime})
-        tmp.unlink(missing_ok=True)
-        return result
+
+    def finetune_all(self) -> None:
+        """Fine-tune every available task and regime not in the cache yet, ``jobs`` runs at a time
+        in worker processes (each run on one thread), longest first; later calls of
+        :meth:`finetuned` read the results from the cache."""
+        runs = [(task, regime) for task in self.available_tasks() for regime in self.config["finetune"]["regimes"]
+                if self._cache("finetuned").get_file(self._finetune_key(task, regime), "pt") is None]
+        jobs = min(int(self.config["jobs"]), len(runs))
+        if jobs < 2:
+            return  # nothing to share out: finetuned() computes in this process
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        # longest first (segmentation, then the full regime), so no worker is left with a long run at the end
+        runs.sort(key=lambda run: (get_task(run[0]).kind != "segmentation", run[1] != "full"))
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        # a pool of our own: its workers, and the cases they hold in memory, end with the phase
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {run: pool.submit(_finetune_job, self.config, *run) for run in runs}
+            for (task, regime), future in futures.items():
+                wall, cpu = future.result()
+                self.timings[f"fine-tune {task}/{regime} (in a worker)"] = wall
+                self.cpu_timings[f"fine-tune {task}/{regime} (in a worker)"] = cpu
+        self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
+        self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
 
     def available_tasks(self) -> list[str]:
         """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
         if "available_tasks" not in self._memo:
-            from radiolens.models.finetune import check_task_labels, MissingLabelsError
-
             ok = []
             for task in self.tasks:
                 try:
-                    check_task_labels(self.cohort(), task)
+                    get_task(task).check_labels(self.cohort())
                     ok.append(task)
                 except MissingLabelsError as err:
                     self._warn(f"task {task!r} skipped: {err}")
@@ -298,6 +311,7 @@ class Study:
 
     def downstream_table(self) -> pd.DataFrame:
         """Our Table 2: (task, regime, metric, value) for every available task and regime."""
+        self.finetune_all()
         frames = []
         for task in self.available_tasks():
             for regime in self.config["finetune"]["regimes"]:
@@ -308,26 +322,26 @@ class Study:
         return pd.concat(frames, ignore_index=True)
 
     # ------------------------------------------------------------------------------------
-    # stage 4: embeddings
+    # step 4: embeddings
     # ------------------------------------------------------------------------------------
     def embeddings(self, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``(X_pre, X_ft)``: the pre-trained and the fully fine-tuned encoder on every case."""
         key = ("embeddings", task)
         if key not in self._memo:
             from radiolens import embeddings
-            from radiolens.models.finetune import encoder_for_task
+            from radiolens.models import encoder_for_task
 
-            channels = TASK_CHANNELS[task]
             pre_encoder = encoder_for_task(self.encoder(), task)
             ft_encoder = self.finetuned(task, "full").encoder
-            kwargs = dict(channels=channels, device=self.config["device"], cache_dir=self.cache_root, progress=self.progress)
+            kwargs = dict(channels=get_task(task).channels, device=self.config["device"], cache_dir=self.cache_root,
+                          progress=self.progress, store=self.case_store())
             x_pre = self._timed("embeddings", embeddings.extract, pre_encoder, self.cohort(), **kwargs)
             x_ft = self._timed("embeddings", embeddings.extract, ft_encoder, self.cohort(), **kwargs)
             self._memo[key] = (x_pre, x_ft)
         return self._memo[key]
 
     # ------------------------------------------------------------------------------------
-    # stage 5: the lens
+    # step 5: the lens
     # ------------------------------------------------------------------------------------
     def lens_inputs(self, task: str, roi: str = "gland") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
         """``{"train"|"val"|"test": (X_pre, X_ft, R)}`` on the cases that have this ROI's radiomics."""
@@ -358,18 +372,13 @@ class Study:
             parts = self.lens_inputs(task, roi)
             (x_tr, _, r_tr), (x_va, _, r_va) = parts["train"], parts["val"]
             spec = self.config["lens"]
-            cache = self._cache("lens")
-            ckey = "sweep-" + hash_json(
-                {"x": hash_frame(x_tr), "xv": hash_frame(x_va), "r": hash_frame(r_tr), "rv": hash_frame(r_va),
-                 "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"], "v": _code_version("radiolens.lens")}
-            )[:24]
-            table = cache.get_frame(ckey)
-            if table is None:
-                table = self._timed(
-                    "penalty sweep", penalty_sweep, x_tr, r_tr, x_va, r_va,
-                    l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], **self._lens_params(),
-                )
-                cache.put_frame(ckey, table)
+            ckey = step_key("penalty_sweep", {
+                "x": hash_frame(x_tr), "xv": hash_frame(x_va), "r": hash_frame(r_tr), "rv": hash_frame(r_va),
+                "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"]})
+            table = self._cache("lens").cached_frame(ckey, lambda: self._timed(
+                "penalty sweep", penalty_sweep, x_tr, r_tr, x_va, r_va,
+                l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], **self._lens_params(),
+            ))
             self._memo[key] = table
         return self._memo[key]
 
@@ -383,18 +392,11 @@ class Study:
             best = sweep.loc[sweep["selected"]].iloc[0]
             x_tr, _, r_tr = self.lens_inputs(task, roi)["train"]
             params = {**self._lens_params(), "l1": float(best["l1"]), "l2": float(best["l2"])}
-            cache_dir = self.cache_root / "lens"
-            ckey = "lens-" + hash_json({"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params, "v": _code_version("radiolens.lens")})[:24]
-            folder = cache_dir / ckey
-            lens = None
-            if folder.exists():
-                try:
-                    lens = RadiomicLens.load(folder)
-                except Exception as err:
-                    logger.warning("cached lens %s unreadable (%s); refitting", folder, err)
-            if lens is None:
-                lens = self._timed(f"lens fit {task}/{roi}", RadiomicLens(**params).fit, x_tr, r_tr)
-                atomic_write_dir(folder, lens.save)
+            ckey = step_key("lens", {"x": hash_frame(x_tr), "r": hash_frame(r_tr), "params": params})
+            lens = self._cache("lens").cached(
+                ckey, lambda: self._timed(f"lens fit {task}/{roi}", RadiomicLens(**params).fit, x_tr, r_tr),
+                lambda lens, folder: lens.save(folder), RadiomicLens.load,
+            )
             self._memo[key] = lens
         return self._memo[key]
 
@@ -408,24 +410,18 @@ class Study:
             parts = self.lens_inputs(task, roi)
             (x_pre, x_ft, r), test = parts["train"], parts["test"]
             spec = self.config["lens"]
-            ckey = "report-" + hash_json(
-                {"lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
-                 "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"],
-                 "v": _code_version("radiolens.lens")}
-            )[:24]
-            folder = self.cache_root / "lens" / ckey
-            report = None
-            if folder.exists():
-                try:
-                    report = LensReport.from_dir(folder)
-                except Exception as err:
-                    logger.warning("cached lens report %s unreadable (%s); recomputing", folder, err)
-            if report is None:
-                report = self._timed(
+            ckey = step_key("lens_report", {
+                "lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
+                "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"]})
+            cache = self._cache("lens")
+            report = cache.cached(
+                ckey, lambda: self._timed(
                     f"compare {task}/{roi}", lens.compare, x_pre, x_ft, r, test=test,
                     n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"],
-                )
-                atomic_write_dir(folder, report.to_dir)
+                ),
+                lambda report, folder: report.to_dir(folder), LensReport.from_dir,
+            )
+            folder = cache.get_dir(ckey)
             self._memo[key] = report
             self._report_dirs[key] = folder
         return self._memo[key]
@@ -435,7 +431,7 @@ class Study:
         ``"lesion (lesion ROI)"``."""
         out = {}
         for task in self.available_tasks():
-            for roi in TASK_ROIS[task]:
+            for roi in get_task(task).rois:
                 if roi == "lesion" and not self.config["radiomics"]["lesion_roi"]:
                     continue
                 name = report_name(task, roi)
@@ -451,19 +447,16 @@ class Study:
             from radiolens import simulate
 
             quick = bool(self.config.get("quick"))
-            params = {"quick": quick, "seed": self.seed, "v": _code_version("radiolens.lens", "radiolens.simulate")}
-            cache = self._cache("planted")
-            key = "planted-" + hash_json(params)[:24]
-            table = cache.get_frame(key)
-            if table is None:
-                # hidden widths below and above the simulated embedding width (96), few and many
-                # cases; the full grid of the lens benchmark takes too long for a study run
-                if quick:
-                    kwargs = dict(hidden_dims=(16, 256), n_cases=(300,), epochs=100, n_test=300)
-                else:
-                    kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
-                table = self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
-                cache.put_frame(key, table)
+            # hidden widths below and above the simulated embedding width (96), few and many
+            # cases; the full grid of the lens benchmark takes too long for a study run
+            if quick:
+                kwargs = dict(hidden_dims=(16, 256), n_cases=(300,), epochs=100, n_test=300)
+            else:
+                kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
+            key = step_key("planted_truth", {"seed": self.seed, **kwargs})
+            table = self._cache("planted").cached_frame(
+                key, lambda: self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
+            )
             self._memo["planted"] = table
         return self._memo["planted"]
 
@@ -497,15 +490,15 @@ class Study:
         }
 
     def run(self, out_dir: str | Path | None = None) -> StudyResult:
-        """Run (or resume) every stage and write the report folder."""
+        """Run (or resume) every step and write the report folder."""
         from radiolens.report import write_report
 
         out = Path(out_dir or self.config["out"])
         out.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
         for task in self.available_tasks():
-            for roi in TASK_ROIS[task]:
+            for roi in get_task(task).rois:
                 if roi == "gland" or self.config["radiomics"]["lesion_roi"]:
                     self.radiomics(roi)
         downstream = self.downstream_table()
@@ -513,21 +506,61 @@ class Study:
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
         planted = self.planted_truth()
         self.timings["total"] = time.perf_counter() - start
+        self.cpu_timings["total"] = _cpu_seconds() - cpu_start
         report_path = write_report(
             out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
             provenance=self.provenance(), warnings=self.warnings,
             lens_dirs={name: self._report_dirs[("compare", *parse_report_name(name))] for name in reports},
         )
-        return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings))
+        return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings),
+                           dict(self.cpu_timings))
 
 
-def _code_version(*modules: str) -> str:
-    """Hash of the named radiolens modules' source: a cached result computed by other code is
-    never reused (the package version alone does not change between commits)."""
-    import importlib
+@contextmanager
+def _torch_threads(n: int):
+    import torch
 
-    parts = [Path(importlib.import_module(name).__file__).read_bytes() for name in modules]
-    return hash_json([hash_bytes(part) for part in parts])[:16]
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_WORKER_STUDIES: dict[str, Study] = {}
+
+
+def _finetune_job(config: dict, task: str, regime: str) -> tuple[float, float]:
+    """One fine-tuning run in a worker process (:meth:`Study.finetune_all`): computed into the
+    cache; returns its wall and CPU seconds. The worker keeps its study (cohort, encoder, cases
+    in memory) for its next run."""
+    key = hash_json(config)
+    study = _WORKER_STUDIES.get(key) or _WORKER_STUDIES.setdefault(key, Study(config, progress=False))
+    start, cpu = time.perf_counter(), time.process_time()
+    study.finetuned(task, regime)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its worker processes (radiomics' loky
+    workers stay alive between calls, so the process tree is summed, not only reaped children)."""
+    import resource
+
+    try:
+        import psutil
+    except ImportError:  # psutil is optional: count this process and reaped children only
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # ended meanwhile: its time is in its parent's children_* fields
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def report_name(task: str, roi: str = "gland") -> str:
@@ -556,13 +589,6 @@ def parse_report_name(name: str) -> tuple[str, str]:
     return task, roi
 
 
-def _encoder_hash(encoder) -> str:
-    from radiolens.cache import hash_array
-
-    parts = {k: hash_array(v.detach().cpu().numpy()) for k, v in encoder.state_dict().items()}
-    return hash_json(parts)
-
-
 def _lens_key(lens) -> str:
     return hash_json({"params": lens.get_params() if hasattr(lens, "get_params") else repr(lens)})
 
@@ -579,6 +605,7 @@ def run_study(config: dict, out_dir: str | Path | None = None, progress: bool = 
     try:
         result = Study(config, progress=progress).run(out)
         atomic_write_text(out / "timings.json", json.dumps(result.timings, indent=1))
+        atomic_write_text(out / "cpu_timings.json", json.dumps(result.cpu_timings, indent=1))
         return result
     finally:
         root.removeHandler(handler)

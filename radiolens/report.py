@@ -29,16 +29,18 @@ import logging
 import math
 import re
 import shutil
-from functools import partial
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from radiolens import views
+from radiolens import plotting
+from radiolens._utils import jsonable
 from radiolens.cache import atomic_write_dir, atomic_write_text
+from radiolens.glossary import feature_definition
 
 __all__ = ["javascript_bundle", "json_for_script", "slug", "vegalite_version", "write_report"]
 
@@ -67,32 +69,6 @@ def slug(name: str) -> str:
     """A file-name-safe version of a task name (``"lesion (lesion ROI)"`` -> ``"lesion-lesion-roi"``)."""
     text = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
     return text or "task"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: NaN/inf -> None, numpy -> Python, paths and others -> str."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, pd.DataFrame):
-        return _jsonable(obj.to_dict(orient="records"))
-    if isinstance(obj, pd.Series):
-        return _jsonable(obj.to_dict())
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return str(obj)
 
 
 @functools.lru_cache(maxsize=1)
@@ -358,7 +334,7 @@ _EMBED = """
 
 
 def _ranking_table(report, kind: str, k: int, by: str) -> pd.DataFrame:
-    table = views.ranked(report, kind, k, by)
+    table = plotting.ranked(report, kind, k, by)
     out = pd.DataFrame({"rank": table["rank"], "feature": table["column"]})
     for column, label in (
         ("rel_delta_I", "relative ΔI"),
@@ -391,7 +367,7 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
 
     # Table 1
     try:
-        t1 = views.table1(report)
+        t1 = plotting.table1(report)
     except Exception as error:  # noqa: BLE001
         page.add(f'<p class="note warn">Table 1 could not be built: {_esc(error)}</p>')
         t1 = None
@@ -420,8 +396,8 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
         facts["families_significant"] = list(t1.loc[(t1["level"] == "family") & starred, "group"])
 
     page.add('<div class="grid">')
-    page.chart(lambda: views.family_scores_chart(report), f"{task}: Table 1 as a chart.")
-    page.chart(lambda: views.modality_r2_chart(report), f"{task}: R² per modality (Fig. 2).")
+    page.chart(lambda: plotting.family_scores_chart(report), f"{task}: Table 1 as a chart.")
+    page.chart(lambda: plotting.modality_r2_chart(report), f"{task}: R² per modality (Fig. 2).")
     page.add("</div>")
 
     # Fig. 3 with the paper's measure, then with the measures radiolens adds
@@ -437,7 +413,7 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
         page.add('<div class="grid">')
         for kind in ("gained", "lost", "stable"):
             page.chart(
-                lambda kind=kind, by=by: views.ranking_chart(report, kind, k, by),
+                lambda kind=kind, by=by: plotting.ranking_chart(report, kind, k, by),
                 f"{task}: top {k} features that {_RANKING_TEXT[kind]} by {by}; {interval}; "
                 "tooltips: every measure, R² before/after, permutation p-values.",
             )
@@ -462,13 +438,13 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
 
     diagnostics = dict(getattr(report, "diagnostics", None) or {})
     facts["warnings"] = [str(w) for w in diagnostics.get("warnings", []) or []]
-    facts["diagnostics"] = _jsonable(diagnostics)
+    facts["diagnostics"] = jsonable(diagnostics)
     params = getattr(report, "params", None)
     if isinstance(params, Mapping) and params:
-        facts["params"] = _jsonable(params)
+        facts["params"] = jsonable(params)
     if diagnostics or facts.get("params"):
         page.add("<details><summary>Lens diagnostics and parameters</summary>")
-        details = {"diagnostics": _jsonable(diagnostics), "params": facts.get("params", {})}
+        details = {"diagnostics": jsonable(diagnostics), "params": facts.get("params", {})}
         page.add(f"<pre>{_esc(json.dumps(details, indent=2))}</pre></details>")
     page.add("</section>")
     return facts
@@ -593,30 +569,30 @@ def write_report(
     if downstream is not None:
         page.add('<section id="downstream"><h2>Downstream performance (Table 2)</h2>')
         if len(downstream):
-            t2 = views.table2(downstream)
+            t2 = plotting.table2(downstream)
             tables["downstream_table2"] = t2
             page.add(_table_html(t2, "table2", "Downstream test metrics: frozen backbone + trained head vs fully fine-tuned"))
-            page.chart(lambda: views.downstream_chart(downstream), "Table 2 as a chart.")
+            page.chart(lambda: plotting.downstream_chart(downstream), "Table 2 as a chart.")
         else:
             page.add('<p class="note">No downstream metrics were recorded.</p>')
         page.add("</section>")
-        summary["downstream"] = _jsonable(downstream)
+        summary["downstream"] = jsonable(downstream)
 
     if task_reports:
         page.add('<section id="across-tasks"><h2>All tasks side by side</h2>')
         try:
-            heat = views.delta_heatmap_data(task_reports, "delta_I")
+            heat = plotting.delta_heatmap_data(task_reports, "delta_I")
             tables["delta_heatmap"] = heat
         except Exception as error:  # noqa: BLE001
             page.add(f'<p class="note warn">Heatmap data failed: {_esc(error)}</p>')
         page.chart(
-            lambda: views.delta_heatmap(task_reports, "delta_I"),
+            lambda: plotting.delta_heatmap(task_reports, "delta_I"),
             "Mean ΔI per modality and feature family for every task (red: gained, blue: lost).",
             "heatmap-delta_I",
         )
         if all("delta_r2" in r.importance.columns for r in task_reports.values()):
             page.chart(
-                lambda: views.delta_heatmap(task_reports, "delta_r2"),
+                lambda: plotting.delta_heatmap(task_reports, "delta_r2"),
                 "Mean held-out ΔR² per modality and feature family for every task.",
             )
         if explorer:
@@ -628,8 +604,8 @@ def write_report(
                 "light, only the top features of each ranking carry case data.</p>"
             )
             page.chart(
-                lambda: views.delta_explorer(
-                    task_reports, k=top_k, top_max=max(15, top_k), definitions=_feature_definitions()
+                lambda: plotting.delta_explorer(
+                    task_reports, k=top_k, top_max=max(15, top_k), definitions=feature_definition
                 ),
                 None,
                 "explorer",
@@ -642,11 +618,11 @@ def write_report(
             '<p class="note">Validation L1 reconstruction loss of the shared projection for each '
             "(λ1, λ2) on the paper's grid (or the run's); the outlined cell was selected.</p>"
         )
-        page.chart(lambda: views.sweep_chart(sweeps), None)
-        sweep_all = views._concat_tasks(sweeps, "sweep")
+        page.chart(lambda: plotting.sweep_chart(sweeps), None)
+        sweep_all = plotting.concat_tasks(sweeps, "sweep")
         tables["sweep"] = sweep_all
         chosen = _sweep_selected(sweeps)
-        summary["sweep_selected"] = _jsonable(chosen)
+        summary["sweep_selected"] = jsonable(chosen)
         chosen_table = pd.DataFrame([{"task": t, **v} for t, v in chosen.items()])
         page.add(_table_html(chosen_table, "sweep-selected", "Selected penalties"))
         page.add("</section>")
@@ -658,10 +634,10 @@ def write_report(
             "or kept by the fine-tuned encoder. Precision of each measure's top-k at recovering the "
             "planted gained and lost features, by hidden width and number of training cases.</p>"
         )
-        page.chart(lambda: views.planted_truth_chart(planted), None)
+        page.chart(lambda: plotting.planted_truth_chart(planted), None)
         tables["planted_truth"] = planted
         page.add(_table_html(planted, "planted-table", "Planted-truth precision"))
-        summary["planted"] = _jsonable(planted)
+        summary["planted"] = jsonable(planted)
         page.add("</section>")
 
     # Warnings: the run's and every lens's
@@ -680,7 +656,7 @@ def write_report(
     # Provenance
     provenance_full = dict(provenance)
     provenance_full.setdefault("report_libraries", _library_versions())
-    summary["provenance"] = _jsonable(provenance_full)
+    summary["provenance"] = jsonable(provenance_full)
     page.add('<section id="provenance"><h2>Provenance</h2>')
     flat = {k: v for k, v in provenance_full.items() if not isinstance(v, Mapping) and not isinstance(v, (list, tuple))}
     if flat:
@@ -689,14 +665,14 @@ def write_report(
     if isinstance(timings, Mapping) and timings:
         page.add(
             _table_html(
-                pd.DataFrame({"stage": list(timings), "seconds": [float(v) for v in timings.values()]}),
+                pd.DataFrame({"step": list(timings), "seconds": [float(v) for v in timings.values()]}),
                 "timings",
                 "Timings (s)",
             )
         )
     nested = {k: v for k, v in provenance_full.items() if k not in flat and k not in ("timings_s", "timings")}
     if nested:
-        page.add(f"<pre id=\"provenance-json\">{_esc(json.dumps(_jsonable(nested), indent=2))}</pre>")
+        page.add(f"<pre id=\"provenance-json\">{_esc(json.dumps(jsonable(nested), indent=2))}</pre>")
     page.add("</section>")
 
     # Write: tables, lens reports, summary, page (page last, so it never points at missing files)
@@ -720,7 +696,7 @@ def write_report(
                     log.warning("could not save lens report %r: %s", task, error)
     summary["files"] = sorted(files) + ["report.html", "summary.json"]
     _remove_stale(out, summary["files"])
-    atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2, allow_nan=False))
+    atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2, allow_nan=False))
 
     document = _document(title, "\n".join(page.parts))
     path = out / "report.html"
@@ -749,16 +725,6 @@ def _remove_stale(out: Path, files: list[str]) -> None:
         elif path.exists():
             path.unlink()
         log.info("removed %s left by an earlier report", path)
-
-
-def _feature_definitions():
-    """radiolens's plain-language PyRadiomics definitions, or None when unavailable."""
-    try:
-        from radiolens.widgets import feature_definition
-    except ImportError as error:  # widgets needs ipywidgets/matplotlib; definitions are optional
-        log.info("feature definitions unavailable in the explorer: %s", error)
-        return None
-    return feature_definition
 
 
 def _library_versions() -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Small stand-ins for the public prostate MRI data sets, in their real layouts and formats.
 
 Used by tests/test_fetch.py. Each builder writes tiny images (a few thousand voxels) into the
-archive layout the real download has, so the converters in radiolens.data.fetch run on them
+archive layout the real download has, so the converters in radiolens.data.datasets run on them
 unchanged:
 
 * MSD Task05_Prostate: ``Task05_Prostate.tar`` with ``dataset.json``, ``imagesTr`` (4D NIfTI,

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from radiolens.models.augment import (
     AugmentConfig,
-    AugmentParams,
     Augmenter,
+    AugmentParams,
     _affine_theta,
     _spatial,
     apply,

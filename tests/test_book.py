@@ -15,9 +15,10 @@ import nbformat
 import pytest
 import yaml
 
+from radiolens.book.bindings import glued_values, problems
+
 import browser
 from conftest import run_cli
-from radiolens.book.bindings import glued_values, problems
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from radiolens import cache as cache_module
 from radiolens.cache import (
     ArtifactCache,
     atomic_write_bytes,
@@ -13,6 +14,7 @@ from radiolens.cache import (
     hash_array,
     hash_frame,
     hash_json,
+    step_key,
 )
 
 
@@ -123,3 +125,77 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def _save_pair(value: dict, folder) -> None:
+    (folder / "a.txt").write_text(value["a"])
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.txt").write_text(value["b"])
+
+
+def _load_pair(folder) -> dict:
+    return {"a": (folder / "a.txt").read_text(), "b": (folder / "sub" / "b.txt").read_text()}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extra_file", "missing_file", "drop_sidecar"])
+def test_folder_entry_is_verified_and_recomputed_identically(tmp_path, damage):
+    cache = ArtifactCache(tmp_path, "lens")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": "alpha" * 20, "b": "beta" * 20}
+
+    first = cache.cached("k", compute, _save_pair, _load_pair)
+    assert cache.cached("k", compute, _save_pair, _load_pair) == first and len(calls) == 1
+    folder = tmp_path / "lens" / "k"
+    target = folder / "sub" / "b.txt"
+    if damage == "flip":
+        raw = bytearray(target.read_bytes())
+        raw[3] ^= 0x01
+        target.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:5])
+    elif damage == "extra_file":
+        (folder / "stray.txt").write_text("not ours")
+    elif damage == "missing_file":
+        target.unlink()
+    else:
+        (tmp_path / "lens" / "k.json").unlink()
+    assert cache.get_dir("k") is None
+    again = cache.cached("k", compute, _save_pair, _load_pair)
+    assert again == first and len(calls) == 2
+    assert _load_pair(cache.get_dir("k")) == first  # rewritten and valid again
+
+
+def test_file_entry_that_fails_to_load_is_recomputed(tmp_path):
+    cache = ArtifactCache(tmp_path, "finetuned")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return "weights"
+
+    def load(path):
+        text = path.read_text()
+        if len(calls) == 1:
+            raise ValueError("an older format")
+        return text
+
+    assert cache.cached("k", compute, lambda v, p: p.write_text(v), load, ext="pt") == "weights"
+    assert cache.cached("k", compute, lambda v, p: p.write_text(v), load, ext="pt") == "weights"
+    assert len(calls) == 2  # the unreadable entry was recomputed, not served
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    assert cache.cached_frame("t", lambda: frame).equals(frame)
+    assert cache.cached_frame("t", lambda: pytest.fail("recomputed a valid entry")).equals(frame)
+
+
+def test_step_key_changes_with_the_step_version_and_the_inputs(monkeypatch):
+    key = step_key("embeddings", {"x": 1})
+    assert key.startswith("embeddings-") and key == step_key("embeddings", {"x": 1})
+    assert step_key("embeddings", {"x": 2}) != key
+    assert step_key("lens", {"x": 1}) != key
+    monkeypatch.setitem(cache_module.STEP_VERSIONS, "embeddings", cache_module.STEP_VERSIONS["embeddings"] + 1)
+    assert step_key("embeddings", {"x": 1}) != key
+    with pytest.raises(KeyError, match="STEP_VERSIONS"):
+        step_key("no such step", {})

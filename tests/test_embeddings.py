@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _encoder_helpers import make_tiny_cohort
 from torch import nn
 
-from radiolens.embeddings import encoder_hash, extract, stage_columns
-from radiolens.models import ConvNeXtV2Encoder3D, as_encoder
+from radiolens.embeddings import extract, stage_columns
+from radiolens.models import ConvNeXtV2Encoder3D, as_encoder, encoder_hash
 from radiolens.models.inputs import case_tensor
+
+from _encoder_helpers import make_tiny_cohort
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_cache_hit_and_key_follows_the_weights(tiny, tmp_path):
     second = extract(enc, tiny, batch_size=2, cache_dir=tmp_path, progress=False)
     assert calls.n == n  # served from the cache
     assert second.equals(first)
-    assert len(list((tmp_path / "embeddings").glob("emb-*.parquet"))) == 1
+    assert len(list((tmp_path / "embeddings").glob("embeddings-*.parquet"))) == 1
     h = encoder_hash(enc)
     with torch.no_grad():
         enc.stages[3][0].pwconv2.bias.add_(0.5)
@@ -69,11 +70,11 @@ def test_cache_hit_and_key_follows_the_weights(tiny, tmp_path):
     assert not np.allclose(third.to_numpy(), first.to_numpy())
     # other channels or stages are other entries
     extract(enc, tiny, channels=("T2W", "ADC", "DWI"), cache_dir=tmp_path, progress=False)
-    assert len(list((tmp_path / "embeddings").glob("emb-*.parquet"))) == 3
+    assert len(list((tmp_path / "embeddings").glob("embeddings-*.parquet"))) == 3
     # use_cache=False computes and stores nothing
     extract(enc, tiny, cache_dir=tmp_path, progress=False, use_cache=False)
     assert calls.n == n + 3
-    assert len(list((tmp_path / "embeddings").glob("emb-*.parquet"))) == 3
+    assert len(list((tmp_path / "embeddings").glob("embeddings-*.parquet"))) == 3
 
 
 def test_several_stages_and_eval_mode_restored(tiny, tmp_path):

@@ -1,4 +1,4 @@
-"""Fetchers for public prostate MRI data sets (radiolens.data.fetch), with the network mocked.
+"""Fetchers for public prostate MRI data sets (radiolens.data.datasets), with the network mocked.
 
 Small archives in each data set's real layout (tests/fake_archives.py) are served by a fake web:
 pooch's HTTP downloader is replaced by a copy from local files, and pooch's DOI resolution by a
@@ -8,7 +8,6 @@ fake Zenodo record that declares md5 checksums. pooch's own checksum verificatio
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,20 @@ import pooch
 import pytest
 import SimpleITK as sitk
 
-from radiolens.data import fetch
 from radiolens.data.cohort import load_cohort
-from radiolens.data.fetch import (
+from radiolens.data.datasets import (
     ChecksumError,
     DownloadError,
     fetch_msd_prostate,
     fetch_picai,
     fetch_prostate158,
+    msd,
+    picai,
     pirads_group_from_scores,
+    prostate158,
     resolve_data_dir,
 )
+
 from fake_archives import (
     PICAI_CASES,
     FakeWeb,
@@ -49,7 +51,7 @@ def msd_archive(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def picai_archives(tmp_path_factory):
-    return make_picai(tmp_path_factory.mktemp("picai"), fetch.PICAI_LABELS_URL)
+    return make_picai(tmp_path_factory.mktemp("picai"), picai.PICAI_LABELS_URL)
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +60,14 @@ def p158_archive(tmp_path_factory):
 
 
 def serve_msd(web: FakeWeb, fake, monkeypatch) -> None:
-    web.files[fetch.MSD_URL] = fake.archive
-    monkeypatch.setattr(fetch, "MSD_MD5", fake.md5)
+    web.files[msd.MSD_URL] = fake.archive
+    monkeypatch.setattr(msd, "MSD_MD5", fake.md5)
 
 
 def serve_picai(web: FakeWeb, fake, monkeypatch) -> None:
     web.files.update(fake.urls)
-    web.zenodo[fetch.PICAI_IMAGES_DOI] = {fake.fold_zip.name: (fake.fold_zip, fake.fold_md5)}
-    monkeypatch.setattr(fetch, "_PICAI_REGISTRY_PATH", fake.registry)
+    web.zenodo[picai.PICAI_IMAGES_DOI] = {fake.fold_zip.name: (fake.fold_zip, fake.fold_md5)}
+    monkeypatch.setattr(picai, "_PICAI_REGISTRY_PATH", fake.registry)
 
 
 def array(path: Path) -> np.ndarray:
@@ -91,7 +93,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
 def test_fetch_without_data_dir_uses_env_folder(web, msd_archive, monkeypatch, tmp_path):
     serve_msd(web, msd_archive, monkeypatch)
     monkeypatch.setenv("RADIOLENS_DATA", str(tmp_path / "from-env"))
-    cohort = fetch_msd_prostate(progressbar=False)
+    cohort = fetch_msd_prostate(progress=False)
     assert cohort.root == (tmp_path / "from-env" / "msd_prostate" / "cohort").resolve()
     assert (tmp_path / "from-env" / "msd_prostate" / "raw" / "Task05_Prostate.tar").exists()
 
@@ -115,14 +117,14 @@ def test_pirads_group_rejects_unknown_scores(cell):
 
 
 def test_real_picai_registry_lists_every_case_once():
-    registry = fetch._load_picai_registry()
+    registry = picai._load_picai_registry()
     kinds = pd.Series([k for k, _ in registry]).value_counts()
     assert kinds["marksheet"] == 1
     assert kinds["gland_guerbet23"] == 1500 and kinds["zones_heviai23"] == 1500
     lesion_cases = [c for k, c in registry if k.startswith("lesion_")]
     assert len(lesion_cases) == len(set(lesion_cases)) == 1500  # one expert source per case
     assert all(len(m) == 32 and int(m, 16) >= 0 for m in registry.values())
-    assert set(k for k, _ in registry) <= set(fetch.PICAI_LABEL_FOLDERS)
+    assert set(k for k, _ in registry) <= set(picai.PICAI_LABEL_FOLDERS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_real_picai_registry_lists_every_case_once():
 # --------------------------------------------------------------------------------------------
 def test_msd_converts_to_a_valid_cohort(web, msd_archive, monkeypatch, tmp_path):
     serve_msd(web, msd_archive, monkeypatch)
-    cohort = fetch_msd_prostate(tmp_path, progressbar=False)
+    cohort = fetch_msd_prostate(tmp_path, progress=False)
     again = load_cohort(tmp_path / "msd_prostate" / "cohort")  # the validator accepts it
     assert sorted(again.case_ids) == sorted(msd_archive.labels) == sorted(cohort.case_ids)
 
@@ -156,16 +158,16 @@ def test_msd_converts_to_a_valid_cohort(web, msd_archive, monkeypatch, tmp_path)
 
 def test_msd_rerun_is_a_no_op_and_force_rebuilds(web, msd_archive, monkeypatch, tmp_path):
     serve_msd(web, msd_archive, monkeypatch)
-    first = fetch_msd_prostate(tmp_path, progressbar=False)
+    first = fetch_msd_prostate(tmp_path, progress=False)
     manifest = tmp_path / "msd_prostate" / "cohort" / "manifest.csv"
     stamp, n_requests = manifest.stat().st_mtime_ns, len(web.requests)
 
-    second = fetch_msd_prostate(tmp_path, progressbar=False)
+    second = fetch_msd_prostate(tmp_path, progress=False)
     assert len(web.requests) == n_requests  # nothing downloaded again
     assert manifest.stat().st_mtime_ns == stamp  # nothing rewritten
     pd.testing.assert_frame_equal(first.manifest, second.manifest)
 
-    other_seed = fetch_msd_prostate(tmp_path, seed=5, progressbar=False)  # other settings
+    other_seed = fetch_msd_prostate(tmp_path, seed=5, progress=False)  # other settings
     assert manifest.stat().st_mtime_ns != stamp
     assert len(web.requests) == n_requests  # the verified download is reused
     assert sorted(other_seed.case_ids) == sorted(first.case_ids)
@@ -175,10 +177,10 @@ def test_msd_rerun_is_a_no_op_and_force_rebuilds(web, msd_archive, monkeypatch, 
 
 def test_msd_rebuilds_a_cohort_that_no_longer_validates(web, msd_archive, monkeypatch, tmp_path):
     serve_msd(web, msd_archive, monkeypatch)
-    cohort = fetch_msd_prostate(tmp_path, progressbar=False)
+    cohort = fetch_msd_prostate(tmp_path, progress=False)
     broken = cohort.path(cohort.case_ids[0], "gland")
     broken.unlink()
-    rebuilt = fetch_msd_prostate(tmp_path, progressbar=False)
+    rebuilt = fetch_msd_prostate(tmp_path, progress=False)
     assert rebuilt.path(cohort.case_ids[0], "gland").exists()
 
 
@@ -189,11 +191,11 @@ def test_msd_checksum_mismatch_raises_and_leaves_nothing(web, msd_archive, monke
     data = bytearray(msd_archive.archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     corrupted.write_bytes(bytes(data))
-    web.files[fetch.MSD_URL] = corrupted
+    web.files[msd.MSD_URL] = corrupted
 
     out = tmp_path / "data"
     with pytest.raises(ChecksumError, match=r"Task05_Prostate\.tar.*" + msd_archive.md5):
-        fetch_msd_prostate(out, progressbar=False)
+        fetch_msd_prostate(out, progress=False)
     dataset_dir = out / "msd_prostate"
     assert not (dataset_dir / "cohort").exists()
     assert not (dataset_dir / "raw" / "Task05_Prostate.tar").exists()
@@ -207,14 +209,14 @@ def test_msd_checksum_mismatch_raises_and_leaves_nothing(web, msd_archive, monke
 # --------------------------------------------------------------------------------------------
 def test_picai_converts_labels_and_provenance(web, picai_archives, monkeypatch, tmp_path):
     serve_picai(web, picai_archives, monkeypatch)
-    cohort = fetch_picai(tmp_path, folds=(0,), progressbar=False)
+    cohort = fetch_picai(tmp_path, folds=(0,), progress=False)
     load_cohort(tmp_path / "picai" / "cohort")
     m = cohort.manifest
     assert len(m) == len(PICAI_CASES)
     assert not any("_cor" in u or "_sag" in u for u in web.requests)
 
     voxel_ml = float(np.prod(picai_archives.t2_spacing)) / 1000.0
-    for patient, study, cell, group, lesion_source, center in PICAI_CASES:
+    for patient, study, _cell, group, lesion_source, center in PICAI_CASES:
         case_id = f"{patient}_{study}"
         row = m.loc[case_id]
         expected = pd.NA if group is None else group
@@ -243,7 +245,7 @@ def test_picai_converts_labels_and_provenance(web, picai_archives, monkeypatch, 
 
     # a smaller rebuild reuses every verified download (images and labels)
     n_requests = len(web.requests)
-    small = fetch_picai(tmp_path, folds=(0,), max_cases=4, progressbar=False)
+    small = fetch_picai(tmp_path, folds=(0,), max_cases=4, progress=False)
     assert small.case_ids == sorted(m.index)[:4]
     assert len(web.requests) == n_requests
 
@@ -251,9 +253,9 @@ def test_picai_converts_labels_and_provenance(web, picai_archives, monkeypatch, 
 def test_picai_zenodo_checksum_mismatch(web, picai_archives, monkeypatch, tmp_path):
     serve_picai(web, picai_archives, monkeypatch)
     name = picai_archives.fold_zip.name
-    web.zenodo[fetch.PICAI_IMAGES_DOI] = {name: (picai_archives.fold_zip, "0" * 32)}
+    web.zenodo[picai.PICAI_IMAGES_DOI] = {name: (picai_archives.fold_zip, "0" * 32)}
     with pytest.raises(ChecksumError, match=r"picai_public_images_fold0\.zip.*Zenodo"):
-        fetch_picai(tmp_path, folds=[0], progressbar=False)
+        fetch_picai(tmp_path, folds=[0], progress=False)
     assert not (tmp_path / "picai" / "cohort").exists()
     assert not (tmp_path / "picai" / "raw" / name).exists()
     assert not [p for p in (tmp_path / "picai").iterdir() if p.name.startswith(".")]
@@ -266,23 +268,23 @@ def test_picai_label_checksum_mismatch(web, picai_archives, monkeypatch, tmp_pat
     bad.write_bytes(b"tampered")
     web.files[url] = bad
     with pytest.raises(ChecksumError, match=Path(url).name):
-        fetch_picai(tmp_path / "data", progressbar=False)
+        fetch_picai(tmp_path / "data", progress=False)
     assert not (tmp_path / "data" / "picai" / "cohort").exists()
 
 
 def test_picai_rejects_unknown_folds(tmp_path):
     with pytest.raises(ValueError, match="folds"):
-        fetch_picai(tmp_path, folds=(5,), progressbar=False)
+        fetch_picai(tmp_path, folds=(5,), progress=False)
 
 
 # --------------------------------------------------------------------------------------------
 # Prostate158
 # --------------------------------------------------------------------------------------------
 def test_prostate158_converts_zones_and_lesions(web, p158_archive, monkeypatch, tmp_path):
-    web.zenodo[fetch.PROSTATE158_DOI] = {
+    web.zenodo[prostate158.PROSTATE158_DOI] = {
         p158_archive.archive.name: (p158_archive.archive, p158_archive.md5)
     }
-    cohort = fetch_prostate158(tmp_path, progressbar=False)
+    cohort = fetch_prostate158(tmp_path, progress=False)
     load_cohort(tmp_path / "prostate158" / "cohort")
     m = cohort.manifest
     assert len(m) == len(p158_archive.anatomy)
@@ -306,22 +308,22 @@ def test_prostate158_converts_zones_and_lesions(web, p158_archive, monkeypatch, 
 
     # a rebuild with other settings verifies the archive against the checksum Zenodo declared
     # the first time, without asking Zenodo again
-    del web.zenodo[fetch.PROSTATE158_DOI]
+    del web.zenodo[prostate158.PROSTATE158_DOI]
     n_requests = len(web.requests)
-    rebuilt = fetch_prostate158(tmp_path, seed=3, progressbar=False)
+    rebuilt = fetch_prostate158(tmp_path, seed=3, progress=False)
     assert len(web.requests) == n_requests and sorted(rebuilt.case_ids) == sorted(m.index)
     archive = tmp_path / "prostate158" / "raw" / p158_archive.archive.name
     archive.write_bytes(b"truncated")
     with pytest.raises(DownloadError, match="Zenodo record"):  # record gone: no silent reuse
-        fetch_prostate158(tmp_path, seed=4, progressbar=False)
+        fetch_prostate158(tmp_path, seed=4, progress=False)
 
 
 def test_prostate158_warns_when_zone_labels_look_swapped(web, monkeypatch, tmp_path, caplog):
     # a release whose anatomy masks used 1 = PZ would be converted the wrong way round
     swapped = make_prostate158_zip(tmp_path / "served", n_cases=4, pz_label=1)
-    web.zenodo[fetch.PROSTATE158_DOI] = {swapped.archive.name: (swapped.archive, swapped.md5)}
-    with caplog.at_level("WARNING", logger="radiolens.data.fetch"):
-        fetch_prostate158(tmp_path / "data", progressbar=False)
+    web.zenodo[prostate158.PROSTATE158_DOI] = {swapped.archive.name: (swapped.archive, swapped.md5)}
+    with caplog.at_level("WARNING", logger="radiolens.data.datasets"):
+        fetch_prostate158(tmp_path / "data", progress=False)
     assert "zone labels may be the other way round" in caplog.text
     info = json.loads((tmp_path / "data" / "prostate158" / "cohort" / "fetch.json").read_text())
     assert info["zone_check"] == {"cases_compared": 4, "peripheral_on_rim": 0, "consistent": False}

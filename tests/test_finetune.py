@@ -13,20 +13,19 @@ import torch.nn as nn
 from sklearn.metrics import cohen_kappa_score
 
 from radiolens.data.cohort import Case
-from radiolens.models.finetune import (
+from radiolens.finetune import (
     EmptySplitError,
-    MissingLabelsError,
-    check_task_labels,
+    FineTuneConfig,
     dice_score,
-    encoder_for_task,
     finetune,
     load_finetuned,
     quadratic_weighted_kappa,
-    run_downstream,
     save_finetuned,
     soft_dice_loss,
 )
-from radiolens.models.heads import PiradsHead, UPerNetDecoder3D, VolumeHead, adapt_stem_in_chans
+from radiolens.models.heads import PiradsHead, UPerNetDecoder3D, VolumeHead, adapt_stem_in_chans, encoder_for_task
+from radiolens.models.inputs import CaseStore
+from radiolens.tasks import TASKS, MissingLabelsError, get_task
 
 SHAPE = (8, 16, 16)
 
@@ -283,6 +282,35 @@ def test_precomputed_frozen_features_give_the_same_training(cohort):
     np.testing.assert_allclose(a.history[["train_loss", "val_loss"]], b.history[["train_loss", "val_loss"]], rtol=1e-4)
 
 
+class CountingEncoder(TinyEncoder):
+    """Counts the cases it encodes."""
+
+    cases = 0
+
+    def forward(self, x):
+        type(self).cases += len(x)
+        return super().forward(x)
+
+
+def test_frozen_encoder_runs_once_per_case_and_view_whatever_the_epochs(cohort):
+    n_train, n_other = len(cohort.ids("train")), len(cohort.ids("val")) + len(cohort.ids("test"))
+    for epochs, views in ((2, 0), (5, 0), (5, 2)):
+        torch.manual_seed(0)
+        CountingEncoder.cases = 0
+        res = finetune(CountingEncoder(), cohort, "pirads", "frozen", epochs=epochs, patience=None, frozen_views=views,
+                       batch_size=4, progress=False)
+        assert CountingEncoder.cases == n_train * (1 + views) + n_other, (epochs, views)
+        assert res.config["frozen_views"] == views and res.config["augment"] == (views > 0)
+        assert len(res.history) == epochs
+    # the views are augmented: another view, another training loss
+    a = finetune(_encoder(), cohort, "pirads", "frozen", epochs=2, patience=None, frozen_views=2, batch_size=4,
+                 progress=False)
+    b = finetune(_encoder(), cohort, "pirads", "frozen", epochs=2, patience=None, frozen_views=1, batch_size=4,
+                 progress=False)
+    assert a.history["train_loss"].iloc[0] == b.history["train_loss"].iloc[0]  # view 0 in both
+    assert a.history["train_loss"].iloc[1] != b.history["train_loss"].iloc[1]  # view 1 vs view 0 again
+
+
 def test_frozen_segmentation_trains_only_the_decoder(cohort):
     enc = _encoder()
     before = _state(enc)
@@ -368,11 +396,9 @@ def test_missing_labels_raise_a_specific_error():
         finetune(_encoder(), no_labels, "pirads", **FAST)
     assert (err.value.task, err.value.column) == ("pirads", "pirads_group")
     with pytest.raises(MissingLabelsError, match="lesion") as err:
-        check_task_labels(no_labels, "lesion")
+        get_task("lesion").check_labels(no_labels)
     assert err.value.task == "lesion"
-    with pytest.warns(UserWarning, match="skipping downstream task"):
-        out = run_downstream(_encoder(), no_labels, tasks=("pirads", "lesion"), regimes=("frozen",), **FAST)
-    assert set(out.skipped) == {"pirads", "lesion"} and out.table.empty
+    get_task("volume").check_labels(no_labels)  # that label is there
 
 
 def test_empty_training_split_is_a_clear_error():
@@ -396,22 +422,22 @@ def test_nan_input_and_wrong_channels_are_named():
 # --------------------------------------------------------------------------------------------
 # table and checkpoints
 # --------------------------------------------------------------------------------------------
-def test_downstream_table_is_tidy_and_checkpoints_round_trip(cohort, tmp_path):
+def test_table2_rows_are_tidy_and_checkpoints_round_trip(cohort, tmp_path):
     enc = _encoder()
-    out = run_downstream(enc, cohort, regimes=("frozen", "full"), out_dir=tmp_path,
-                         quick=True, epochs=1, batch_size=4, progress=False, augment=False)
-    table = out.table
+    store = CaseStore(cohort, enc.total_stride, masks=("lesion",))  # one store for every run
+    results = {(task, regime): finetune(enc, cohort, task, regime, FineTuneConfig(epochs=1, batch_size=4, augment=False),
+                                        progress=False, store=store)
+               for task in TASKS for regime in ("frozen", "full")}
+    table = pd.concat([res.metrics_table() for res in results.values()], ignore_index=True)
     assert list(table.columns) == ["task", "regime", "metric", "value"]
     assert not table.duplicated(["task", "regime", "metric"]).any()
     assert set(table.task) == {"pirads", "lesion", "volume"} and set(table.regime) == {"frozen", "full"}
     assert set(table.metric) == {"qwk", "accuracy", "dice", "mse", "mae_ml"}
     assert len(table) == 2 * (2 + 1 + 2)
     assert table.value.dtype == float
-    assert set(out.wide().columns) == {"frozen", "full"}
-    assert pd.read_csv(tmp_path / "downstream.csv").shape == table.shape
 
-    for (task, regime), res in out.results.items():
-        path = out.checkpoints[(task, regime)]
+    for (task, regime), res in results.items():
+        path = save_finetuned(res, tmp_path / f"{task}_{regime}.pt")
         card = json.loads(path.with_suffix(".json").read_text())
         assert (card["task"], card["regime"], card["seed"], card["epochs"]) == (task, regime, 0, 1)
         assert set(res.metrics) <= set(card["metrics"])
@@ -423,6 +449,16 @@ def test_downstream_table_is_tidy_and_checkpoints_round_trip(cohort, tmp_path):
         # the state dict is in the encoder's own naming
         raw = torch.load(path, weights_only=True)
         assert set(raw["model"]) == set(res.encoder.state_dict())
+
+
+def test_config_object_and_keyword_settings_are_the_same_run(cohort):
+    a = finetune(_encoder(), cohort, "pirads", "full", FineTuneConfig(epochs=2, batch_size=4, augment=False), progress=False)
+    b = finetune(_encoder(), cohort, "pirads", "full", **FAST)
+    pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
+    with pytest.raises(TypeError, match="epoch"):
+        finetune(_encoder(), cohort, "pirads", "full", epoch=2)  # a typo is an error, not a default
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        finetune(_encoder(), cohort, "pirads", "full", batch_size=1)
 
 
 def test_convnext_checkpoint_loads_without_a_template(tmp_path):
@@ -450,22 +486,21 @@ def test_on_the_built_in_synthetic_cohort(synthetic_cohort):
     torch.manual_seed(0)
     enc = ConvNeXtV2Encoder3D.from_preset("micro", in_chans=3)
     labels = synthetic_cohort.labels
-    res = finetune(enc, synthetic_cohort, "volume", "frozen", quick=True, progress=False)
+    res = finetune(enc, synthetic_cohort, "volume", "frozen", epochs=3, batch_size=4, progress=False)
+    assert res.config["precomputed_features"] and res.config["frozen_views"] == 4
     n_train = int(labels.loc[synthetic_cohort.ids("train"), "gland_volume_ml"].notna().sum())
     assert res.metrics["n_train"] == n_train and len(res.history) == 3
     assert np.isfinite(res.metrics["mse"]) and res.metrics["mae_ml"] > 0
     assert len(res.predictions) == len(synthetic_cohort.ids("test"))
 
 
-def test_split_inputs_are_stacked_per_batch_never_copied_whole():
-    from radiolens.models.finetune import _Cases
-
-    arrays = [np.full((2, 4, 4, 4), i, np.float32) for i in range(5)]
-    cases = _Cases(arrays)
-    assert cases.shape == (5, 2, 4, 4, 4) and len(cases) == 5
-    np.testing.assert_array_equal(cases[np.array([3, 1])], np.stack([arrays[3], arrays[1]]))
-    np.testing.assert_array_equal(cases[:2], np.stack(arrays[:2]))
-    batch = cases[np.array([0, 4])]
+def test_split_inputs_are_stacked_per_batch_never_copied_whole(cohort):
+    store = CaseStore(cohort, pad_multiple=None)
+    ids = cohort.ids("train")[:3]
+    batch = store.stack(ids, ("T2W", "DWI", "ADC"))
+    assert batch.shape == (3, 3, *SHAPE)
+    np.testing.assert_array_equal(batch[1], store.image(ids[1]))
     batch += 10  # augmenting a batch must not write into the case store
-    assert arrays[0].max() == 0 and arrays[4].max() == 4
-    assert _Cases([]).shape[0] == 0
+    assert np.abs(store.image(ids[0]) - batch[0]).min() == pytest.approx(10)
+    # a channel subset of a stack already read is cut from it, not read again
+    assert np.array_equal(store.image(ids[0], ("DWI",))[0], store.image(ids[0])[1])

@@ -161,3 +161,21 @@ def test_decoder_width_comes_from_the_config_and_keys_the_cache(synthetic_cohort
     assert lesion_head_width(8) == 8
     assert lesion_head_width(12) == 12  # a different width is not served from the first's cache
     assert lesion_head_width(8) == 8  # and the cached one comes back as it was
+
+
+def test_fine_tuning_runs_in_parallel_processes_with_the_same_results(synthetic_cohort, tmp_path):
+    def table2(jobs: int) -> tuple[pd.DataFrame, dict]:
+        config = load_config(
+            quick=True, cache_dir=str(tmp_path / f"cache-{jobs}"), jobs=jobs,
+            cohort={"source": "folder", "path": str(synthetic_cohort.root)},
+            finetune={"tasks": ["pirads", "volume"], "epochs": 1},
+        )
+        study = Study(config, progress=False)
+        return study.downstream_table(), study.timings
+
+    serial, serial_timings = table2(1)
+    parallel, parallel_timings = table2(2)
+    assert not any("processes" in name for name in serial_timings)
+    assert "fine-tuning (4 runs, 2 processes)" in parallel_timings  # the four runs went to two workers
+    # one thread per run wherever it runs: the same Table 2, bit for bit
+    pd.testing.assert_frame_equal(serial, parallel, check_exact=True)

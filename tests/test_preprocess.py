@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from radiolens.data import Cohort, load_cohort
 from radiolens.data import preprocess as preprocess_module
-from radiolens.data.preprocess import crop_grid, preprocess, resample_to_reference, resample_to_spacing
+from radiolens.data.image_io import resample_to_reference
+from radiolens.data.preprocess import crop_grid, preprocess, resample_to_spacing
 
 
 @pytest.fixture(scope="module")

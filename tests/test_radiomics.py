@@ -17,10 +17,13 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-import _radiomics_helpers as H
 from radiolens import radiomics as R
 from radiolens.cache import ArtifactCache, hash_json
 from radiolens.naming import FAMILIES, parse_column
+from radiolens.radiomics import extraction as R_extract
+from radiolens.radiomics import units as R_units
+
+import _radiomics_helpers as H
 
 HELPER = Path(__file__).with_name("_radiomics_helpers.py")
 
@@ -180,7 +183,7 @@ def test_second_call_reads_only_the_cache(cohort, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a cached unit was recomputed")
 
-    monkeypatch.setattr(R, "_extract_one", boom)
+    monkeypatch.setattr(R_units, "_extract_one", boom)
     second = R.extract_detailed(cohort, settings=H.REDUCED_SETTINGS, cache_dir=cache_dir, progress=False)
     assert (second.units.status == "cached").all() and second.failures.empty
     pd.testing.assert_frame_equal(first.features, second.features)
@@ -213,7 +216,7 @@ def test_changed_input_or_setting_recomputes_only_what_it_affects(cohort, tmp_pa
 def test_key_depends_on_radiomics_version(cohort, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
     R.extract_detailed(cohort, modalities=("T2W",), settings=H.REDUCED_SETTINGS, cache_dir=cache_dir, progress=False)
-    monkeypatch.setattr(R, "radiomics_version", lambda: "v99.0")
+    monkeypatch.setattr(R_extract, "radiomics_version", lambda: "v99.0")
     again = R.extract_detailed(cohort, modalities=("T2W",), settings=H.REDUCED_SETTINGS, cache_dir=cache_dir, progress=False)
     assert (again.units.status == "computed").all()
     assert again.provenance["radiomics_version"] == "v99.0"
@@ -364,7 +367,7 @@ def test_resample_mask_fixes_a_geometry_mismatch(tmp_path):
 
 
 def test_nonfinite_feature_values_become_nan_and_a_visible_failure(cohort, monkeypatch, caplog):
-    real = R._extractor_for
+    real = R_units._extractor_for
 
     class Poisoned:
         def __init__(self, inner):
@@ -376,7 +379,7 @@ def test_nonfinite_feature_values_become_nan_and_a_visible_failure(cohort, monke
             out["original_glcm_MCC"] = np.float64("inf")
             return out
 
-    monkeypatch.setattr(R, "_extractor_for", lambda p, h: Poisoned(real(p, h)))
+    monkeypatch.setattr(R_units, "_extractor_for", lambda p, h: Poisoned(real(p, h)))
     with caplog.at_level(logging.WARNING, logger="radiolens.radiomics"):
         result = R.extract_detailed(cohort, modalities=("ADC",), settings=H.REDUCED_SETTINGS, cache_dir=False, progress=False)
     assert (result.failures.error_type == "NonFiniteFeature").sum() == 4
@@ -537,3 +540,22 @@ def test_real_cohort_gland_and_lesion(synthetic_cohort):
     some = cohort.case_ids[0]
     direct = _direct(cohort.path(some, "ADC"), cohort.path(some, "gland"), H.REDUCED_SETTINGS)
     assert result.features.loc[(some, "gland"), "ADC__original_glcm_Idm"] == direct["original_glcm_Idm"]
+
+
+def test_clean_keeps_complete_cases_and_defined_features():
+    columns = ["T2W__original_firstorder_Mean", "T2W__original_glcm_MCC", "ADC__original_firstorder_Mean"]
+    features = pd.DataFrame(
+        [[1.0, 0.5, 900.0],  # complete
+         [2.0, np.inf, 800.0],  # inf -> NaN: MCC becomes undefined for one kept case
+         [3.0, 0.7, np.nan],  # no ADC at all (e.g. no ROI): the case goes
+         [4.0, 0.9, 700.0]],
+        index=pd.Index(["a", "b", "c", "d"], name="case_id"), columns=columns,
+    )
+    cleaned = R.clean(features)
+    assert list(cleaned.index) == ["a", "b", "d"]
+    assert list(cleaned.columns) == ["T2W__original_firstorder_Mean", "ADC__original_firstorder_Mean"]
+    assert np.isfinite(cleaned.to_numpy()).all()
+    # a feature NaN only in the dropped case stays: cases first, then features
+    features.loc["c", "T2W__original_glcm_MCC"] = np.nan
+    features.loc["b", "T2W__original_glcm_MCC"] = 0.6
+    assert "T2W__original_glcm_MCC" in R.clean(features).columns

@@ -9,11 +9,12 @@ from html import unescape
 import numpy as np
 import pandas as pd
 import pytest
+from test_views import fake_downstream, fake_planted, fake_reports, fake_sweep, make_report
+
+from radiolens import plotting
+from radiolens.report import slug, write_report
 
 import browser
-from radiolens import views
-from radiolens.report import slug, write_report
-from test_views import fake_downstream, fake_planted, fake_reports, fake_sweep, make_report
 
 needs_browser = pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason()))
 
@@ -146,7 +147,7 @@ def test_report_draws_every_chart_offline_without_console_errors(written, study)
 def test_browser_check_catches_a_page_that_needs_the_cdn(tmp_path, study):
     """Why the JavaScript is inlined: Altair's default page loads vega from a CDN and, offline,
     draws nothing. The browser check must see that."""
-    chart = views.modality_r2_chart(study["reports"]["volume"])
+    chart = plotting.modality_r2_chart(study["reports"]["volume"])
     page_path = tmp_path / "cdn.html"
     page_path.write_text(chart.to_html(), encoding="utf-8")
     assert "cdn.jsdelivr.net" in page_path.read_text()
@@ -235,13 +236,13 @@ def test_csv_tables_match_inputs(written, study):
     for task, report in reports.items():
         s = slug(task)
         t1 = pd.read_csv(tables / f"table1_{s}.csv", keep_default_na=False, na_values=[""])
-        expected = views.table1(report)
+        expected = plotting.table1(report)
         np.testing.assert_allclose(t1[["mse_pre", "mse_ft", "r2_pre", "r2_ft"]], expected[["mse_pre", "mse_ft", "r2_pre", "r2_ft"]])
         assert list(t1["stars"].fillna("")) == list(expected["stars"])
         imp = pd.read_csv(tables / f"importance_{s}.csv")
         pd.testing.assert_frame_equal(imp, report.importance.reset_index(drop=True), check_dtype=False, atol=1e-12)
     t2 = pd.read_csv(tables / "downstream_table2.csv")
-    pd.testing.assert_frame_equal(t2, views.table2(study["downstream"]), check_dtype=False)
+    pd.testing.assert_frame_equal(t2, plotting.table2(study["downstream"]), check_dtype=False)
     heat = pd.read_csv(tables / "delta_heatmap.csv")
     means = reports["volume"].importance.groupby(["modality", "family"])["delta_I"].mean()
     got = heat[heat["task"] == "volume"].set_index(["modality", "family"])["value"]

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radiolens.data import CohortError, load_cohort, make_synthetic_cohort, plot_cases
+from radiolens.data import CohortError, load_cohort, make_synthetic_cohort
 from radiolens.data.synthetic import PRESETS, default_shape, sample_latents, simulate_case
+from radiolens.plotting import plot_cases
 
 OUTPUT = Path(__file__).parent / "_output"
 

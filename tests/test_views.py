@@ -1,4 +1,4 @@
-"""Tests of radiolens.views: the charts and tables show what the lens reports hold."""
+"""Tests of radiolens.plotting's charts and tables: they show what the lens reports hold."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radiolens import views
+from radiolens import plotting
 from radiolens.naming import parse_columns
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def reports():
 
 
 def test_table1_matches_scores_and_tests(report):
-    table = views.table1(report)
+    table = plotting.table1(report)
     families = list(table.loc[table["level"] == "family", "group"])
     assert families == ["firstorder", "glcm", "gldm", "glrlm", "glszm", "ngtdm"]  # the paper's order
     assert list(table.loc[table["level"] == "image_type", "group"]) == ["Original", "Wavelet"]
@@ -216,11 +216,11 @@ def test_table1_matches_scores_and_tests(report):
 
 
 def test_family_scores_chart_draws_table1_values_and_stars(report):
-    chart = views.family_scores_chart(report)
+    chart = plotting.family_scores_chart(report)
     spec = _spec(chart)
     (rows,) = _datasets(spec)
-    table = views.table1(report)
-    ngtdm_ft = [r for r in rows if r["label"] == "NGTDM" and r["stage"] == "fine-tuned" and r["metric"] == "R²"]
+    table = plotting.table1(report)
+    ngtdm_ft = [r for r in rows if r["label"] == "NGTDM" and r["encoder"] == "fine-tuned" and r["metric"] == "R²"]
     assert ngtdm_ft[0]["value"] == pytest.approx(table.loc[table["group"] == "ngtdm", "r2_ft"].item())
     assert {r["stars"] for r in rows if r["label"] == "GLRLM"} == {"***"}
     svg = _compiles(chart)
@@ -228,11 +228,11 @@ def test_family_scores_chart_draws_table1_values_and_stars(report):
 
 
 def test_modality_chart_uses_modality_scores(report):
-    chart = views.modality_r2_chart(report)
+    chart = plotting.modality_r2_chart(report)
     data = chart.data
     expected = report.scores[report.scores["level"] == "modality"]
     assert len(data) == len(expected) == 6
-    dwi_ft = data[(data["modality"] == "DWI") & (data["stage"] == "fine-tuned")]["r2"].item()
+    dwi_ft = data[(data["modality"] == "DWI") & (data["encoder"] == "fine-tuned")]["r2"].item()
     assert dwi_ft == pytest.approx(expected[(expected["group"] == "DWI") & (expected["stage"] == "ft")]["r2"].item())
     assert "<svg" in _compiles(chart)
 
@@ -244,7 +244,7 @@ def test_modality_chart_uses_modality_scores(report):
 
 @pytest.mark.parametrize("kind", ["gained", "lost", "stable"])
 def test_ranking_chart_follows_the_lens_ranking_with_intervals(report, kind):
-    chart = views.ranking_chart(report, kind=kind, k=7, by="delta_I")
+    chart = plotting.ranking_chart(report, kind=kind, k=7, by="delta_I")
     data = chart.data
     expected = getattr(report, kind)(7, by="delta_I")
     assert list(data["column"]) == list(expected["column"])
@@ -263,7 +263,7 @@ def test_ranking_chart_follows_the_lens_ranking_with_intervals(report, kind):
 
 
 def test_ranking_chart_default_is_the_papers_relative_change(report):
-    data = views.ranking_chart(report, kind="lost", k=6).data
+    data = plotting.ranking_chart(report, kind="lost", k=6).data
     assert list(data["column"]) == list(report.lost(6, by="rel_delta_I")["column"])
     assert np.allclose(data["value"], data["rel_delta_I"])
     assert data["lo"].isna().all()  # the lens bootstraps delta_I, not its ratio: no made-up interval
@@ -272,7 +272,7 @@ def test_ranking_chart_default_is_the_papers_relative_change(report):
 
 def test_ranking_chart_by_delta_r2_and_without_intervals():
     report = make_report(4, intervals=False)
-    chart = views.ranking_chart(report, kind="gained", k=5, by="delta_r2")
+    chart = plotting.ranking_chart(report, kind="gained", k=5, by="delta_r2")
     data = chart.data
     assert list(data["column"]) == list(report.gained(5, by="delta_r2")["column"])
     assert np.allclose(data["value"], data["delta_r2"])
@@ -282,7 +282,7 @@ def test_ranking_chart_by_delta_r2_and_without_intervals():
 
 def test_ranking_rejects_unknown_kind(report):
     with pytest.raises(ValueError, match="gained"):
-        views.ranking_chart(report, kind="best")
+        plotting.ranking_chart(report, kind="best")
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_ranking_rejects_unknown_kind(report):
 
 
 def test_delta_heatmap_values_are_grouped_means(reports):
-    chart = views.delta_heatmap(reports)
+    chart = plotting.delta_heatmap(reports)
     data = chart.data
     assert set(data["task"]) == set(reports)
     for task, report in reports.items():
@@ -307,9 +307,9 @@ def test_delta_heatmap_values_are_grouped_means(reports):
 
 def test_delta_heatmap_rejects_empty_and_unknown_measure(report):
     with pytest.raises(ValueError, match="non-empty"):
-        views.delta_heatmap({})
+        plotting.delta_heatmap({})
     with pytest.raises(ValueError, match="no column 'nope'"):
-        views.delta_heatmap({"t": report}, value="nope")
+        plotting.delta_heatmap({"t": report}, value="nope")
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,14 +318,14 @@ def test_delta_heatmap_rejects_empty_and_unknown_measure(report):
 
 
 def test_explorer_data_keeps_exact_topk_for_every_filter(reports):
-    tables = views.explorer_data(reports, top_max=3, scatter_top=2, max_cases=10)
+    tables = plotting.explorer_data(reports, top_max=3, scatter_top=2, max_cases=10)
     features = tables["features"]
     assert features["fid"].is_unique  # one id per task and feature
     column_of = features.set_index("fid")["column"]
     ranks = tables["ranks"].assign(column=lambda t: column_of.loc[t["fid"]].to_numpy())
     assert set(features["task"] + "|" + features["column"]) == set(ranks["task"] + "|" + ranks["column"])
     report = reports["volume"]
-    full = views.ranked(report, "lost", None, "delta_I")
+    full = plotting.ranked(report, "lost", None, "delta_I")
     assert list(full["column"]) == list(report.lost(len(report.importance), by="delta_I")["column"])
     # for a family filter, the kept rows must contain that family's true top 3
     kept = ranks[(ranks["task"] == "volume") & (ranks["measure"] == "delta_I") & (ranks["mode"] == "lost")]
@@ -351,7 +351,7 @@ def test_explorer_data_keeps_exact_topk_for_every_filter(reports):
 
 
 def test_explorer_is_kernel_free_with_bound_controls(reports):
-    chart = views.delta_explorer(reports, k=8, top_max=12)
+    chart = plotting.delta_explorer(reports, k=8, top_max=12)
     spec = _spec(chart)
     params = {p["name"]: p for p in spec["params"]}
     assert params["task"]["bind"]["input"] == "select"
@@ -369,10 +369,10 @@ def test_explorer_is_kernel_free_with_bound_controls(reports):
     svg = _compiles(chart)
     assert "Top k" not in svg  # the controls are HTML inputs, not part of the drawing
     # the initial view draws the top-k gained of the first task by the paper's relative change
-    first = views.ranked(reports["pirads"], "gained", 8, "rel_delta_I")
+    first = plotting.ranked(reports["pirads"], "gained", 8, "rel_delta_I")
     positions = [svg.index(f">{column}<") for column in first["column"]]
     assert positions == sorted(positions)  # drawn top to bottom in the lens's order
-    assert views.ranked(reports["pirads"], "gained", 9, "rel_delta_I")["column"].iloc[-1] not in svg
+    assert plotting.ranked(reports["pirads"], "gained", 9, "rel_delta_I")["column"].iloc[-1] not in svg
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_explorer_is_kernel_free_with_bound_controls(reports):
 
 def test_sweep_chart_marks_selected_penalties():
     sweeps = {"pirads": fake_sweep(0), "volume": fake_sweep(1)}
-    chart = views.sweep_chart(sweeps)
+    chart = plotting.sweep_chart(sweeps)
     data = chart.data
     assert len(data) == 48 and set(data["task"]) == {"pirads", "volume"}
     chosen = data[data["selected"]]
@@ -394,30 +394,30 @@ def test_sweep_chart_marks_selected_penalties():
     spec = _spec(chart)
     assert spec["spec"]["layer"][0]["encoding"]["x"]["sort"] == ["0", "1e-07", "3e-07", "1e-06", "3e-06", "1e-05"]
     assert "<svg" in _compiles(chart)
-    single = views.sweep_chart(fake_sweep(0))
+    single = plotting.sweep_chart(fake_sweep(0))
     assert "task" not in single.data
     with pytest.raises(ValueError, match="val_loss"):
-        views.sweep_chart(fake_sweep(0).drop(columns="val_loss"))
+        plotting.sweep_chart(fake_sweep(0).drop(columns="val_loss"))
 
 
 def test_planted_truth_chart_long_format():
     table = fake_planted()
-    chart = views.planted_truth_chart(table)
+    chart = plotting.planted_truth_chart(table)
     data = chart.data
     assert len(data) == 2 * len(table)
     ols = data[(data["method"] == "ols_delta_I") & (data["hidden_dim"] == 256)]
     assert (ols["precision"] == 0).all()
     assert "<svg" in _compiles(chart)
     with pytest.raises(ValueError, match="precision_lost"):
-        views.planted_truth_chart(table.drop(columns="precision_lost"))
+        plotting.planted_truth_chart(table.drop(columns="precision_lost"))
 
 
 def test_table2_and_downstream_chart():
     table = fake_downstream()
-    wide = views.table2(table)
+    wide = plotting.table2(table)
     assert list(wide.columns) == ["task", "metric", "frozen", "finetuned"]
     assert wide.set_index("task").loc["pirads", "finetuned"] == pytest.approx(0.326)
-    chart = views.downstream_chart(table)
+    chart = plotting.downstream_chart(table)
     assert set(chart.data["panel"]) == {"pirads (qwk)", "volume (mse)", "lesion (dice)"}
     assert _spec(chart)["resolve"]["scale"]["y"] == "independent"
     assert "<svg" in _compiles(chart)
@@ -433,7 +433,7 @@ def test_explorer_shows_definitions_and_says_when_scatter_is_missing(reports):
             raise ValueError("unknown")  # like feature_definition for an unknown feature
         return f"definition of {column} " * 4
 
-    chart = views.delta_explorer(reports, top_max=5, scatter_top=1, definitions=define)
+    chart = plotting.delta_explorer(reports, top_max=5, scatter_top=1, definitions=define)
     spec = _spec(chart)
     rows = _csv_dataset(spec, "explorer_features")
     rows["note"] = rows["note"].fillna("")
@@ -457,19 +457,9 @@ def test_explorer_shows_definitions_and_says_when_scatter_is_missing(reports):
     assert f">{shown[0]}<" in svg and f">{shown[1]}<" in svg
 
     column = rows["column"].iloc[0]
-    spec = _spec(views.delta_explorer(reports, top_max=5, scatter_top=1, definitions={column: "short text"}))
+    spec = _spec(plotting.delta_explorer(reports, top_max=5, scatter_top=1, definitions={column: "short text"}))
     again = _csv_dataset(spec, "explorer_features").set_index(["task", "column"])
     assert again.loc[(rows["task"].iloc[0], column), "note"].startswith("short text")
-
-
-def test_kernel_backed_views_are_reachable_from_views():
-    from radiolens import widgets
-    from radiolens.views import show_case
-
-    assert show_case is widgets.show_case
-    assert views.feature_definition is widgets.feature_definition
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        views.nope
 
 
 def test_planted_truth_chart_keeps_protocols_apart():
@@ -477,6 +467,6 @@ def test_planted_truth_chart_keeps_protocols_apart():
         "method": ["ols delta_I (paper)"] * 2, "hidden_dim": [256, 256], "n_cases": [300, 300],
         "precision_gained": [0.0, 1.0], "precision_lost": [0.0, 1.0], "protocol": ["paper", "held-out decoders"],
     })
-    spec = views.planted_truth_chart(table).to_dict()
+    spec = plotting.planted_truth_chart(table).to_dict()
     assert spec["facet"]["row"]["field"] == "protocol"  # never averaged into one line
-    assert "row" not in views.planted_truth_chart(table.drop(columns="protocol")).to_dict()["facet"]
+    assert "row" not in plotting.planted_truth_chart(table.drop(columns="protocol")).to_dict()["facet"]

@@ -1,4 +1,4 @@
-"""Tests for radiolens.widgets: case viewer, feature definitions, weight-change explorer."""
+"""Tests for radiolens.plotting's case views and kernel-backed explorers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from radiolens import widgets as W
+from radiolens import plotting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -77,7 +77,7 @@ def _png_array(data: bytes) -> np.ndarray:
 
 
 def test_slider_range_equals_number_of_slices(cohort):
-    viewer = W.show_case(cohort, "case01")
+    viewer = plotting.show_case(cohort, "case01")
     assert viewer.slider.min == 0
     assert viewer.slider.max + 1 == viewer.n_slices == 9
     # default: the middle of the gland (slices 2..6)
@@ -85,7 +85,7 @@ def test_slider_range_equals_number_of_slices(cohort):
 
 
 def test_modality_switch_changes_displayed_array(cohort):
-    viewer = W.show_case(cohort, "case00", modality="T2W", slice_index=3)
+    viewer = plotting.show_case(cohort, "case00", modality="T2W", slice_index=3)
     case = cohort.cases["case00"]
     np.testing.assert_array_equal(viewer.current_slice(), case.images["T2W"][3])
     before = viewer.image.value
@@ -97,17 +97,17 @@ def test_modality_switch_changes_displayed_array(cohort):
 
 
 def test_rendered_pixels_are_the_windowed_slice_and_overlays_toggle(cohort):
-    viewer = W.show_case(cohort, "case00", modality="ADC", slice_index=4, masks=())
+    viewer = plotting.show_case(cohort, "case00", modality="ADC", slice_index=4, masks=())
     rgb = viewer.render()
     raw = cohort.cases["case00"].images["ADC"][4].astype(float)
     low, high = viewer.windows["ADC"]
-    assert (low, high) == W.ADC_WINDOW
+    assert (low, high) == plotting.ADC_WINDOW
     grey = np.round(np.clip((raw - low) / (high - low), 0, 1) * 255).astype(np.uint8)
     factor = rgb.shape[1] // raw.shape[1]
     np.testing.assert_array_equal(rgb[::factor, ::factor, 0], grey)
     assert (rgb[..., 0] == rgb[..., 1]).all()  # no overlay: pure grey
 
-    red = np.array(W.OVERLAYS["lesion"][0][2])
+    red = np.array(plotting.OVERLAYS["lesion"][0][2])
     viewer.mask_toggles["lesion"].value = True
     with_lesion = viewer.render()
     assert (with_lesion == red).all(axis=-1).sum() > 0
@@ -125,7 +125,7 @@ def test_rendered_pixels_are_the_windowed_slice_and_overlays_toggle(cohort):
 
 
 def test_static_fallback_png_reflects_the_slice(cohort):
-    viewer = W.show_case(cohort, "case02", slice_index=2)
+    viewer = plotting.show_case(cohort, "case02", slice_index=2)
     png2 = viewer.static_png()
     img2 = _png_array(png2)
     viewer.slider.value = 5
@@ -140,30 +140,30 @@ def test_static_fallback_png_reflects_the_slice(cohort):
 
 
 def test_static_only_mode_drops_the_widget_view(cohort, monkeypatch):
-    viewer = W.show_case(cohort, "case00", interactive=False)
+    viewer = plotting.show_case(cohort, "case00", interactive=False)
     bundle = viewer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" not in bundle
     assert base64.b64decode(bundle["image/png"])[:8] == PNG_MAGIC
     monkeypatch.setenv("RADIOLENS_STATIC_VIEWS", "1")
-    assert "application/vnd.jupyter.widget-view+json" not in W.show_case(cohort, "case00")._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in plotting.show_case(cohort, "case00")._repr_mimebundle_()
 
 
 def test_bad_input_errors_name_the_problem(cohort):
     with pytest.raises(KeyError, match="'nope'"):
-        W.show_case(cohort, "nope")
+        plotting.show_case(cohort, "nope")
     with pytest.raises(ValueError, match="'PET'"):
-        W.show_case(cohort, "case00", modality="PET")
+        plotting.show_case(cohort, "case00", modality="PET")
     with pytest.raises(ValueError, match="prostate"):
-        W.show_case(cohort, "case00", masks=("prostate",))
+        plotting.show_case(cohort, "case00", masks=("prostate",))
     with pytest.raises(IndexError, match="9 slices"):
-        W.show_case(cohort, "case00", slice_index=9)
+        plotting.show_case(cohort, "case00", slice_index=9)
 
 
 def test_missing_mask_is_disabled_not_faked(cohort):
     case = cohort.cases["case00"]
     other = FakeCohort(n_cases=1)
     del other.cases["case00"].masks["lesion"]
-    viewer = W.show_case(other, "case00")
+    viewer = plotting.show_case(other, "case00")
     assert viewer.mask_toggles["lesion"].disabled
     assert "lesion" not in viewer.shown_masks
     assert case.masks["lesion"] is not None  # the shared fixture was not touched
@@ -171,59 +171,13 @@ def test_missing_mask_is_disabled_not_faked(cohort):
 
 def test_window_levels_per_modality():
     adc = np.full((2, 4, 4), 1500.0)
-    assert W.window_for("ADC", adc) == (0.0, 2500.0)
-    assert W.window_for("ADC", adc * 1e-3) == pytest.approx((0.0, 2.5))  # stored in 1e-3 mm^2/s
+    assert plotting.window_for("ADC", adc) == (0.0, 2500.0)
+    assert plotting.window_for("ADC", adc * 1e-3) == pytest.approx((0.0, 2.5))  # stored in 1e-3 mm^2/s
     t2 = np.arange(1000, dtype=float)
-    low, high = W.window_for("T2W", t2)
+    low, high = plotting.window_for("T2W", t2)
     assert low == pytest.approx(np.percentile(t2, 0.5)) and high == pytest.approx(np.percentile(t2, 99.5))
-    assert W.window_for("DWI", t2)[0] == pytest.approx(np.percentile(t2, 1))
-    assert W.window_for("T2W", np.ones(10)) == (1.0, 2.0)  # constant image: still a valid window
-
-
-# --------------------------------------------------------------------------------------
-# feature definitions
-# --------------------------------------------------------------------------------------
-
-
-def test_every_pyradiomics_feature_of_the_six_families_has_a_definition():
-    radiomics = pytest.importorskip("radiomics")
-    classes = radiomics.getFeatureClasses()
-    checked = 0
-    for family in ("firstorder", "glcm", "gldm", "glrlm", "glszm", "ngtdm"):
-        for feature in classes[family].getFeatureNames():
-            text = W.feature_definition(f"T2W__original_{family}_{feature}")
-            assert feature in text and len(text) > 40
-            checked += 1
-        # and nothing defined that PyRadiomics does not have (typos would hide there)
-        assert set(W.FEATURE_DEFINITIONS[family]) == set(classes[family].getFeatureNames())
-    assert checked >= 100
-
-
-def test_definitions_are_distinct_except_documented_aliases():
-    for family, defs in W.FEATURE_DEFINITIONS.items():
-        texts = [t for t in defs.values() if not t.startswith("Same as")]
-        assert len(texts) == len(set(texts)), family
-
-
-def test_definition_explains_image_type_and_modality():
-    text = W.feature_definition("ADC__wavelet-LHL_glcm_Imc2")
-    assert "GLCM Imc2" in text
-    assert "low-pass along x, high-pass along y, low-pass along z" in text
-    assert "ADC" in text
-    assert "without a filter" in W.feature_definition("DWI__original_ngtdm_Busyness")
-    assert "diffusion" in W.feature_definition("DWI__original_ngtdm_Busyness")
-    # PyRadiomics keys and family_feature work too
-    assert W.feature_definition("original_firstorder_Kurtosis").startswith("First order Kurtosis")
-    assert W.feature_definition("glszm_ZonePercentage").startswith("GLSZM ZonePercentage")
-
-
-def test_definition_of_unknown_feature_names_it():
-    with pytest.raises(ValueError, match="T2W__original_glcm_Fancy"):
-        W.feature_definition("T2W__original_glcm_Fancy")
-    with pytest.raises(ValueError, match="shape"):
-        W.feature_definition("T2W__original_shape_Sphericity")
-    with pytest.raises(ValueError, match="not_a_feature"):
-        W.feature_definition("not_a_feature")
+    assert plotting.window_for("DWI", t2)[0] == pytest.approx(np.percentile(t2, 1))
+    assert plotting.window_for("T2W", np.ones(10)) == (1.0, 2.0)  # constant image: still a valid window
 
 
 # --------------------------------------------------------------------------------------
@@ -286,7 +240,7 @@ class FakeReport:
 @pytest.fixture()
 def explorer(cohort):
     reports = {"pirads": FakeReport(1, cohort.case_ids), "volume": FakeReport(2, cohort.case_ids)}
-    return W.WeightChangeExplorer(reports, cohort=cohort, roi="gland", k=5)
+    return plotting.WeightChangeExplorer(reports, cohort=cohort, roi="gland", k=5)
 
 
 def test_unfiltered_ranking_matches_the_reports_own(explorer):
@@ -295,7 +249,7 @@ def test_unfiltered_ranking_matches_the_reports_own(explorer):
     for mode in ("gained", "lost", "stable"):
         for by in ("rel_delta_I", "delta_I", "delta_r2"):
             expected = list(getattr(report, mode)(n, by=by)["column"])
-            assert list(W.rank_features(report, mode, by, k=None)["column"]) == expected, (mode, by)
+            assert list(plotting.ranked(report, mode, by=by, k=None)["column"]) == expected, (mode, by)
     explorer.update(mode="stable", by="delta_r2", k=n)
     assert list(explorer.ranked()["column"]) == list(report.stable(n, by="delta_r2")["column"])
     explorer.update(mode="lost", by="rel_delta_I", k=4)
@@ -310,12 +264,12 @@ def test_explorer_on_a_real_lens_report(cohort):
         importance=fake.importance, scores=pd.DataFrame(), tests=pd.DataFrame(),
         observed=fake.observed, decoded_pre=fake.decoded_pre, decoded_ft=fake.decoded_ft,
     )
-    ex = W.WeightChangeExplorer({"pirads": report}, k=50)
+    ex = plotting.WeightChangeExplorer({"pirads": report}, k=50)
     n = len(report.importance)
     for mode in ("gained", "lost", "stable"):
         for by in ("rel_delta_I", "delta_I", "delta_r2"):
             expected = list(getattr(report, mode)(n, by=by)["column"])
-            assert list(W.rank_features(report, mode, by, k=None)["column"]) == expected, (mode, by)
+            assert list(plotting.ranked(report, mode, by=by, k=None)["column"]) == expected, (mode, by)
     assert list(ex.ranked()["column"]) == list(report.gained(n)["column"])
     ex.update(modalities=("DWI",), mode="lost", by="delta_r2", k=3)
     lost = [c for c in report.lost(n, by="delta_r2")["column"] if c.startswith("DWI__")][:3]
@@ -323,7 +277,7 @@ def test_explorer_on_a_real_lens_report(cohort):
     column = ex.current_feature
     assert column in lost  # the chosen feature stays chosen while it is still listed
     data = ex.scatter_data()
-    np.testing.assert_array_equal(data[data.stage == "ft"]["decoded"], report.decoded_ft[column])
+    np.testing.assert_array_equal(data[data.encoder == "ft"]["decoded"], report.decoded_ft[column])
 
 
 def test_ranking_rules(explorer):
@@ -364,7 +318,7 @@ def test_filters_and_top_k(explorer):
     assert set(table["modality"]) == {"ADC"}
     assert len(table) == 6  # all ADC features, nothing else
     # filtered order is the unfiltered order with other modalities removed
-    full = W.rank_features(explorer.report, "gained", "rel_delta_I", k=None)
+    full = plotting.ranked(explorer.report, "gained", by="rel_delta_I", k=None)
     assert list(table["column"]) == [c for c in full["column"] if c.startswith("ADC__")]
     explorer.family_filter.value = ("glcm",)
     assert set(explorer.ranked()["family"]) == {"glcm"} and len(explorer.ranked()) == 2
@@ -384,8 +338,8 @@ def test_filters_and_top_k(explorer):
 def test_bars_carry_the_bootstrap_intervals(explorer):
     from matplotlib.container import ErrorbarContainer
 
-    table = W.rank_features(explorer.report, "gained", "delta_r2", k=5)
-    fig = W.ranking_figure(table, by="delta_r2")
+    table = plotting.ranked(explorer.report, "gained", by="delta_r2", k=5)
+    fig = plotting.ranking_figure(table, by="delta_r2")
     ax = fig.axes[0]
     bars = [p.get_width() for p in ax.patches[:5]]
     np.testing.assert_allclose(bars, table["delta_r2"])
@@ -394,15 +348,15 @@ def test_bars_carry_the_bootstrap_intervals(explorer):
     np.testing.assert_allclose([seg[0][0] for seg in segments], table["delta_r2_lo"])
     np.testing.assert_allclose([seg[1][0] for seg in segments], table["delta_r2_hi"])
     # no rel_delta_I interval in the report: the ΔI interval over I_pre, and the axis says so
-    table = W.rank_features(explorer.report, "gained", "rel_delta_I", k=5)
-    ax = W.ranking_figure(table, by="rel_delta_I").axes[0]
+    table = plotting.ranked(explorer.report, "gained", by="rel_delta_I", k=5)
+    ax = plotting.ranking_figure(table, by="rel_delta_I").axes[0]
     (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     lows = [seg[0][0] for seg in container.lines[2][0].get_segments()]
     np.testing.assert_allclose(lows, table["delta_I_lo"] / table["I_pre"])
     assert "I_pre" in ax.get_xlabel()
     # without interval columns: plain bars
     bare = table.drop(columns=[c for c in table.columns if c.endswith(("_lo", "_hi"))])
-    ax = W.ranking_figure(bare, by="rel_delta_I").axes[0]
+    ax = plotting.ranking_figure(bare, by="rel_delta_I").axes[0]
     assert not [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
 
 
@@ -436,7 +390,7 @@ def test_select_feature_shows_definition_scatter_and_case(explorer, cohort):
     assert "Imc2" in explorer.definition.value and "mutual information" in explorer.definition.value
     data = explorer.scatter_data()
     report = explorer.report
-    pre, ft = data[data.stage == "pre"], data[data.stage == "ft"]
+    pre, ft = data[data.encoder == "pre"], data[data.encoder == "ft"]
     np.testing.assert_array_equal(pre["observed"], report.observed[column])
     np.testing.assert_array_equal(pre["decoded"], report.decoded_pre[column])
     np.testing.assert_array_equal(ft["decoded"], report.decoded_ft[column])
@@ -467,16 +421,16 @@ def test_feature_dropdown_drives_the_details(explorer):
 
 
 def test_explorer_without_cohort_and_bad_input(cohort):
-    ex = W.WeightChangeExplorer({"t": FakeReport(3, cohort.case_ids)})
+    ex = plotting.WeightChangeExplorer({"t": FakeReport(3, cohort.case_ids)})
     assert ex.case_png() is None and ex.case_image.value == b""
     bundle = ex._repr_mimebundle_()
     assert base64.b64decode(bundle["image/png"]) == ex.chart_png()
     with pytest.raises(ValueError, match="non-empty"):
-        W.WeightChangeExplorer({})
+        plotting.WeightChangeExplorer({})
     with pytest.raises(ValueError, match="'best'"):
-        W.WeightChangeExplorer({"t": FakeReport(3, cohort.case_ids)}, mode="best")
+        plotting.WeightChangeExplorer({"t": FakeReport(3, cohort.case_ids)}, mode="best")
     with pytest.raises(TypeError, match="'t'"):
-        W.WeightChangeExplorer({"t": object()})
+        plotting.WeightChangeExplorer({"t": object()})
 
 
 # --------------------------------------------------------------------------------------
@@ -492,7 +446,7 @@ def test_sweep_explorer_selects_and_highlights():
         for j, b in enumerate(l2s)
     ]
     rows[4]["val_loss"] = 0.5  # l1=1e-7, l2=1e-5 is best
-    sweep = W.SweepExplorer(pd.DataFrame(rows))
+    sweep = plotting.SweepExplorer(pd.DataFrame(rows))
     assert (sweep.l1.value, sweep.l2.value) == (1e-7, 1e-5)
     assert sweep.selected_loss() == 0.5
     first = sweep.image.value
@@ -502,11 +456,11 @@ def test_sweep_explorer_selects_and_highlights():
     assert sweep.image.value != first
     assert sweep.grid().shape == (3, 3)
     with pytest.raises(KeyError, match="val_loss"):
-        W.SweepExplorer(pd.DataFrame({"l1": [0], "l2": [0], "score": [1]}))
+        plotting.SweepExplorer(pd.DataFrame({"l1": [0], "l2": [0], "score": [1]}))
     # a penalty_sweep table marks its choice; the explorer starts there
     table = pd.DataFrame(rows).assign(selected=False)
     table.loc[7, "selected"] = True
-    marked = W.SweepExplorer(table)
+    marked = plotting.SweepExplorer(table)
     assert (marked.l1.value, marked.l2.value) == (table.loc[7, "l1"], table.loc[7, "l2"])
     assert marked.best()["val_loss"] == table.loc[7, "val_loss"]
 
@@ -520,20 +474,20 @@ def test_views_on_the_synthetic_cohort(synthetic_cohort):
     cohort = synthetic_cohort
     labels = cohort.labels
     case_id = labels.sort_values("pirads_group").index[-1]  # a case with a lesion
-    viewer = W.show_case(cohort, case_id, modality="ADC")
+    viewer = plotting.show_case(cohort, case_id, modality="ADC")
     case = cohort.load_case(case_id)
     assert viewer.n_slices == viewer.slider.max + 1 == case.images["T2W"].shape[0]
-    assert viewer.windows["ADC"] == W.ADC_WINDOW  # the synthetic ADC is in 1e-6 mm^2/s
+    assert viewer.windows["ADC"] == plotting.ADC_WINDOW  # the synthetic ADC is in 1e-6 mm^2/s
     lesion = case.masks["lesion"]
     assert lesion[viewer.slice_index].sum() == (lesion > 0).sum(axis=(1, 2)).max()
     np.testing.assert_array_equal(viewer.current_slice(), case.images["ADC"][viewer.slice_index])
     assert _png_array(viewer.static_png()).ndim == 3
     with pytest.raises(KeyError, match="'synth_9999'"):
-        W.show_case(cohort, "synth_9999")
+        plotting.show_case(cohort, "synth_9999")
 
     # the explorer's example case comes from the cohort, drawn with its ROI
     report = FakeReport(5, cohort.case_ids)
-    explorer = W.WeightChangeExplorer({"task": report}, cohort=cohort, roi="gland")
+    explorer = plotting.WeightChangeExplorer({"task": report}, cohort=cohort, roi="gland")
     column = explorer.current_feature
     assert explorer.example_case() in cohort.case_ids
     assert explorer.case_png()[:8] == PNG_MAGIC
@@ -544,14 +498,13 @@ def test_views_on_the_synthetic_cohort(synthetic_cohort):
 def test_widget_bars_and_altair_charts_colour_modalities_alike(explorer):
     from matplotlib.colors import to_hex
 
-    from radiolens import views
 
-    table = W.rank_features(explorer.report, "gained", "delta_r2", k=8)
-    ax = W.ranking_figure(table, by="delta_r2").axes[0]
+    table = plotting.ranked(explorer.report, "gained", by="delta_r2", k=8)
+    ax = plotting.ranking_figure(table, by="delta_r2").axes[0]
     bar_colours = [to_hex(p.get_facecolor()) for p in ax.patches[: len(table)]]
-    assert bar_colours == [views.MODALITY_COLORS[m] for m in table["modality"]]
-    scale = views.ranking_chart(explorer.report, kind="gained", k=8).to_dict()["layer"][0]["encoding"]["color"]["scale"]
-    assert dict(zip(scale["domain"], scale["range"])) == views.MODALITY_COLORS
+    assert bar_colours == [plotting.MODALITY_COLORS[m] for m in table["modality"]]
+    scale = plotting.ranking_chart(explorer.report, kind="gained", k=8).to_dict()["layer"][0]["encoding"]["color"]["scale"]
+    assert dict(zip(scale["domain"], scale["range"])) == plotting.MODALITY_COLORS
 
 
 def test_explorer_shows_each_features_decoder_weights(cohort):
@@ -566,19 +519,19 @@ def test_explorer_shows_each_features_decoder_weights(cohort):
         importance=fake.importance, scores=pd.DataFrame(), tests=pd.DataFrame(), observed=fake.observed,
         decoded_pre=fake.decoded_pre, decoded_ft=fake.decoded_ft, decoder_pre=pre, decoder_ft=ft,
     )
-    ex = W.WeightChangeExplorer({"pirads": report}, k=5)
+    ex = plotting.WeightChangeExplorer({"pirads": report}, k=5)
     column = columns[3]
     ex.select_feature(column)
     data = ex.decoder_weights()
-    assert list(data.columns) == ["hidden_unit", "stage", "weight"]
-    np.testing.assert_array_equal(data[data.stage == "pre"]["weight"], pre[column])
-    np.testing.assert_array_equal(data[data.stage == "ft"]["weight"], ft[column])
+    assert list(data.columns) == ["hidden_unit", "encoder", "weight"]
+    np.testing.assert_array_equal(data[data.encoder == "pre"]["weight"], pre[column])
+    np.testing.assert_array_equal(data[data.encoder == "ft"]["weight"], ft[column])
     assert ex.weights.value[:8] == b"\x89PNG\r\n\x1a\n" and ex.weights.value == ex.weights_png(column)
-    fig = W.decoder_weights_figure(data, column)
+    fig = plotting.decoder_weights_figure(data, column)
     heights = [p.get_height() for p in fig.axes[0].patches]
     np.testing.assert_allclose(heights, np.concatenate([pre[column], ft[column]]))
     # a report written before decoder weights were stored: no weights panel, no error
-    old = W.WeightChangeExplorer({"pirads": lens.LensReport(
+    old = plotting.WeightChangeExplorer({"pirads": lens.LensReport(
         importance=fake.importance, scores=pd.DataFrame(), tests=pd.DataFrame(), observed=fake.observed,
         decoded_pre=fake.decoded_pre, decoded_ft=fake.decoded_ft)})
     assert old.decoder_weights(column).empty and old.weights_png(column) is None and old.weights.value == b""

@@ -1,28 +1,10 @@
-"""The cohort contract: one folder of images plus one manifest table, validated.
+"""Cohorts on disk: a folder of images plus one manifest table, read and validated.
 
 Every data source in radiolens (the built-in synthetic cohort, the public data sets, a user's
 own files) produces the same thing, a *cohort*: a folder holding 3D images and masks and one
-manifest (``manifest.csv`` or ``manifest.parquet``) with one row per case. Every later stage
-(radiomics, embeddings, fine-tuning, the lens) reads a :class:`Cohort` and nothing else.
-
-Manifest columns (see ``CONTRIBUTING.md``):
-
-========================  ==================================================================
-``case_id``               unique string
-``split``                 ``train``, ``val`` or ``test``
-``T2W``, ``DWI``, ``ADC`` image paths, relative to the manifest's folder or absolute; empty =
-                          missing
-``gland``, ``zones``,     mask paths; ``zones`` holds 1 = peripheral, 2 = transition zone;
-``lesion``                empty = missing
-``pirads_group``          integer 0..3 meaning PI-RADS ``<3``, ``3``, ``4``, ``5``; empty =
-                          unknown
-``gland_volume_ml``,      floats; ``lesion_volume_ml`` is 0 when there is no lesion
-``lesion_volume_ml``
-``source``, ``site``,     provenance (empty when unknown)
-``scanner``
-========================  ==================================================================
-
-Extra columns (e.g. a synthetic case's latent ``age``) are allowed and kept.
+manifest (``manifest.csv`` or ``manifest.parquet``) with one row per case, following the
+contract of :mod:`radiolens.data.contract`. Every later step (radiomics, embeddings,
+fine-tuning, the lens) reads a :class:`Cohort` and nothing else.
 
 Validation happens in two layers:
 
@@ -33,9 +15,10 @@ Validation happens in two layers:
   non-empty. A passed pixel check is remembered in the radiolens cache, keyed by each file's
   path, size and modification time, so re-loading an unchanged cohort is fast.
 * :meth:`Cohort.load_case` repeats the pixel checks on what it reads, so even a cohort loaded
-  with ``check_pixels=False`` never hands bad arrays to a later stage.
+  with ``check_pixels=False`` never hands bad arrays to a later step.
 
-Every problem raises :class:`CohortError` naming the case, the file and the problem.
+Every problem raises :class:`~radiolens.data.contract.CohortError` naming the case, the file and
+the problem.
 """
 
 from __future__ import annotations
@@ -43,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,112 +35,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radiolens.cache import (
-    ArtifactCache,
-    atomic_write_bytes,
-    atomic_write_text,
-    default_cache_dir,
-    hash_file,
-    hash_json,
+from radiolens._utils import progress_bar
+from radiolens.cache import ArtifactCache, atomic_write_bytes, atomic_write_text, hash_file, hash_json, step_key
+from radiolens.data.contract import (
+    FILE_KEYS,
+    LABEL_COLUMNS,
+    MANIFEST_COLUMNS,
+    MASK_VALUES,
+    PROVENANCE_COLUMNS,
+    SPLITS,
+    CohortError,
+    cohort_error,
+    combine_problems,
+    is_missing,
+    normalise_manifest,
+    split_cases,
 )
+from radiolens.data.image_io import (
+    error_text,
+    geometry,
+    geometry_mismatch,
+    read_array,
+    read_header,
+    read_image,
+    volume_ml,
+)
+from radiolens.naming import MODALITIES
 
-__all__ = [
-    "COLUMN_ALIASES",
-    "FILE_KEYS",
-    "IMAGE_KEYS",
-    "LABEL_COLUMNS",
-    "MANIFEST_COLUMNS",
-    "MASK_KEYS",
-    "PIRADS_GROUPS",
-    "PROVENANCE_COLUMNS",
-    "SPLITS",
-    "Case",
-    "Cohort",
-    "CohortError",
-    "cohort_from_table",
-    "load_cohort",
-    "plot_cases",
-    "split_cases",
-    "write_image",
-    "write_manifest",
-]
+__all__ = ["Case", "Cohort", "load_cohort", "write_manifest"]
 
 logger = logging.getLogger(__name__)
-
-#: Image columns of the manifest, in channel order.
-IMAGE_KEYS: tuple[str, ...] = ("T2W", "DWI", "ADC")
-#: Mask columns of the manifest.
-MASK_KEYS: tuple[str, ...] = ("gland", "zones", "lesion")
-#: Every file column.
-FILE_KEYS: tuple[str, ...] = IMAGE_KEYS + MASK_KEYS
-#: Label columns.
-LABEL_COLUMNS: tuple[str, ...] = ("pirads_group", "gland_volume_ml", "lesion_volume_ml")
-#: Provenance columns.
-PROVENANCE_COLUMNS: tuple[str, ...] = ("source", "site", "scanner")
-#: Every contract column, in manifest order.
-MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", "split", *FILE_KEYS, *LABEL_COLUMNS, *PROVENANCE_COLUMNS)
-#: Allowed split names.
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Display names of the PI-RADS groups 0..3.
-PIRADS_GROUPS: tuple[str, ...] = ("<3", "3", "4", "5")
-
-#: Allowed voxel values per mask.
-MASK_VALUES: dict[str, frozenset[int]] = {
-    "gland": frozenset({0, 1}),
-    "zones": frozenset({0, 1, 2}),
-    "lesion": frozenset({0, 1}),
-}
-
-# Geometry tolerances (documented in load_cohort): spacing relative, origin as a fraction of
-# the smallest voxel side, direction cosines absolute. Real headers carry float32 rounding.
-SPACING_RTOL = 1e-3
-ORIGIN_VOXEL_FRACTION = 0.05
-DIRECTION_ATOL = 1e-3
-
-_CHECK_VERSION = 1  # bump when the pixel checks change, invalidating remembered passes
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-class CohortError(ValueError):
-    """A cohort, a case or a file breaks the contract.
-
-    Attributes
-    ----------
-    case_id, key, path
-        Where the problem is (``None`` when it concerns the whole manifest).
-    problems
-        All problems found, as ``(case_id, key, path, message)`` tuples.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        case_id: str | None = None,
-        key: str | None = None,
-        path: str | os.PathLike | None = None,
-        problems: list[tuple] | None = None,
-    ) -> None:
-        self.case_id = case_id
-        self.key = key
-        self.path = None if path is None else Path(path)
-        self.problems = problems or [(case_id, key, self.path, message)]
-        super().__init__(message)
-
-
-def _describe(case_id: str | None, key: str | None, path: Any, problem: str) -> str:
-    parts = []
-    if case_id is not None:
-        parts.append(f"case {case_id!r}")
-    if key is not None:
-        parts.append(f"{key} file {str(path)!r}" if path is not None else f"column {key!r}")
-    elif path is not None:
-        parts.append(f"file {str(path)!r}")
-    return (", ".join(parts) + ": " if parts else "") + problem
-
-
-def _error(case_id, key, path, problem) -> CohortError:
-    return CohortError(_describe(case_id, key, path, problem), case_id, key, path)
-
 
 # --------------------------------------------------------------------------------------------
 # Case
@@ -209,7 +115,7 @@ class Case:
         """Volume of one voxel in millilitres."""
         return float(np.prod(self.spacing)) / 1000.0
 
-    def stack(self, keys: Sequence[str] = IMAGE_KEYS) -> np.ndarray:
+    def stack(self, keys: Sequence[str] = MODALITIES) -> np.ndarray:
         """Images as one float32 array (channel, z, y, x); raises if one is missing."""
         absent = [k for k in keys if k not in self.images]
         if absent:
@@ -217,144 +123,9 @@ class Case:
         return np.stack([self.images[k] for k in keys]).astype(np.float32, copy=False)
 
 
-# --------------------------------------------------------------------------------------------
-# image I/O
-# --------------------------------------------------------------------------------------------
-def _sitk():
-    import SimpleITK as sitk  # imported here: a core dependency, but slow to import
-
-    return sitk
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix or ".nii.gz"
-
-
-def write_image(
-    image: np.ndarray | Any,
-    path: str | os.PathLike,
-    spacing: Sequence[float] | None = None,
-    origin: Sequence[float] | None = None,
-    direction: Sequence[float] | None = None,
-    compress: bool = True,
-) -> Path:
-    """Write a 3D image atomically (temporary name in the same folder, then rename).
-
-    Parameters
-    ----------
-    image
-        A NumPy array in (z, y, x) order, or a ``SimpleITK.Image`` (geometry kept unless
-        overridden).
-    path
-        Destination; the format follows the extension (``.nii.gz``, ``.nrrd``, ``.mha``, ...).
-    spacing, origin
-        (x, y, z) in mm. Default (1, 1, 1) / (0, 0, 0) for arrays.
-    direction
-        9 direction cosines, row-major. Default identity for arrays.
-    compress
-        Compress the pixel data where the format supports it.
-
-    Returns
-    -------
-    pathlib.Path
-        The written path.
-    """
-    sitk = _sitk()
-    path = Path(path)
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3:
-            raise ValueError(f"{path}: expected a 3D (z, y, x) array, got shape {image.shape}")
-        img = sitk.GetImageFromArray(image)
-    else:
-        img = image
-    if spacing is not None:
-        img.SetSpacing([float(s) for s in spacing])
-    if origin is not None:
-        img.SetOrigin([float(o) for o in origin])
-    if direction is not None:
-        img.SetDirection([float(d) for d in direction])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # SimpleITK picks the writer from the extension, so the temporary name keeps it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp_name, compress)
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; data is shared
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return path
-
-
-def _read_header(path: Path):
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return reader
-
-
-def _is_nifti(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
-def _read_array(path: Path) -> np.ndarray:
-    """Voxels in (z, y, x) order, exactly as stored (scaling applied).
-
-    NIfTI files are read with nibabel because ITK's NIfTI reader silently turns NaN voxels
-    into 0, which would hide them from the checks. The voxel order of both libraries is the
-    file's, so transposing nibabel's (i, j, k) array gives SimpleITK's (k, j, i) one.
-    """
-    if _is_nifti(path):
-        import nibabel as nib
-
-        array = np.asarray(nib.load(str(path)).dataobj)
-        return array.transpose(tuple(range(array.ndim))[::-1])
-    sitk = _sitk()
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
-def _geometry(obj) -> dict[str, tuple]:
-    return {
-        "size": tuple(int(s) for s in obj.GetSize()),
-        "spacing": tuple(float(s) for s in obj.GetSpacing()),
-        "origin": tuple(float(s) for s in obj.GetOrigin()),
-        "direction": tuple(float(s) for s in obj.GetDirection()),
-    }
-
-
-def _geometry_mismatch(ref: dict, other: dict) -> str | None:
-    """Describe how ``other`` differs from ``ref`` beyond tolerance, or None."""
-    if ref["size"] != other["size"]:
-        return f"size {other['size']} differs from {ref['size']}"
-    rs, os_ = np.asarray(ref["spacing"]), np.asarray(other["spacing"])
-    if np.any(np.abs(rs - os_) > SPACING_RTOL * rs):
-        return f"spacing {tuple(np.round(os_, 4))} differs from {tuple(np.round(rs, 4))}"
-    if np.any(np.abs(np.subtract(ref["origin"], other["origin"])) > ORIGIN_VOXEL_FRACTION * rs.min()):
-        return (
-            f"origin {tuple(np.round(other['origin'], 3))} differs from "
-            f"{tuple(np.round(ref['origin'], 3))}"
-        )
-    if np.any(np.abs(np.subtract(ref["direction"], other["direction"])) > DIRECTION_ATOL):
-        return "direction cosines differ"
-    return None
-
-
 def _check_pixels(key: str, array: np.ndarray) -> tuple[str | None, np.ndarray]:
     """Pixel-level checks; returns (problem or None, converted array)."""
-    if key in IMAGE_KEYS:
+    if key in MODALITIES:
         array = array.astype(np.float32, copy=False)
         bad = ~np.isfinite(array)
         if bad.any():
@@ -377,134 +148,9 @@ def _check_pixels(key: str, array: np.ndarray) -> tuple[str | None, np.ndarray]:
     return None, array
 
 
-def _volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    return float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
-
-
 # --------------------------------------------------------------------------------------------
 # manifest parsing
 # --------------------------------------------------------------------------------------------
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip() == ""
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check the table and return it indexed by case_id with typed columns."""
-    frame = frame.copy()
-    if frame.index.name == "case_id":
-        frame = frame.reset_index()
-    missing_cols = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing_cols:
-        raise CohortError(f"manifest {source}: missing column(s) {missing_cols}")
-    problems: list[tuple] = []
-
-    def bad(case_id, key, message):
-        problems.append((case_id, key, None, message))
-
-    # case ids: non-empty, unique strings
-    ids = []
-    for row, value in enumerate(frame["case_id"]):
-        if _is_missing(value):
-            bad(None, "case_id", f"row {row + 2} of {source} has an empty case_id")
-            ids.append(f"<row {row + 2}>")
-        else:
-            text = str(value).strip()
-            if text.endswith(".0") and isinstance(value, float):
-                text = text[:-2]
-            ids.append(text)
-    frame["case_id"] = pd.array(ids, dtype=object)
-    counts = pd.Series(ids).value_counts()
-    for dup in counts[counts > 1].index:
-        rows = [i + 2 for i, c in enumerate(ids) if c == dup]
-        bad(dup, "case_id", f"duplicate case id (rows {rows} of {source})")
-
-    # file columns: strings, None when missing
-    for key in FILE_KEYS:
-        frame[key] = pd.array(
-            [None if _is_missing(v) else str(v).strip() for v in frame[key]], dtype=object
-        )
-
-    # split
-    splits = []
-    for case_id, value in zip(ids, frame["split"]):
-        text = None if _is_missing(value) else str(value).strip().lower()
-        if text not in SPLITS:
-            bad(case_id, "split", f"split {value!r} is not one of {list(SPLITS)}")
-        splits.append(text)
-    frame["split"] = pd.array(splits, dtype=object)
-
-    # PI-RADS group
-    groups: list[Any] = []
-    for case_id, value in zip(ids, frame["pirads_group"]):
-        if _is_missing(value):
-            groups.append(pd.NA)
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = np.nan
-        if not (np.isfinite(number) and number == int(number) and 0 <= number <= 3):
-            bad(
-                case_id,
-                "pirads_group",
-                f"unknown PI-RADS group {value!r}: expected an integer 0..3 "
-                f"(meaning PI-RADS {', '.join(PIRADS_GROUPS)}) or empty",
-            )
-            groups.append(pd.NA)
-        else:
-            groups.append(int(number))
-    frame["pirads_group"] = pd.array(groups, dtype="Int64")
-
-    # volumes
-    for col in ("gland_volume_ml", "lesion_volume_ml"):
-        values = []
-        for case_id, value in zip(ids, frame[col]):
-            if _is_missing(value):
-                values.append(np.nan)
-                continue
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = np.nan
-            if not np.isfinite(number) or number < 0:
-                bad(case_id, col, f"{col} {value!r} is not a non-negative number")
-                number = np.nan
-            values.append(number)
-        frame[col] = np.asarray(values, dtype=float)
-
-    for col in PROVENANCE_COLUMNS:
-        frame[col] = pd.array(
-            [None if _is_missing(v) else str(v).strip() for v in frame[col]], dtype=object
-        )
-
-    for case_id, row in zip(ids, frame[list(IMAGE_KEYS)].itertuples(index=False)):
-        if all(_is_missing(v) for v in row):
-            bad(case_id, "T2W", "no image at all (T2W, DWI and ADC are all empty)")
-
-    if problems:
-        raise _combine(problems, f"manifest {source}")
-    return frame.set_index("case_id", drop=True)
-
-
-def _combine(problems: list[tuple], what: str) -> CohortError:
-    lines = [_describe(c, k, p, m) for c, k, p, m in problems]
-    shown = lines[:20]
-    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
-    if len(lines) == 1:
-        message = f"{what}: {lines[0]}"
-    else:
-        message = f"{what}: {len(lines)} problems\n  " + "\n  ".join(shown) + more
-    first = problems[0]
-    return CohortError(message, first[0], first[1], first[2], problems=problems)
-
-
 def _read_manifest_file(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".parquet":
@@ -600,7 +246,7 @@ class Cohort:
         if key not in FILE_KEYS:
             raise KeyError(f"unknown file key {key!r}; expected one of {list(FILE_KEYS)}")
         value = self._row(case_id)[key]
-        if _is_missing(value):
+        if is_missing(value):
             return None
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else self.root / path
@@ -626,16 +272,14 @@ class Cohort:
         """Read one file as a ``SimpleITK.Image`` (raises CohortError when missing/corrupt)."""
         path = self.path(case_id, key)
         if path is None:
-            raise _error(case_id, key, None, f"the cohort has no {key} file for this case")
+            raise cohort_error(case_id, key, None, f"the cohort has no {key} file for this case")
         if not path.exists():
-            raise _error(case_id, key, path, "file does not exist")
-        sitk = _sitk()
+            raise cohort_error(case_id, key, path, "file does not exist")
         try:
-            return sitk.ReadImage(str(path))
+            return read_image(path)
         except RuntimeError as err:
-            raise _error(
-                case_id, key, path, f"cannot read image (corrupted or unsupported file): "
-                f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}"
+            raise cohort_error(
+                case_id, key, path, f"cannot read image (corrupted or unsupported file): {error_text(err)}"
             ) from err
 
     def load_case(self, case_id: str, keys: Iterable[str] | None = None) -> Case:
@@ -676,39 +320,39 @@ class Cohort:
                 missing.append(key)
                 continue
             if not path.exists():
-                raise _error(case_id, key, path, "file does not exist")
+                raise cohort_error(case_id, key, path, "file does not exist")
             try:
-                header = _read_header(path)
+                header = read_header(path)
             except RuntimeError as err:
-                raise _error(case_id, key, path, f"cannot read image header (corrupted or "
-                             f"unsupported file): {_last_line(err)}") from err
+                raise cohort_error(case_id, key, path, f"cannot read image header (corrupted or "
+                             f"unsupported file): {error_text(err)}") from err
             if header.GetDimension() != 3 or header.GetNumberOfComponents() != 1:
-                raise _error(
+                raise cohort_error(
                     case_id, key, path,
                     f"expected a 3D single-channel image, got {header.GetDimension()}D "
                     f"with {header.GetNumberOfComponents()} component(s)",
                 )
-            geo = _geometry(header)
+            geo = geometry(header)
             if ref is None:
                 ref, ref_key = geo, key
             else:
-                problem = _geometry_mismatch(ref, geo)
+                problem = geometry_mismatch(ref, geo)
                 if problem:
-                    raise _error(case_id, key, path, f"geometry mismatch with {ref_key}: {problem}")
+                    raise cohort_error(case_id, key, path, f"geometry mismatch with {ref_key}: {problem}")
             try:
-                array = _read_array(path)
+                array = read_array(path)
             except Exception as err:  # truncated or damaged voxel data
-                raise _error(case_id, key, path, f"cannot read image (corrupted file): {_last_line(err)}") from err
+                raise cohort_error(case_id, key, path, f"cannot read image (corrupted file): {error_text(err)}") from err
             if array.ndim != 3 or min(array.shape) < 2:
-                raise _error(case_id, key, path, f"expected a 3D image, got voxel array of shape {array.shape}")
+                raise cohort_error(case_id, key, path, f"expected a 3D image, got voxel array of shape {array.shape}")
             problem, array = _check_pixels(key, array)
             if problem:
-                raise _error(case_id, key, path, problem)
-            (images if key in IMAGE_KEYS else masks)[key] = array
+                raise cohort_error(case_id, key, path, problem)
+            (images if key in MODALITIES else masks)[key] = array
         if ref is None:
             raise CohortError(f"case {case_id!r}: none of {keys} exist", case_id)
         labels = {
-            k: (None if _is_missing(v) else v)
+            k: (None if is_missing(v) else v)
             for k, v in row.items()
             if k not in FILE_KEYS
         }
@@ -741,7 +385,7 @@ class Cohort:
                     out.append((case_id, key, path))
         return out
 
-    def validate(self, check_pixels: bool = True, show_progress: bool = False) -> Cohort:
+    def validate(self, check_pixels: bool = True, progress: bool = False) -> Cohort:
         """Check every file against the contract; raise :class:`CohortError` on the first case
         with problems (listing all of that pass's problems). Returns self."""
         files = self._files()
@@ -750,22 +394,22 @@ class Cohort:
             if not path.exists():
                 problems.append((case_id, key, path, "file does not exist"))
         if problems:
-            raise _combine(problems, "cohort")
+            raise combine_problems(problems, "cohort")
 
         # headers: readable, 3D, one geometry per case
         refs: dict[str, tuple[str, dict]] = {}
         for case_id, key, path in files:
             try:
-                reader = _read_header(path)
+                reader = read_header(path)
             except RuntimeError as err:
                 problems.append((case_id, key, path, f"cannot read image header (corrupted or "
-                                 f"unsupported file): {_last_line(err)}"))
+                                 f"unsupported file): {error_text(err)}"))
                 continue
             if reader.GetDimension() != 3:
                 problems.append((case_id, key, path, f"expected a 3D image, got a "
                                  f"{reader.GetDimension()}D image of size {reader.GetSize()}"))
                 continue
-            geo = _geometry(reader)
+            geo = geometry(reader)
             if min(geo["size"]) < 2:
                 problems.append((case_id, key, path, f"image is 2D in disguise (size {geo['size']})"))
                 continue
@@ -776,42 +420,40 @@ class Cohort:
                 refs[case_id] = (key, geo)
             else:
                 ref_key, ref = refs[case_id]
-                mismatch = _geometry_mismatch(ref, geo)
+                mismatch = geometry_mismatch(ref, geo)
                 if mismatch:
                     problems.append((case_id, key, path, f"geometry mismatch with {ref_key}: {mismatch}"))
         if problems:
-            raise _combine(problems, "cohort")
+            raise combine_problems(problems, "cohort")
         self._geometry = {c: g for c, (_, g) in refs.items()}
 
         if check_pixels:
-            self._validate_pixels(files, show_progress)
+            self._validate_pixels(files, progress)
         return self
 
-    def _validate_pixels(self, files, show_progress: bool) -> None:
+    def _validate_pixels(self, files, progress: bool) -> None:
         stats = []
         for case_id, key, path in files:
             st = path.stat()
             stats.append((case_id, key, str(path.resolve()), st.st_size, st.st_mtime_ns))
         cache = ArtifactCache(namespace="cohort_checks")
-        check_key = hash_json({"version": _CHECK_VERSION, "files": stats})
+        check_key = step_key("cohort_checks", {"files": stats})
         if cache.get_json(check_key) is not None:
             logger.debug("pixel checks of %d files remembered from an earlier load", len(files))
             return
-        from tqdm.auto import tqdm
-
         problems: list[tuple] = []
-        for case_id, key, path in tqdm(files, desc="checking voxels", disable=not show_progress):
+        for case_id, key, path in progress_bar(files, desc="checking voxels", progress=progress, leave=True):
             try:
-                array = _read_array(path)
+                array = read_array(path)
             except Exception as err:  # truncated or damaged voxel data
                 problems.append((case_id, key, path, f"cannot read image (corrupted file): "
-                                 f"{_last_line(err)}"))
+                                 f"{error_text(err)}"))
                 continue
             problem, _ = _check_pixels(key, array)
             if problem:
                 problems.append((case_id, key, path, problem))
         if problems:
-            raise _combine(problems, "cohort")
+            raise combine_problems(problems, "cohort")
         cache.put_json(check_key, {"n_files": len(files)})
 
     # -- content hash ------------------------------------------------------------------------
@@ -827,7 +469,7 @@ class Cohort:
                     path = self.path(case_id, col)
                     record[col] = None if path is None else hash_file(path)
                 else:
-                    record[col] = None if _is_missing(value) else _plain(value)
+                    record[col] = None if is_missing(value) else _plain(value)
             rows.append([str(case_id), record])
         return hash_json({"cohort": rows})
 
@@ -842,19 +484,13 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, str)) else str(value)
 
 
-def _last_line(err: Exception) -> str:
-    text = str(err).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
 # --------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------
 def load_cohort(
     path: str | os.PathLike,
     check_pixels: bool = True,
-    show_progress: bool = False,
+    progress: bool = False,
 ) -> Cohort:
     """Load and validate a cohort.
 
@@ -867,7 +503,7 @@ def load_cohort(
         Passed checks are remembered in the radiolens cache keyed by path, size and
         modification time. With ``False`` only headers are checked here and
         :meth:`Cohort.load_case` still checks each case's voxels when it reads them.
-    show_progress
+    progress
         Show a progress bar for the voxel checks.
 
     Returns
@@ -887,15 +523,15 @@ def load_cohort(
     """
     manifest_path = _find_manifest(path)
     frame = _read_manifest_file(manifest_path)
-    manifest = _normalise_manifest(frame, repr(str(manifest_path)))
+    manifest = normalise_manifest(frame, repr(str(manifest_path)))
     cohort = Cohort(manifest_path.parent, manifest, manifest_path)
-    cohort.validate(check_pixels=check_pixels, show_progress=show_progress)
+    cohort.validate(check_pixels=check_pixels, progress=progress)
     logger.info("loaded %r", cohort)
     return cohort
 
 
 def _relative(value: Any, root: Path) -> Any:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     path = Path(str(value)).expanduser()
     if path.is_absolute():
@@ -914,7 +550,7 @@ def write_manifest(
     check_pixels: bool = True,
     fill_volumes: bool = True,
     split_seed: int = 0,
-    show_progress: bool = False,
+    progress: bool = False,
 ) -> Cohort:
     """Validate a manifest table and write it atomically into the cohort folder.
 
@@ -942,7 +578,7 @@ def write_manifest(
         lesion mask is missing).
     split_seed
         Seed for filling missing splits.
-    show_progress
+    progress
         Progress bar for the voxel checks.
 
     Returns
@@ -962,21 +598,21 @@ def write_manifest(
     for col in MANIFEST_COLUMNS:
         if col not in frame.columns:
             frame[col] = None
-    if frame["split"].map(_is_missing).all():
+    if frame["split"].map(is_missing).all():
         frame["split"] = split_cases(frame, seed=split_seed).to_numpy()
     for key in FILE_KEYS:
         if key in frame.columns:
             frame[key] = [_relative(v, out_dir) for v in frame[key]]
-    manifest = _normalise_manifest(frame, "table")
+    manifest = normalise_manifest(frame, "table")
     cohort = Cohort(out_dir, manifest, None)
-    cohort.validate(check_pixels=check_pixels, show_progress=show_progress)
+    cohort.validate(check_pixels=check_pixels, progress=progress)
 
     if fill_volumes:
         for case_id in cohort.case_ids:
             for key, col in (("gland", "gland_volume_ml"), ("lesion", "lesion_volume_ml")):
                 if np.isnan(manifest.at[case_id, col]) and cohort.has(case_id, key):
                     case = cohort.load_case(case_id, keys=[key])
-                    manifest.at[case_id, col] = _volume_ml(case.masks[key], case.spacing)
+                    manifest.at[case_id, col] = volume_ml(case.masks[key], case.spacing)
 
     ordered = [*MANIFEST_COLUMNS, *[c for c in manifest.reset_index().columns if c not in MANIFEST_COLUMNS]]
     table = manifest.reset_index()[ordered]
@@ -993,365 +629,3 @@ def write_manifest(
         other.unlink()
     cohort.manifest_path = target
     return cohort
-
-
-def split_cases(
-    frame: pd.DataFrame,
-    ratios: Sequence[float] = (0.7, 0.1, 0.2),
-    stratify: str | None = "pirads_group",
-    seed: int = 0,
-    group: str | None = "patient_id",
-) -> pd.Series:
-    """Deterministic patient-level split, stratified by a label.
-
-    Patients (``group`` column when present, else each case) are shuffled with ``seed``
-    within each stratum; strata are then walked in a fixed order and each patient goes to
-    the split that is furthest below its target share so far. This keeps every stratum and
-    the whole cohort close to ``ratios`` (7:1:2 as in the paper), and all cases of one
-    patient in one split.
-
-    Parameters
-    ----------
-    frame
-        Cases, with ``case_id`` as a column or index.
-    ratios
-        Shares of train, val, test; normalised to sum 1.
-    stratify
-        Column to stratify by (missing values form their own stratum); None for none.
-    seed
-        Random seed; the same seed and table give the same split.
-    group
-        Column identifying the patient; ignored when absent.
-
-    Returns
-    -------
-    pandas.Series
-        ``split`` per case, indexed by ``case_id`` in the frame's order.
-    """
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ValueError(f"ratios must be three non-negative shares, got {ratios}")
-    table = frame.reset_index() if frame.index.name == "case_id" else frame.reset_index(drop=True)
-    if "case_id" not in table.columns:
-        raise ValueError("split_cases needs a 'case_id' column or index")
-    ids = table["case_id"].astype(str)
-    patients = table[group].astype(str) if group and group in table.columns else ids
-    if stratify is not None and stratify not in table.columns:
-        raise KeyError(f"cannot stratify by {stratify!r}: no such column")
-    strata = (
-        table[stratify].map(lambda v: "<missing>" if _is_missing(v) else str(v))
-        if stratify
-        else pd.Series("all", index=table.index)
-    )
-    # a patient's stratum: its most severe (largest) label, so repeat studies stay together
-    patient_stratum = strata.groupby(patients).max()
-    rng = np.random.default_rng(seed)
-    order: list[str] = []
-    for stratum in sorted(patient_stratum.unique()):
-        members = sorted(patient_stratum.index[patient_stratum == stratum])
-        order.extend(members[i] for i in rng.permutation(len(members)))
-    share = np.asarray(ratios, dtype=float) / float(sum(ratios))
-    counts = np.zeros(3)
-    assigned: dict[str, str] = {}
-    for i, patient in enumerate(order, start=1):
-        choice = int(np.argmax(share * i - counts))
-        counts[choice] += 1
-        assigned[patient] = SPLITS[choice]
-    return pd.Series([assigned[p] for p in patients], index=pd.Index(ids, name="case_id"), name="split")
-
-
-# --------------------------------------------------------------------------------------------
-# a quick look
-# --------------------------------------------------------------------------------------------
-def _focus_slice(case: Case) -> int:
-    """Slice through the lesion's centre of mass, else the gland's, else the middle."""
-    for key in ("lesion", "gland"):
-        mask = case.masks.get(key)
-        if mask is not None and mask.any():
-            per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
-            return int(np.argmax(per_slice))
-    return case.shape[0] // 2
-
-
-def plot_cases(
-    cohort: Cohort,
-    case_ids: Sequence[str] | None = None,
-    path: str | os.PathLike | None = None,
-    keys: Sequence[str] = IMAGE_KEYS,
-    contours: bool = True,
-):
-    """Mid-slices of T2W / DWI / ADC with gland, peripheral-zone and lesion contours.
-
-    Parameters
-    ----------
-    cohort
-        The cohort.
-    case_ids
-        Cases to show, one row each. Default: one case per PI-RADS group present (up to 4),
-        preferring lesion cases for groups 3-5.
-    path
-        Save the figure here (PNG/PDF/SVG; written atomically).
-    keys
-        Image columns, one per column of the figure.
-    contours
-        Draw mask outlines (gland yellow, peripheral zone cyan, lesion red).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The slice shown is the one holding most lesion voxels (else most gland voxels).
-        T2W and DWI are windowed to the 1st-99.5th / 99.9th percentile; ADC to 0-3000 x 1e-6 mm^2/s.
-    """
-    try:
-        import matplotlib
-
-        if path is not None and not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "qt", "tk", "wx", "macosx", "gtk")):
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - matplotlib is a core dependency
-        raise ImportError("plot_cases needs matplotlib: pip install matplotlib") from err
-
-    if case_ids is None:
-        case_ids = []
-        groups = cohort.manifest["pirads_group"]
-        for group in range(4):
-            members = [str(c) for c in groups.index[groups == group]]
-            if members:
-                case_ids.append(members[0])
-        if not case_ids:
-            case_ids = cohort.case_ids[:4]
-    case_ids = list(case_ids)
-    fig, axes = plt.subplots(
-        len(case_ids), len(keys), figsize=(3.0 * len(keys), 3.0 * len(case_ids)), squeeze=False
-    )
-    colours = {"gland": "#ffd23f", "pz": "#35d0ff", "lesion": "#ff3b3b"}
-    for row, case_id in enumerate(case_ids):
-        case = cohort.load_case(case_id)
-        z = _focus_slice(case)
-        sx, sy, _ = case.spacing
-        group = case.labels.get("pirads_group")
-        group_name = "unknown" if group is None else PIRADS_GROUPS[int(group)]
-        for col, key in enumerate(keys):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if key not in case.images:
-                ax.text(0.5, 0.5, f"{key} missing", ha="center", va="center", transform=ax.transAxes)
-                continue
-            image = case.images[key][z]
-            if key == "ADC":
-                vmin, vmax = 0.0, 3000.0
-            else:
-                vmin, vmax = np.percentile(case.images[key], [1, 99.5 if key == "T2W" else 99.9])
-            h, w = image.shape
-            extent = (0, w * sx, h * sy, 0)  # mm, anterior at the top as radiologists read
-            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
-            if contours:
-                outlines = {
-                    "gland": case.masks.get("gland"),
-                    "pz": None if "zones" not in case.masks else (case.masks["zones"] == 1),
-                    "lesion": case.masks.get("lesion"),
-                }
-                for name, mask in outlines.items():
-                    if mask is not None and mask[z].any():
-                        ax.contour(
-                            (np.arange(w) + 0.5) * sx, (np.arange(h) + 0.5) * sy,
-                            mask[z].astype(float), levels=[0.5], colors=colours[name], linewidths=0.8,
-                        )
-            if row == 0:
-                unit = " (1e-6 mm²/s)" if key == "ADC" else ""
-                ax.set_title(f"{key}{unit}", fontsize=10)
-            if col == 0:
-                site = case.labels.get("site") or "?"
-                ax.set_ylabel(f"{case_id}\nPI-RADS {group_name}, site {site}\nslice {z}", fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        suffix = path.suffix or ".png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp_name, dpi=110)
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
-# your own data
-# --------------------------------------------------------------------------------------------
-#: Accepted alternative column names (case-insensitive) in a user's table.
-COLUMN_ALIASES: dict[str, str] = {
-    "case": "case_id", "id": "case_id", "study_id": "case_id", "caseid": "case_id",
-    "t2": "T2W", "t2w": "T2W", "t2_path": "T2W",
-    "dwi": "DWI", "hbv": "DWI", "high_b": "DWI", "highb": "DWI", "dwi_path": "DWI",
-    "adc": "ADC", "adc_path": "ADC",
-    "gland": "gland", "prostate": "gland", "gland_mask": "gland", "whole_gland": "gland",
-    "zones": "zones", "zone": "zones", "zonal": "zones", "zones_mask": "zones",
-    "lesion": "lesion", "lesions": "lesion", "lesion_mask": "lesion",
-    "pirads_group": "pirads_group", "pirads": "pirads", "pi-rads": "pirads", "pirads_score": "pirads",
-    "gland_volume_ml": "gland_volume_ml", "lesion_volume_ml": "lesion_volume_ml",
-    "split": "split", "source": "source", "site": "site", "scanner": "scanner",
-    "patient_id": "patient_id", "patient": "patient_id",
-}
-
-
-def _pirads_score_to_group(value: Any, case_id: str) -> Any:
-    """PI-RADS score 1..5 -> group 0..3 (1-2 -> 0, 3 -> 1, 4 -> 2, 5 -> 3)."""
-    if _is_missing(value):
-        return pd.NA
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        score = np.nan
-    if not (np.isfinite(score) and score == int(score) and 1 <= score <= 5):
-        raise CohortError(
-            f"case {case_id!r}, column 'pirads': unknown PI-RADS score {value!r}: expected 1..5 or empty",
-            case_id, "pirads",
-        )
-    return max(0, int(score) - 2)
-
-
-def cohort_from_table(
-    table: str | os.PathLike | pd.DataFrame,
-    out_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    resample: bool = False,
-    fmt: str = "csv",
-    show_progress: bool = False,
-) -> Cohort:
-    """Make a cohort from a table of your own NIfTI / NRRD / MHA files and labels.
-
-    Parameters
-    ----------
-    table
-        CSV/Parquet path or DataFrame, one row per case. Columns (case-insensitive; common
-        aliases such as ``t2``, ``hbv``, ``prostate`` are understood, see
-        :data:`COLUMN_ALIASES`):
-
-        * ``case_id`` (required), optionally ``patient_id`` (keeps a patient's studies in one
-          split);
-        * image paths ``T2W``, ``DWI`` (high b-value), ``ADC`` - at least one;
-        * mask paths ``gland``, ``zones`` (1 = peripheral, 2 = transition), ``lesion``;
-        * ``pirads_group`` (0..3 for PI-RADS <3, 3, 4, 5) *or* ``pirads`` (the score 1..5);
-        * optional ``gland_volume_ml``, ``lesion_volume_ml`` (measured from the masks when
-          empty), ``split`` (assigned 7:1:2, stratified by PI-RADS group, when absent),
-          ``source``, ``site``, ``scanner`` and any extra columns (kept).
-
-        Relative paths are relative to the table's folder (to the working folder for a
-        DataFrame). Empty cells mean "missing" and stay missing.
-    out_dir
-        Where the manifest (and, with ``resample``, resampled files) is written. Default:
-        ``<radiolens cache>/cohorts/table-<hash of the table>``. Your files are not copied:
-        the manifest points to them with absolute paths.
-    seed
-        Seed of the split when the table has none.
-    resample
-        Images or masks whose grid differs from the case's first image (e.g. an ADC map at
-        DWI resolution) are resampled onto it (linear for images, nearest neighbour for
-        masks) and written into ``out_dir``. Without it such a case is an error, as in
-        :func:`load_cohort`.
-    fmt
-        Manifest format, ``"csv"`` or ``"parquet"``.
-    show_progress
-        Progress bar for the voxel checks.
-
-    Returns
-    -------
-    Cohort
-        Validated exactly like :func:`load_cohort` (with voxel checks).
-    """
-    if isinstance(table, pd.DataFrame):
-        frame, base, source = table.copy(), Path.cwd(), "table"
-    else:
-        path = Path(table).expanduser()
-        if not path.exists():
-            raise CohortError(f"table {str(path)!r} does not exist", path=path)
-        if path.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        base, source = path.resolve().parent, repr(str(path))
-    if frame.index.name is not None and frame.index.name.lower() in ("case_id", "case", "id"):
-        frame = frame.reset_index()
-    rename = {}
-    for col in frame.columns:
-        canon = COLUMN_ALIASES.get(str(col).strip().lower())
-        if canon and canon not in rename.values():
-            rename[col] = canon
-    frame = frame.rename(columns=rename)
-    if "case_id" not in frame.columns:
-        raise CohortError(f"table {source} has no case_id column (columns: {list(frame.columns)})")
-    if not any(k in frame.columns for k in IMAGE_KEYS):
-        raise CohortError(f"table {source} has none of the image columns {list(IMAGE_KEYS)}")
-    if "pirads" in frame.columns:
-        scores = [
-            _pirads_score_to_group(v, str(c)) for c, v in zip(frame["case_id"], frame["pirads"])
-        ]
-        if "pirads_group" in frame.columns:
-            given = frame["pirads_group"]
-            frame["pirads_group"] = [s if _is_missing(g) else g for s, g in zip(scores, given)]
-        else:
-            frame["pirads_group"] = scores
-        frame = frame.drop(columns="pirads")
-    for key in FILE_KEYS:
-        if key not in frame.columns:
-            frame[key] = None
-        else:
-            frame[key] = [
-                None if _is_missing(v) else str((base / Path(str(v).strip()).expanduser()).resolve())
-                for v in frame[key]
-            ]
-    if "split" not in frame.columns or frame["split"].map(_is_missing).all():
-        frame["split"] = split_cases(frame.assign(case_id=frame["case_id"].astype(str)), seed=seed).to_numpy()
-
-    if out_dir is None:
-        key = hash_json({"table": frame.astype(str).to_dict(orient="list"), "resample": resample})[:16]
-        out_dir = default_cache_dir() / "cohorts" / f"table-{key}"
-    out_dir = Path(out_dir).expanduser().resolve()
-
-    if resample:
-        frame = _resample_rows(frame, out_dir)
-    return write_manifest(frame, out_dir, fmt=fmt, check_pixels=True, fill_volumes=True,
-                          split_seed=seed, show_progress=show_progress)
-
-
-def _resample_rows(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
-    """Put every file of a case on the grid of its first image (files written to out_dir)."""
-    from radiolens.data.preprocess import resample_to_reference
-
-    sitk = _sitk()
-    frame = frame.copy()
-    for row in frame.index:
-        case_id = str(frame.at[row, "case_id"])
-        present = [k for k in FILE_KEYS if not _is_missing(frame.at[row, k])]
-        ref_key = next((k for k in IMAGE_KEYS if k in present), None)
-        if ref_key is None:
-            continue
-        ref_path = Path(frame.at[row, ref_key])
-        try:
-            ref = _read_header(ref_path)
-        except RuntimeError as err:
-            raise _error(case_id, ref_key, ref_path, f"cannot read image header: {_last_line(err)}") from err
-        ref_geo = _geometry(ref)
-        reference = None
-        for key in present:
-            if key == ref_key:
-                continue
-            path = Path(frame.at[row, key])
-            try:
-                geo = _geometry(_read_header(path))
-            except RuntimeError as err:
-                raise _error(case_id, key, path, f"cannot read image header: {_last_line(err)}") from err
-            if _geometry_mismatch(ref_geo, geo) is None:
-                continue
-            if reference is None:
-                reference = sitk.ReadImage(str(ref_path))
-            moved = resample_to_reference(sitk.ReadImage(str(path)), reference, is_mask=key in MASK_KEYS)
-            target = out_dir / "resampled" / f"{case_id}_{key}.nii.gz"
-            write_image(moved, target)
-            logger.info("case %r: %s resampled onto the %s grid", case_id, key, ref_key)
-            frame.at[row, key] = str(target)
-    return frame

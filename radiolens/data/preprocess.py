@@ -22,56 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from radiolens.cache import atomic_write_text, default_cache_dir, hash_json
-from radiolens.data.cohort import (
-    FILE_KEYS,
-    MASK_KEYS,
-    Cohort,
-    load_cohort,
-    write_image,
-    write_manifest,
-)
+from radiolens._utils import progress_bar
+from radiolens.cache import atomic_write_text, default_cache_dir, step_key
+from radiolens.data.cohort import Cohort, load_cohort, write_manifest
+from radiolens.data.contract import FILE_KEYS, MASK_KEYS
+from radiolens.data.image_io import resample_to_reference, simpleitk, write_image
 
-__all__ = ["crop_grid", "preprocess", "resample_to_reference", "resample_to_spacing"]
+__all__ = ["crop_grid", "preprocess", "resample_to_spacing"]
 
 logger = logging.getLogger(__name__)
-
-_VERSION = 1  # bump when the preprocessing changes: invalidates stored results
-
-
-def _sitk():
-    import SimpleITK as sitk
-
-    return sitk
-
-
-def _interpolator(is_mask: bool):
-    sitk = _sitk()
-    return sitk.sitkNearestNeighbor if is_mask else sitk.sitkLinear
-
-
-def resample_to_reference(image, reference, is_mask: bool = False, default_value: float = 0.0):
-    """Resample a ``SimpleITK.Image`` onto another image's grid (size, spacing, origin,
-    direction), e.g. an ADC map onto its T2W.
-
-    Parameters
-    ----------
-    image, reference
-        ``SimpleITK.Image`` objects.
-    is_mask
-        Nearest-neighbour interpolation (labels stay labels) instead of linear.
-    default_value
-        Value of voxels that fall outside ``image``.
-
-    Returns
-    -------
-    SimpleITK.Image
-        Float32 for images, the input pixel type for masks.
-    """
-    sitk = _sitk()
-    if not is_mask:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    return sitk.Resample(image, reference, sitk.Transform(), _interpolator(is_mask), float(default_value), image.GetPixelID())
 
 
 def crop_grid(
@@ -82,13 +41,13 @@ def crop_grid(
 ):
     """An empty ``SimpleITK.Image`` describing a box of ``crop_shape`` (D, H, W) voxels of
     ``spacing`` (x, y, z) mm centred on the physical point ``centre`` (x, y, z)."""
-    sitk = _sitk()
+    itk = simpleitk()
     D, H, W = (int(s) for s in crop_shape)
     size = np.array([W, H, D], dtype=float)
     spacing = np.asarray(spacing, dtype=float)
     rot = np.asarray(direction, dtype=float).reshape(3, 3)
     origin = np.asarray(centre, dtype=float) - rot @ ((size - 1) / 2.0 * spacing)
-    ref = sitk.Image(int(W), int(H), int(D), sitk.sitkUInt8)
+    ref = itk.Image(int(W), int(H), int(D), itk.sitkUInt8)
     ref.SetSpacing([float(s) for s in spacing])
     ref.SetDirection([float(d) for d in rot.ravel()])
     ref.SetOrigin([float(o) for o in origin])
@@ -97,12 +56,12 @@ def crop_grid(
 
 def resample_to_spacing(image, spacing: Sequence[float], is_mask: bool = False):
     """Resample a ``SimpleITK.Image`` to a new voxel size, keeping its extent and orientation."""
-    sitk = _sitk()
+    itk = simpleitk()
     old_size = np.asarray(image.GetSize(), dtype=float)
     old_spacing = np.asarray(image.GetSpacing(), dtype=float)
     spacing = np.asarray(spacing, dtype=float)
     size = np.maximum(1, np.round(old_size * old_spacing / spacing)).astype(int)
-    ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    ref = itk.Image([int(s) for s in size], itk.sitkUInt8)
     ref.SetSpacing([float(s) for s in spacing])
     ref.SetDirection(image.GetDirection())
     # keep the physical edge of the first voxel where it was
@@ -114,10 +73,10 @@ def resample_to_spacing(image, spacing: Sequence[float], is_mask: bool = False):
 
 def _gland_centre(cohort: Cohort, case_id: str, reference) -> tuple[np.ndarray, float | None]:
     """Physical centre of mass of the gland mask (or of the image) and the gland's extent."""
-    sitk = _sitk()
+    itk = simpleitk()
     if cohort.has(case_id, "gland"):
         gland = cohort.read_image(case_id, "gland")
-        array = sitk.GetArrayViewFromImage(gland)
+        array = itk.GetArrayViewFromImage(gland)
         idx = np.argwhere(array > 0)
         if idx.size:
             centre_idx = idx.mean(axis=0)[::-1]  # (x, y, z) continuous index
@@ -143,12 +102,12 @@ def _preprocess_case(cohort: Cohort, case_id: str, spacing, crop_shape, out: Pat
                 case_id, tuple(round(float(e), 1) for e in extent), tuple(round(float(f), 1) for f in fov),
             )
     paths = {}
-    sitk = _sitk()
+    itk = simpleitk()
     for key in keys:
         image = first if key == keys[0] else cohort.read_image(case_id, key)
         is_mask = key in MASK_KEYS
         out_img = resample_to_reference(image, box, is_mask)
-        out_img = sitk.Cast(out_img, sitk.sitkUInt8 if is_mask else sitk.sitkFloat32)
+        out_img = itk.Cast(out_img, itk.sitkUInt8 if is_mask else itk.sitkFloat32)
         rel = f"images/{case_id}_{key}.nii.gz"
         write_image(out_img, out / rel)
         paths[key] = rel
@@ -161,7 +120,7 @@ def preprocess(
     crop_shape: Sequence[int] = (64, 224, 224),
     out_dir: str | os.PathLike | None = None,
     n_jobs: int = 1,
-    show_progress: bool = False,
+    progress: bool = False,
 ) -> Cohort:
     """Resample every case to ``spacing`` and crop a ``crop_shape`` box centred on the gland.
 
@@ -180,7 +139,7 @@ def preprocess(
         stored cohort without recomputing).
     n_jobs
         Worker processes (joblib).
-    show_progress
+    progress
         Progress bar.
 
     Returns
@@ -196,8 +155,8 @@ def preprocess(
         raise ValueError(f"spacing must be three positive mm values (x, y, z), got {spacing}")
     if len(crop_shape) != 3 or min(crop_shape) < 1:
         raise ValueError(f"crop_shape must be three positive voxel counts (D, H, W), got {crop_shape}")
-    settings = {"version": _VERSION, "cohort": cohort.fingerprint, "spacing": spacing, "crop_shape": crop_shape}
-    cache_key = hash_json(settings)[:16]
+    settings = {"cohort": cohort.fingerprint, "spacing": spacing, "crop_shape": crop_shape}
+    cache_key = step_key("preprocess", settings, length=16)
     out = Path(out_dir) if out_dir is not None else default_cache_dir() / "preprocessed" / cache_key
     out = out.expanduser().resolve()
     stamp = out / "preprocess.json"
@@ -212,11 +171,9 @@ def preprocess(
     shutil.rmtree(out / "images", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    from tqdm.auto import tqdm
-
     ids = cohort.case_ids
     if n_jobs == 1:
-        iterator = tqdm(ids, desc="preprocess", disable=not show_progress)
+        iterator = progress_bar(ids, desc="preprocess", progress=progress, leave=True)
         results = [_preprocess_case(cohort, c, spacing, crop_shape, out) for c in iterator]
     else:
         from joblib import Parallel, delayed
@@ -224,7 +181,7 @@ def preprocess(
         done = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(_preprocess_case)(cohort, c, spacing, crop_shape, out) for c in ids
         )
-        results = list(tqdm(done, total=len(ids), desc="preprocess", disable=not show_progress))
+        results = list(progress_bar(done, total=len(ids), desc="preprocess", progress=progress, leave=True))
     frame = cohort.manifest.copy()
     for key in FILE_KEYS:
         frame[key] = [r.get(key) for r in results]

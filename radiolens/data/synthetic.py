@@ -45,15 +45,9 @@ import numpy as np
 import pandas as pd
 
 from radiolens.cache import atomic_write_text, default_cache_dir, hash_json
-from radiolens.data.cohort import (
-    MANIFEST_COLUMNS,
-    Cohort,
-    CohortError,
-    load_cohort,
-    split_cases,
-    write_image,
-    write_manifest,
-)
+from radiolens.data.cohort import Cohort, load_cohort, write_manifest
+from radiolens.data.contract import MANIFEST_COLUMNS, CohortError, split_cases
+from radiolens.data.image_io import write_image
 
 __all__ = [
     "B_VALUE",

@@ -1,18 +1,26 @@
-"""Encoders: a ProFound-compatible 3D ConvNeXt V2, weight loading, masked pre-training.
+"""Encoders: a ProFound-compatible 3D ConvNeXt V2, weights, task heads, inputs, pre-training.
 
 * :class:`ConvNeXtV2Encoder3D` and :data:`PRESETS` (:mod:`radiolens.models.convnext`)
 * :func:`load_profound`, :func:`load_pretrained`, :func:`load_encoder`, :func:`save_encoder`,
-  :func:`as_encoder` (:mod:`radiolens.models.profound`)
-* :func:`case_tensor`, :class:`CohortDataset` (:mod:`radiolens.models.inputs`): the one place
-  where a cohort case becomes a network input
+  :func:`encoder_hash`, :func:`as_encoder` (:mod:`radiolens.models.profound`)
+* the task heads, :func:`encoder_for_task` (:mod:`radiolens.models.heads`)
+* :func:`case_tensor`, :class:`CaseStore`, :class:`CohortDataset` (:mod:`radiolens.models.inputs`):
+  the one place where a cohort case becomes a network input, and the one batching path
+* augmentation (:mod:`radiolens.models.augment`)
 * :func:`radiolens.models.pretrain.pretrain`: FCMAE-style masked pre-training
+
+Fine-tuning, which trains these pieces on a task, is the next step: :mod:`radiolens.finetune`.
 """
 
 from radiolens.models.convnext import PRESETS, ConvNeXtV2Encoder3D
+from radiolens.models.heads import encoder_for_task
+from radiolens.models.inputs import CaseStore, CohortDataset, case_tensor, pad_to_multiple
+from radiolens.models.pretrain import pretrain
 from radiolens.models.profound import (
     EncoderAdapter,
     LoadReport,
     as_encoder,
+    encoder_hash,
     infer_preset,
     load_encoder,
     load_pretrained,
@@ -21,8 +29,6 @@ from radiolens.models.profound import (
     save_encoder,
     weight_card,
 )
-from radiolens.models.inputs import CohortDataset, case_tensor, pad_to_multiple
-from radiolens.models.pretrain import pretrain
 
 __all__ = [
     "PRESETS",
@@ -30,6 +36,8 @@ __all__ = [
     "EncoderAdapter",
     "LoadReport",
     "as_encoder",
+    "encoder_for_task",
+    "encoder_hash",
     "infer_preset",
     "load_encoder",
     "load_pretrained",
@@ -37,6 +45,7 @@ __all__ = [
     "load_profound",
     "remap_profound_state_dict",
     "save_encoder",
+    "CaseStore",
     "CohortDataset",
     "case_tensor",
     "pad_to_multiple",

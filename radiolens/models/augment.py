@@ -181,21 +181,30 @@ def _affine_theta(params: AugmentParams, shape: tuple[int, int, int]) -> torch.T
     return torch.as_tensor(theta, dtype=torch.float32)[None]
 
 
-def _spatial(volume: torch.Tensor, theta: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+def _slice_grid(theta: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
+    """The in-plane sampling grid of ``theta`` for one axial slice, ``(1, H, W, 2)``."""
+    theta2 = theta[:, :2][:, :, [0, 1, 3]]
+    return F.affine_grid(theta2, [1, channels, h, w], align_corners=False)
+
+
+def _spatial(volume: torch.Tensor, theta: torch.Tensor, mode: str, padding: str,
+             grid: torch.Tensor | None = None) -> torch.Tensor:
     """Resample a (C, D, H, W) tensor on the grid given by ``theta``.
 
     Our transforms never mix z with (y, x) (in-plane rotation, isotropic zoom, shifts), so the
     3D resampling separates into a 2D resampling of every axial slice plus a 1D resampling
     along z - several times faster on a CPU than a 3D ``grid_sample``, and identical in result
-    for such block-diagonal transforms.
+    for such block-diagonal transforms. Every slice shares one in-plane grid (``grid``, from
+    :func:`_slice_grid`; computed here when not given).
     """
     c, d, h, w = volume.shape
     theta = theta.to(volume.device)
-    # in-plane: slices as the batch
-    theta2 = theta[:, :2][:, :, [0, 1, 3]]
+    if grid is None:
+        grid = _slice_grid(theta, c, h, w)
+    # in-plane: slices as the batch, all on the same grid
     slices = volume.permute(1, 0, 2, 3)  # (D, C, H, W)
-    grid = F.affine_grid(theta2.expand(d, 2, 3), [d, c, h, w], align_corners=False)
-    slices = F.grid_sample(slices, grid, mode=mode, padding_mode=padding, align_corners=False)
+    slices = F.grid_sample(slices, grid.to(volume.device).expand(d, h, w, 2), mode=mode, padding_mode=padding,
+                           align_corners=False)
     out = slices.permute(1, 0, 2, 3)  # (C, D, H, W)
     # along z: z_in = a * z_out + b in normalised coordinates (align_corners=False)
     a, b = float(theta[0, 2, 2]), float(theta[0, 2, 3])
@@ -225,17 +234,21 @@ def _spatial(volume: torch.Tensor, theta: torch.Tensor, mode: str, padding: str)
 
 
 def _intensity(image: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-    out = image
+    # in place on a new tensor: the same operations in the same order as
+    # ((x - lo) / span).clamp(0, 1) ** gamma * span + lo, then * scale + shift, then + std * noise
     if params.gamma != 1.0:
-        flat = out.reshape(out.shape[0], -1)
-        lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
-        hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+        lo, hi = torch.aminmax(image.reshape(image.shape[0], -1), dim=1)
+        lo, hi = lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)
         span = (hi - lo).clamp_min(1e-8)
-        out = ((out - lo) / span).clamp(0.0, 1.0) ** params.gamma * span + lo
-    out = out * params.intensity_scale + params.intensity_shift
+        out = image - lo
+        out.div_(span).clamp_(0.0, 1.0).pow_(params.gamma).mul_(span).add_(lo)
+        out.mul_(params.intensity_scale).add_(params.intensity_shift)
+    else:
+        out = image * params.intensity_scale
+        out.add_(params.intensity_shift)
     if params.noise_std > 0:
         noise = np.random.default_rng(params.noise_seed).standard_normal(tuple(out.shape), dtype=np.float32)
-        out = out + params.noise_std * torch.as_tensor(noise, dtype=out.dtype, device=out.device)
+        out.add_(torch.as_tensor(noise, dtype=out.dtype, device=out.device).mul_(params.noise_std))
     return out
 
 
@@ -289,13 +302,14 @@ def apply(params: AugmentParams, image, masks=None):
         }
     if params.has_affine:
         theta = _affine_theta(params, spatial_shape)
-        img = _spatial(img, theta, mode="bilinear", padding="border")
+        grid = _slice_grid(theta, img.shape[0], *spatial_shape[1:])  # one grid for the image and its masks
+        img = _spatial(img, theta, mode="bilinear", padding="border", grid=grid)
         new = {}
         for k, (t, dt) in mask_t.items():
             if t is None:
                 new[k] = (None, dt)
                 continue
-            out = _spatial(t[None].float(), theta, mode="nearest", padding="zeros")[0]
+            out = _spatial(t[None].float(), theta, mode="nearest", padding="zeros", grid=grid)[0]
             new[k] = (out.round().to(t.dtype), dt)
         mask_t = new
     if params.has_intensity:

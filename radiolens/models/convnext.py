@@ -289,7 +289,7 @@ class ConvNeXtV2Encoder3D(nn.Module):
             nn.init.zeros_(module.bias)
 
     @classmethod
-    def from_preset(cls, name: str, in_chans: int = 3, **kwargs) -> "ConvNeXtV2Encoder3D":
+    def from_preset(cls, name: str, in_chans: int = 3, **kwargs) -> ConvNeXtV2Encoder3D:
         """Build an encoder of a named size (see :data:`PRESETS`).
 
         Parameters

@@ -13,11 +13,15 @@
   decoding (as in ProFound's ``models/upernet_module.py``); conv blocks use BatchNorm + ReLU
   as in the original UPerNet (``norm="layer"`` gives ProFound's LayerNorm + GELU; see the
   class for why batch norm is the default here).
-* :func:`adapt_stem_in_chans` - give a pre-trained 3-channel encoder a 1-channel (T2W) stem.
+* :func:`adapt_stem_in_chans` - give a pre-trained 3-channel encoder a 1-channel (T2W) stem;
+  :func:`encoder_for_task` - the encoder as a task sees it (that stem for the T2W-only task).
+* :func:`head_for_task` - the head of a task's kind, sized from the encoder;
+  :func:`head_from_config` - the same head rebuilt from its recorded configuration.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -26,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from radiolens.tasks import Task, get_task
+
 __all__ = [
     "ChannelLayerNorm3d",
     "PiradsHead",
@@ -33,7 +39,12 @@ __all__ = [
     "UPerNetDecoder3D",
     "VolumeHead",
     "adapt_stem_in_chans",
+    "encoder_for_task",
+    "encoder_in_chans",
     "find_stem_conv",
+    "head_config",
+    "head_for_task",
+    "head_from_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -280,3 +291,97 @@ def adapt_stem_in_chans(encoder: nn.Module, in_chans: int = 1, mode: str = "sele
             pass
     logger.info("adapted stem %r from %d to 1 input channel (mode=%s)", name, conv.in_channels, mode)
     return encoder
+
+
+def encoder_in_chans(encoder: nn.Module) -> int:
+    """The number of input channels an encoder takes (its ``in_chans``, else its stem's)."""
+    value = getattr(encoder, "in_chans", None)
+    if value is not None:
+        return int(value)
+    return int(find_stem_conv(encoder)[1].in_channels)
+
+
+def encoder_for_task(encoder: nn.Module, task: str | Task, stem_mode: str = "select") -> nn.Module:
+    """The encoder as a task sees it: unchanged, or a copy with a 1-channel stem (T2W-only tasks).
+
+    Parameters
+    ----------
+    encoder
+        Any radiolens encoder (not modified).
+    task
+        A task of :data:`radiolens.tasks.TASKS` (or a :class:`~radiolens.tasks.Task`).
+    stem_mode
+        See :func:`adapt_stem_in_chans`.
+
+    Raises
+    ------
+    ValueError
+        The encoder takes fewer channels than the task feeds.
+    """
+    task = get_task(task)
+    channels = task.channels
+    have = encoder_in_chans(encoder)
+    if have == len(channels):
+        return encoder
+    if len(channels) == 1 and have > 1:
+        return adapt_stem_in_chans(copy.deepcopy(encoder), 1, mode=stem_mode, channel=0)
+    raise ValueError(
+        f"task {task.name!r} feeds {len(channels)} channel(s) {list(channels)} but the encoder takes {have}"
+    )
+
+
+def head_for_task(task: str | Task, encoder: nn.Module, sample: torch.Tensor, **head_kwargs) -> nn.Module:
+    """The head of a task's kind, its input widths read from ``encoder`` (one forward pass of
+    ``sample`` when the encoder does not state them).
+
+    Classification: :class:`PiradsHead` on the pooled embedding; regression:
+    :class:`VolumeHead`; segmentation: :class:`UPerNetDecoder3D` over the stage maps.
+    ``head_kwargs`` go to the head (``hidden``, ``activation``; ``channels``, ``pool_scales``).
+    """
+    task = get_task(task)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            if task.kind == "segmentation":
+                if not hasattr(encoder, "forward_stages"):
+                    raise TypeError(
+                        f"the {task.name} task needs per-stage feature maps: {type(encoder).__name__} has no "
+                        "forward_stages (wrap it with radiolens.models.as_encoder(..., stages_fn=...))"
+                    )
+                dims = [int(s.shape[1]) for s in encoder.forward_stages(sample)]
+                return UPerNetDecoder3D(dims, n_classes=1, **head_kwargs)
+            d = getattr(encoder, "embed_dim", None)
+            if d is None:
+                out = encoder(sample)
+                d = int((out[0] if isinstance(out, (tuple, list)) else out).shape[1])
+    finally:
+        encoder.train(was_training)
+    if task.kind == "classification":
+        return PiradsHead(int(d), n_classes=task.n_classes, **head_kwargs)
+    if task.kind == "regression":
+        return VolumeHead(int(d), **head_kwargs)
+    raise ValueError(f"task {task.name!r} of kind {task.kind!r} has no head")
+
+
+_HEAD_FIELDS = ("in_dim", "in_dims", "hidden", "activation", "channels", "pool_scales", "n_classes", "norm")
+
+
+def head_config(head: nn.Module) -> dict:
+    """What :func:`head_from_config` needs to rebuild ``head`` (its class and widths)."""
+    return {"class": type(head).__name__, **{k: getattr(head, k) for k in _HEAD_FIELDS if hasattr(head, k)}}
+
+
+def head_from_config(config: dict) -> nn.Module:
+    """Rebuild a head (untrained) from :func:`head_config`'s record."""
+    config = dict(config)
+    cls = config.pop("class")
+    if cls == "PiradsHead":
+        return PiradsHead(config["in_dim"], config.get("n_classes", 4), config.get("hidden", 256),
+                          config.get("activation", "relu"))
+    if cls == "VolumeHead":
+        return VolumeHead(config["in_dim"])
+    if cls == "UPerNetDecoder3D":
+        return UPerNetDecoder3D(config["in_dims"], config.get("n_classes", 1), config["channels"],
+                                tuple(config["pool_scales"]), norm=config.get("norm", "batch"))
+    raise ValueError(f"unknown head class {cls!r}")

@@ -42,9 +42,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from radiolens._utils import progress_bar
 from radiolens.cache import atomic_write_text, hash_file
 from radiolens.models.convnext import Block, ConvNeXtV2Encoder3D
-from radiolens.models.inputs import DEFAULT_CHANNELS, NORMALISATION_VERSION, CohortDataset
+from radiolens.models.inputs import NORMALISATION_VERSION, CohortDataset
+from radiolens.naming import MODALITIES
 
 __all__ = ["FCMAE3D", "pretrain", "random_patch_mask", "main"]
 
@@ -163,7 +165,7 @@ def pretrain(
     device: str = "cpu",
     quick: bool = False,
     out: str | Path | None = None,
-    channels: tuple[str, ...] = DEFAULT_CHANNELS,
+    channels: tuple[str, ...] = MODALITIES,
     decoder_dim: int = 64,
     norm_pix_loss: bool = True,
     max_cases: int | None = None,
@@ -218,8 +220,6 @@ def pretrain(
     ValueError
         The cohort has no training cases, or bad parameters.
     """
-    from tqdm.auto import tqdm
-
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1 or batch_size < 1:
@@ -263,7 +263,7 @@ def pretrain(
 
     rows = []
     step = 0
-    bar = tqdm(total=total, desc=f"pre-training {preset}", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"pre-training {preset}", progress=progress)
     for epoch in range(epochs):
         start = time.perf_counter()
         model.train()
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "n_parameters": sum(p.numel() for p in encoder.parameters()),
         "normalisation": NORMALISATION_VERSION,
-        "channels": list(DEFAULT_CHANNELS),
+        "channels": list(MODALITIES),
         "cohort": {**cohort_desc, "fingerprint": cohort.fingerprint, "n_train": len(cohort.ids("train"))},
         "note": "radiolens's own 'micro' preset pre-trained on synthetic data: a teaching stand-in "
         "for ProFound, not a clinical model.",

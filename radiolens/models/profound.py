@@ -41,6 +41,7 @@ feed_forward=False), in_chans=3)``. Per-stage features (``forward_stages``) exis
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -60,11 +61,13 @@ __all__ = [
     "EncoderAdapter",
     "LoadReport",
     "as_encoder",
+    "encoder_hash",
     "infer_preset",
     "load_encoder",
     "load_pretrained",
     "weight_card",
     "load_profound",
+    "load_torch_file",
     "read_checkpoint",
     "remap_profound_state_dict",
     "save_encoder",
@@ -125,6 +128,25 @@ class LoadReport:
 # --------------------------------------------------------------------------------------------
 # reading files
 # --------------------------------------------------------------------------------------------
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", hint: str = ""):
+    """``torch.load`` a file safely: tensors and plain containers only, never pickled code.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Naming ``what`` and the file (and adding ``hint``); a file that needs unsafe unpickling
+        is refused, never loaded another way.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"could not read {what} {path} with torch.load(weights_only=True): {err}.{hint}") from err
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file safely and return its (unwrapped) state dict.
 
@@ -143,19 +165,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     FileNotFoundError, ValueError
         Missing file; a file that needs unsafe unpickling; no state dict inside.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"could not read checkpoint {path} with torch.load(weights_only=True): {err}. "
-            "radiolens only reads checkpoints safely; if you trust the file, load it yourself "
-            "and pass the state dict to remap_profound_state_dict()."
-        ) from err
-    return _unwrap(obj, path)
+    obj = load_torch_file(
+        path, "checkpoint", " radiolens only reads checkpoints safely; if you trust the file, load it "
+        "yourself and pass the state dict to remap_profound_state_dict().",
+    )
+    return _unwrap(obj, Path(path))
 
 
 def _unwrap(obj, source) -> dict[str, torch.Tensor]:
@@ -381,6 +395,22 @@ def load_profound(
     return encoder.eval(), report
 
 
+def encoder_hash(encoder: nn.Module) -> str:
+    """SHA-256 of an encoder's class and every state-dict entry (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    digest.update(type(encoder).__qualname__.encode())
+    inner = getattr(encoder, "module", None)
+    if inner is not None:
+        digest.update(type(inner).__qualname__.encode())
+    for name, tensor in encoder.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------------------------
 # radiolens's own encoder files and shipped weights
 # --------------------------------------------------------------------------------------------
@@ -419,12 +449,7 @@ def load_encoder(
         Optionally change the number of input channels (see :func:`load_profound`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read encoder file {path}: {err}") from err
+    obj = load_torch_file(path, "encoder file")
     if not isinstance(obj, Mapping) or "config" not in obj or "model" not in obj:
         raise ValueError(f"{path} is not a radiolens encoder file (use load_profound for ProFound checkpoints)")
     config = json.loads(obj["config"])

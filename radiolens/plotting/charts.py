@@ -9,40 +9,35 @@ specification, so they work in a static HTML page or book with no Python kernel 
 The charts mirror the paper (Wang et al., MIDL 2026): :func:`family_scores_chart` is Table 1
 as a picture, :func:`modality_r2_chart` is Fig. 2, :func:`ranking_chart` is Fig. 3 (with the
 bootstrap intervals and permutation p-values radiolens adds). :func:`delta_heatmap`,
-:func:`delta_explorer`, :func:`sweep_chart`, :func:`planted_truth_chart` and
-:func:`downstream_chart` are radiolens additions.
+:func:`~radiolens.plotting.explorer.delta_explorer`, :func:`sweep_chart`,
+:func:`planted_truth_chart` and :func:`downstream_chart` are radiolens additions.
 
 Data sizes are kept bounded on purpose (a report has p = 2500 features per task): charts embed
-only the rows they draw, the explorer keeps the top ``top_max`` features per ranking, modality
-and family, and its scatter plots embed a subset of features and cases (see
-:func:`delta_explorer`).
+only the rows they draw; the explorer (:mod:`radiolens.plotting.explorer`) keeps a bounded
+subset too.
 """
 
 from __future__ import annotations
 
 import logging
-import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from radiolens.naming import FAMILIES, FAMILY_LABELS, MODALITIES
+from radiolens.naming import FAMILIES, MODALITIES
+from radiolens.plotting._display import altair
+from radiolens.plotting.rankings import MEASURE_LABELS, importance_table, ranked
+from radiolens.plotting.style import ENCODER_COLORS, ENCODER_LABELS, MODALITY_COLORS, family_label
 
 __all__ = [
-    "MODALITY_COLORS",
-    "STAGE_COLORS",
-    "STAGE_LABELS",
-    "delta_explorer",
     "delta_heatmap",
     "delta_heatmap_data",
     "downstream_chart",
-    "explorer_data",
     "family_scores_chart",
     "modality_r2_chart",
     "planted_truth_chart",
-    "ranked",
     "ranking_chart",
     "sweep_chart",
     "table1",
@@ -52,31 +47,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: How the two encoder stages are labelled in every chart.
-STAGE_LABELS: dict[str, str] = {"pre": "pre-trained", "ft": "fine-tuned"}
-#: One colour per encoder stage (pre-trained grey, fine-tuned red), in charts and widgets.
-STAGE_COLORS: dict[str, str] = {"pre": "#7f7f7f", "ft": "#d62728"}
-#: One colour per modality, shared by the Altair charts and the widgets' matplotlib figures.
-MODALITY_COLORS: dict[str, str] = {"T2W": "#4c78a8", "DWI": "#f58518", "ADC": "#54a24b"}
-_RANKINGS = ("gained", "lost", "stable")
 _LEVEL_LABELS = {"family": "Feature family", "image_type": "Image type", "overall": "All features"}
 
 
-def _stage_scale():
-    """Colour scale of the stage labels (``STAGE_LABELS``' values) in ``STAGE_COLORS``."""
-    return _alt().Scale(domain=[STAGE_LABELS[s] for s in STAGE_COLORS], range=list(STAGE_COLORS.values()))
+def _encoder_scale():
+    """Colour scale of the encoder labels (``ENCODER_LABELS``' values) in ``ENCODER_COLORS``."""
+    return altair().Scale(domain=[ENCODER_LABELS[s] for s in ENCODER_COLORS], range=list(ENCODER_COLORS.values()))
 
 
 def _modality_scale():
-    return _alt().Scale(domain=list(MODALITY_COLORS), range=list(MODALITY_COLORS.values()))
+    return altair().Scale(domain=list(MODALITY_COLORS), range=list(MODALITY_COLORS.values()))
 
 
-def _alt():
-    try:
-        import altair as alt
-    except ImportError as error:  # pragma: no cover - altair is a core dependency
-        raise ImportError("radiolens.views needs altair: pip install 'altair>=5.4' vl-convert-python") from error
-    return alt
+def _scores(report) -> pd.DataFrame:
+    """The report's scores with the pre-trained / fine-tuned column named ``encoder`` (reports
+    saved before the lens named it so call it ``stage``)."""
+    scores = report.scores
+    return scores.rename(columns={"stage": "encoder"}) if "encoder" not in scores.columns else scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,17 +91,6 @@ def _named_csv(alt, name: str, frame: pd.DataFrame):
     return alt.NamedData(name=name, format=alt.DataFormat(type="csv", parse=parse)), {name: text}
 
 
-def _importance(report) -> pd.DataFrame:
-    table = report.importance
-    if "column" not in table.columns:
-        table = table.reset_index().rename(columns={"index": "column"})
-    return table.copy()
-
-
-def _family_label(family: str) -> str:
-    return FAMILY_LABELS.get(family, str(family))
-
-
 def _order(values, preferred) -> list[str]:
     """Values in a preferred order, unknown ones after it (sorted)."""
     values = [v for v in pd.unique(pd.Series(list(values))) if pd.notna(v)]
@@ -126,42 +102,6 @@ def _check_tasks(reports: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(reports, Mapping) or not reports:
         raise ValueError("expected a non-empty dict {task name: LensReport}")
     return dict(reports)
-
-
-def ranked(report, kind: str = "gained", k: int | None = 10, by: str = "rel_delta_I") -> pd.DataFrame:
-    """One of the paper's three rankings as a table with a ``rank`` column (1 = first).
-
-    Parameters
-    ----------
-    report
-        A LensReport.
-    kind
-        ``"gained"``, ``"lost"`` or ``"stable"`` (calls ``report.gained/lost/stable``).
-    k
-        Number of features; None for every feature the ranking returns.
-    by
-        Measure the lens ranks by: ``"rel_delta_I"`` (the paper's Fig. 3), ``"delta_I"`` or
-        ``"delta_r2"`` (held-out decodability, radiolens's addition).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The importance rows of the ranked features, in rank order, plus ``rank``.
-    """
-    if kind not in _RANKINGS:
-        raise ValueError(f"ranking kind must be one of {list(_RANKINGS)}, got {kind!r}")
-    importance = _importance(report)
-    n = len(importance) if k is None else int(k)
-    rows = getattr(report, kind)(n, by=by)
-    if isinstance(rows, pd.Series):
-        rows = rows.to_frame()
-    if "column" not in rows.columns:
-        rows = rows.reset_index().rename(columns={"index": "column"})
-    # Keep the lens's order, take the full importance row (intervals, p-values) for each.
-    order = list(rows["column"])
-    table = importance.set_index("column").loc[order].reset_index()
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,13 +124,13 @@ def table1(report) -> pd.DataFrame:
         Columns ``level, group, label, mse_pre, mse_ft, r2_pre, r2_ft, delta_r2, p_value,
         p_adjusted, stars``.
     """
-    scores = report.scores
-    missing = {"stage", "level", "group", "r2", "mse"} - set(scores.columns)
+    scores = _scores(report)
+    missing = {"encoder", "level", "group", "r2", "mse"} - set(scores.columns)
     if missing:
         raise ValueError(f"report.scores lacks columns {sorted(missing)}")
     wanted = scores[scores["level"].isin(["family", "image_type", "overall"])]
-    wide = wanted.pivot_table(index=["level", "group"], columns="stage", values=["mse", "r2"], aggfunc="first")
-    wide.columns = [f"{metric}_{stage}" for metric, stage in wide.columns]
+    wide = wanted.pivot_table(index=["level", "group"], columns="encoder", values=["mse", "r2"], aggfunc="first")
+    wide.columns = [f"{metric}_{encoder}" for metric, encoder in wide.columns]
     wide = wide.reset_index()
     for column in ("mse_pre", "mse_ft", "r2_pre", "r2_ft"):
         if column not in wide:
@@ -224,7 +164,7 @@ def table1(report) -> pd.DataFrame:
         2,
         "label",
         [
-            _family_label(g) if lvl == "family" else ("All" if lvl == "overall" else str(g))
+            family_label(g) if lvl == "family" else ("All" if lvl == "overall" else str(g))
             for lvl, g in zip(wide["level"], wide["group"])
         ],
     )
@@ -239,7 +179,7 @@ def family_scores_chart(report, title: str | None = None):
     pre-trained decoder and red for the fine-tuned one; the Wilcoxon stars of each family are
     written above its bars.
     """
-    alt = _alt()
+    alt = altair()
     table = table1(report)
     long = table.melt(
         id_vars=["level", "label", "stars", "p_value", "p_adjusted"],
@@ -248,11 +188,11 @@ def family_scores_chart(report, title: str | None = None):
         value_name="value",
     )
     long["metric"] = long["key"].str.split("_").str[0].map({"r2": "R²", "mse": "MSE"})
-    long["stage"] = long["key"].str.split("_").str[1].map(STAGE_LABELS)
+    long["encoder"] = long["key"].str.split("_").str[1].map(ENCODER_LABELS)
     long["level"] = long["level"].map(_LEVEL_LABELS)
     long = long.drop(columns="key")
     levels = [lvl for lvl in _LEVEL_LABELS.values() if lvl in set(long["level"])]
-    stage_order = list(STAGE_LABELS.values())
+    encoder_order = list(ENCODER_LABELS.values())
 
     def panel(level: str, metric: str, first: bool):
         order = list(table.loc[table["level"].map(_LEVEL_LABELS) == level, "label"])
@@ -261,12 +201,12 @@ def family_scores_chart(report, title: str | None = None):
         ).encode(x=alt.X("label:N", sort=order, title=level if metric == "MSE" else None,
                          axis=alt.Axis(labelAngle=-30)))
         bars = base.mark_bar().encode(
-            xOffset=alt.XOffset("stage:N", sort=stage_order),
+            xOffset=alt.XOffset("encoder:N", sort=encoder_order),
             y=alt.Y("value:Q", title=metric if first else None),
-            color=alt.Color("stage:N", title="Encoder", scale=_stage_scale()),
+            color=alt.Color("encoder:N", title="Encoder", scale=_encoder_scale()),
             tooltip=[
                 alt.Tooltip("label:N", title="group"),
-                "stage:N",
+                "encoder:N",
                 "metric:N",
                 alt.Tooltip("value:Q", format=".4f"),
                 alt.Tooltip("p_value:Q", format=".2g", title="Wilcoxon p"),
@@ -274,10 +214,10 @@ def family_scores_chart(report, title: str | None = None):
             ],
         )
         stars = (
-            base.transform_filter(alt.datum.stage == STAGE_LABELS["ft"])
+            base.transform_filter(alt.datum.encoder == ENCODER_LABELS["ft"])
             .transform_filter("indexof(datum.stars, '*') >= 0")  # not "" or the lens's "ns"
             .mark_text(dy=-8, fontSize=13, fontWeight="bold")
-            .encode(xOffset=alt.XOffset("stage:N", sort=stage_order), y=alt.Y("value:Q"), text="stars:N")
+            .encode(xOffset=alt.XOffset("encoder:N", sort=encoder_order), y=alt.Y("value:Q"), text="stars:N")
         )
         return alt.layer(bars, stars).properties(width=alt.Step(22), height=170)
 
@@ -296,25 +236,25 @@ table1_chart = family_scores_chart
 
 def modality_r2_chart(report, title: str | None = None):
     """Fig. 2: R^2 of the decoded radiomics per modality, pre-trained vs fine-tuned."""
-    alt = _alt()
-    scores = report.scores
+    alt = altair()
+    scores = _scores(report)
     data = scores[scores["level"] == "modality"].copy()
     if data.empty:
         raise ValueError("report.scores has no rows at level 'modality'")
-    data["stage"] = data["stage"].map(STAGE_LABELS)
-    data = data[["group", "stage", "r2", "mse"]].rename(columns={"group": "modality"})
+    data["encoder"] = data["encoder"].map(ENCODER_LABELS)
+    data = data[["group", "encoder", "r2", "mse"]].rename(columns={"group": "modality"})
     order = _order(data["modality"], MODALITIES)
     return (
         alt.Chart(data)
         .mark_bar()
         .encode(
             x=alt.X("modality:N", sort=order, title="Modality", axis=alt.Axis(labelAngle=0)),
-            xOffset=alt.XOffset("stage:N", sort=list(STAGE_LABELS.values())),
+            xOffset=alt.XOffset("encoder:N", sort=list(ENCODER_LABELS.values())),
             y=alt.Y("r2:Q", title="R² of decoded radiomics"),
             color=alt.Color(
-                "stage:N", title="Encoder", scale=_stage_scale()
+                "encoder:N", title="Encoder", scale=_encoder_scale()
             ),
-            tooltip=["modality:N", "stage:N", alt.Tooltip("r2:Q", format=".4f"), alt.Tooltip("mse:Q", format=".4f")],
+            tooltip=["modality:N", "encoder:N", alt.Tooltip("r2:Q", format=".4f"), alt.Tooltip("mse:Q", format=".4f")],
         )
         .properties(width=alt.Step(28), height=200, title=title or "R² per modality (Fig. 2)")
     )
@@ -323,13 +263,6 @@ def modality_r2_chart(report, title: str | None = None):
 # --------------------------------------------------------------------------------------------
 # Fig. 3: rankings with uncertainty
 # --------------------------------------------------------------------------------------------
-
-_MEASURE_TITLES = {
-    "delta_I": "ΔI = I_ft − I_pre (decoder row norm)",
-    "delta_r2": "ΔR² = R²_ft − R²_pre (held-out)",
-    "rel_delta_I": "relative ΔI = ΔI / I_pre",
-}
-
 
 def _ranking_tooltip(alt) -> list:
     return [
@@ -387,7 +320,7 @@ def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "rel_delt
         ``"rel_delta_I"`` (the paper's Fig. 3), ``"delta_I"`` or ``"delta_r2"`` (held-out
         decodability).
     """
-    alt = _alt()
+    alt = altair()
     table = _with_interval(ranked(report, kind, k, by), by)
     keep = ["rank", "column", "modality", "image_type", "family", "feature", "value", "lo", "hi", "I_pre", "I_ft",
             "delta_I", "delta_I_lo", "delta_I_hi", "rel_delta_I", "r2_pre", "r2_ft", "delta_r2", "p_value",
@@ -397,7 +330,7 @@ def ranking_chart(report, kind: str = "gained", k: int = 10, by: str = "rel_delt
     y = alt.Y("column:N", sort=order, title=None, axis=alt.Axis(labelLimit=300))
     bars = alt.Chart().mark_bar().encode(
         y=y,
-        x=alt.X("value:Q", title=_MEASURE_TITLES.get(by, by)),
+        x=alt.X("value:Q", title=MEASURE_LABELS.get(by, by)),
         color=alt.Color("modality:N", scale=_modality_scale(), title="Modality"),
         tooltip=_ranking_tooltip(alt),
     )
@@ -428,7 +361,7 @@ def delta_heatmap_data(reports: Mapping[str, Any], value: str = "delta_I") -> pd
     reports = _check_tasks(reports)
     frames = []
     for task, report in reports.items():
-        importance = _importance(report)
+        importance = importance_table(report)
         if value not in importance:
             raise ValueError(f"task {task!r}: report.importance has no column {value!r}")
         grouped = (
@@ -440,7 +373,7 @@ def delta_heatmap_data(reports: Mapping[str, Any], value: str = "delta_I") -> pd
         grouped.insert(0, "task", task)
         frames.append(grouped)
     data = pd.concat(frames, ignore_index=True)
-    data["family_label"] = data["family"].map(_family_label)
+    data["family_label"] = data["family"].map(family_label)
     return data[["task", "modality", "family", "family_label", "value", "n_features"]]
 
 
@@ -450,11 +383,11 @@ def delta_heatmap(reports: Mapping[str, Any], value: str = "delta_I", title: str
     Blue is a loss, red a gain; the colour scale is symmetric around zero and shared by the
     tasks so that they can be compared.
     """
-    alt = _alt()
+    alt = altair()
     data = delta_heatmap_data(reports, value)
     bound = float(np.nanmax(np.abs(data["value"]))) if len(data) else 1.0
     bound = bound if bound > 0 else 1.0
-    families = [_family_label(f) for f in _order(data["family"], FAMILIES)]
+    families = [family_label(f) for f in _order(data["family"], FAMILIES)]
     modalities = _order(data["modality"], MODALITIES)
     base = alt.Chart().encode(
         x=alt.X("family_label:N", sort=families, title=None, axis=alt.Axis(labelAngle=-30)),
@@ -479,306 +412,12 @@ def delta_heatmap(reports: Mapping[str, Any], value: str = "delta_I", title: str
 
 
 # --------------------------------------------------------------------------------------------
-# Explorer
-# --------------------------------------------------------------------------------------------
-
-
-def _round_sig(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """Floats rounded to ``digits`` significant digits (a page does not need 17)."""
-    frame = frame.copy()
-    for column in frame.columns:
-        if pd.api.types.is_float_dtype(frame[column]):
-            values = frame[column].to_numpy(dtype=float)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                magnitude = np.floor(np.log10(np.abs(values)))
-            magnitude = np.where(np.isfinite(magnitude), magnitude, 0).astype(int)
-            factor = 10.0 ** (digits - 1 - magnitude)
-            frame[column] = np.round(values * factor) / factor
-    return frame
-
-
-_FEATURE_FIELDS = ["column", "image_type", "rel_delta_I", "delta_I", "delta_I_lo", "delta_I_hi", "I_pre", "I_ft",
-                   "r2_pre", "r2_ft", "delta_r2", "p_value", "p_adjusted"]
-
-
-def explorer_data(
-    reports: Mapping[str, Any],
-    measures: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2"),
-    top_max: int = 25,
-    scatter_top: int = 5,
-    max_cases: int = 60,
-    random_state: int = 0,
-) -> dict[str, pd.DataFrame]:
-    """The tables behind :func:`delta_explorer`, normalised to keep the page small.
-
-    Returns
-    -------
-    dict
-        ``"ranks"``: one row per task, measure, ranking mode and feature kept (the top
-        ``top_max`` per modality and family of each ranking, so that any filter shows a correct
-        top-k for k <= top_max): ``task, measure, mode, rank, fid, modality, family, value,
-        lo, hi`` (``value`` is the measure, ``lo``/``hi`` its bootstrap interval).
-        ``"features"``: one row per task and kept feature, ``fid`` (unique over tasks),
-        ``task, column``, every measure and p-value, and ``has_scatter``.
-        ``"scatter"``: wide decoded-vs-true rows ``task, fid, case, true, pre, ft`` for the
-        top ``scatter_top`` features of every ranking and at most ``max_cases`` evaluation
-        cases (sampled with ``random_state``).
-        Floats are rounded to 4 significant digits.
-    """
-    reports = _check_tasks(reports)
-    rank_frames, feature_frames, scatter_frames = [], [], []
-    rng = np.random.default_rng(random_state)
-    next_fid = 0
-    for task, report in reports.items():
-        importance = _importance(report)
-        offset = next_fid
-        fids = pd.Series(np.arange(offset, offset + len(importance)), index=importance["column"].to_numpy())
-        next_fid += len(importance)
-        scatter_columns: list[str] = []
-        for measure in measures:
-            for mode in _RANKINGS:
-                table = _with_interval(ranked(report, mode, len(importance), measure), measure)
-                table["task"], table["measure"], table["mode"] = task, measure, mode
-                table["fid"] = fids.loc[table["column"]].to_numpy()
-                scatter_columns += list(table["column"].head(scatter_top))
-                # top_max per modality and family keeps every filtered top-k exact
-                table = table.sort_values("rank").groupby(["modality", "family"], observed=True).head(top_max)
-                rank_frames.append(
-                    table[["task", "measure", "mode", "rank", "fid", "modality", "family", "value", "lo", "hi"]]
-                )
-        kept = pd.unique(pd.concat([f["fid"] for f in rank_frames[-len(measures) * len(_RANKINGS):]]))
-        features = _with_interval(importance, measures[0]).set_index("column").loc[fids.index[kept - offset]]
-        features = features.reset_index()
-        features.insert(0, "task", task)
-        features.insert(0, "fid", kept)
-        feature_frames.append(features[["fid", "task", *_FEATURE_FIELDS]])
-
-        scatter_columns = list(dict.fromkeys(scatter_columns))
-        observed = getattr(report, "observed", None)
-        decoded_pre = getattr(report, "decoded_pre", None)
-        decoded_ft = getattr(report, "decoded_ft", None)
-        if observed is None or decoded_pre is None or decoded_ft is None:
-            log.warning("task %r: report has no observed/decoded tables; the explorer shows no scatter", task)
-            continue
-        cases = list(observed.index)
-        if len(cases) > max_cases:
-            cases = sorted(rng.choice(len(cases), size=max_cases, replace=False))
-            cases = [observed.index[i] for i in cases]
-        columns = [c for c in scatter_columns if c in observed.columns]
-        scatter_frames.append(
-            pd.DataFrame(
-                {
-                    "task": task,
-                    "fid": np.repeat(fids.loc[columns].to_numpy(), len(cases)),
-                    "case": np.tile([str(c) for c in cases], len(columns)),
-                    "true": observed.loc[cases, columns].to_numpy(dtype=float).T.ravel(),
-                    "pre": decoded_pre.loc[cases, columns].to_numpy(dtype=float).T.ravel(),
-                    "ft": decoded_ft.loc[cases, columns].to_numpy(dtype=float).T.ravel(),
-                }
-            )
-        )
-    ranks = pd.concat(rank_frames, ignore_index=True)
-    features = pd.concat(feature_frames, ignore_index=True)
-    scatter = (
-        pd.concat(scatter_frames, ignore_index=True)
-        if scatter_frames
-        else pd.DataFrame(columns=["task", "fid", "case", "true", "pre", "ft"])
-    )
-    features["has_scatter"] = features["fid"].isin(set(scatter["fid"]))
-    return {"ranks": _round_sig(ranks), "features": _round_sig(features), "scatter": _round_sig(scatter)}
-
-
-_NOT_EMBEDDED = "(scatter not embedded for this feature: only the top features of each ranking carry case data)"
-
-
-def _definition(definitions, column: str) -> str:
-    if definitions is None:
-        return ""
-    try:
-        text = definitions(column) if callable(definitions) else definitions.get(column, "")
-    except (KeyError, ValueError):  # e.g. a feature the definitions do not know
-        return ""
-    return str(text or "")
-
-
-def _note(definition: str, has_scatter: bool, width: int = 62, lines: int = 5) -> list[str]:
-    text = definition if has_scatter else f"{definition} {_NOT_EMBEDDED}".strip()
-    wrapped = textwrap.wrap(text, width) or [""]
-    if len(wrapped) > lines:
-        wrapped = wrapped[:lines]
-        wrapped[-1] = wrapped[-1][: width - 1] + "…"
-    return wrapped
-
-
-def delta_explorer(
-    reports: Mapping[str, Any],
-    measures: tuple[str, ...] = ("rel_delta_I", "delta_I", "delta_r2"),
-    k: int = 10,
-    top_max: int = 25,
-    scatter_top: int = 5,
-    max_cases: int = 60,
-    definitions: Mapping[str, str] | Callable[[str], str] | None = None,
-    random_state: int = 0,
-):
-    """An interactive explorer of what fine-tuning changed, with no kernel needed.
-
-    Controls (Vega-Lite parameters bound to HTML inputs): task, measure (``rel_delta_I``,
-    ``delta_I`` or ``delta_r2``), ranking mode (gained / lost / stable), modality and family filters and a
-    top-k slider. Bars show the measure with its bootstrap interval; clicking a bar shows that
-    feature's decoded-vs-true scatter, pre-trained and fine-tuned, on the evaluation cases.
-
-    To keep the page light, the scatter is embedded only for the top ``scatter_top`` features
-    of every ranking (per task and measure) and at most ``max_cases`` evaluation cases; other
-    features say so when clicked. The slider goes up to ``top_max``. Feature definitions are
-    embedded for those features only, too.
-
-    Parameters
-    ----------
-    reports
-        ``{task: LensReport}``.
-    measures
-        Measures the lens may rank by.
-    k
-        Initial number of bars.
-    top_max
-        Largest k offered by the slider.
-    scatter_top, max_cases, random_state
-        Which features and cases carry scatter data (see above).
-    definitions
-        Optional definitions shown for the clicked feature: ``{column: text}`` or a function
-        of the column name (e.g. :func:`radiolens.widgets.feature_definition`); wrapped to
-        five lines.
-    """
-    alt = _alt()
-    tables = explorer_data(reports, measures, top_max, scatter_top, max_cases, random_state)
-    ranks, scatter, features = tables["ranks"], tables["scatter"], tables["features"]
-    # Definitions only for the features with scatter data: at p = 2500 they would dominate the
-    # page. Lines are joined with "|", which the text mark breaks on.
-    features["note"] = [
-        "|".join(_note(_definition(definitions, column), True)) if has else ""
-        for column, has in zip(features["column"], features["has_scatter"])
-    ]
-    tasks = list(dict.fromkeys(ranks["task"]))
-    modalities = _order(ranks["modality"], MODALITIES)
-    families = _order(ranks["family"], FAMILIES)
-
-    task = alt.param(name="task", value=tasks[0], bind=alt.binding_select(options=tasks, name="Task "))
-    measure = alt.param(
-        name="measure", value=measures[0], bind=alt.binding_radio(options=list(measures), name="Measure ")
-    )
-    mode = alt.param(name="mode", value="gained", bind=alt.binding_radio(options=list(_RANKINGS), name="Ranking "))
-    modality = alt.param(
-        name="modality", value="All", bind=alt.binding_select(options=["All", *modalities], name="Modality ")
-    )
-    family = alt.param(
-        name="family",
-        value="All",
-        bind=alt.binding_select(
-            options=["All", *families], labels=["All", *[_family_label(f) for f in families]], name="Family "
-        ),
-    )
-    top_k = alt.param(
-        name="k", value=min(k, top_max), bind=alt.binding_range(min=1, max=top_max, step=1, name="Top k ")
-    )
-    # Start with the top feature of the first view selected, so the scatter is never blank.
-    first = ranks[(ranks["task"] == tasks[0]) & (ranks["measure"] == measures[0]) & (ranks["mode"] == "gained")]
-    initial = [{"fid": int(first.sort_values("rank")["fid"].iloc[0])}] if len(first) else None
-    pick = alt.selection_point(name="pick", fields=["fid"], on="click", empty=False, clear="dblclick", value=initial)
-
-    ranks_data, datasets = _named_csv(alt, "explorer_ranks", ranks)
-    scatter_data, more = _named_csv(alt, "explorer_scatter", scatter)
-    datasets.update(more)
-    features_data, more = _named_csv(alt, "explorer_features", features)
-    datasets.update(more)
-
-    y = alt.Y("column:N", sort=alt.EncodingSortField("position", op="min", order="ascending"), title=None,
-              axis=alt.Axis(labelLimit=300))
-    base = (
-        alt.Chart(ranks_data)
-        .transform_filter((alt.datum.task == task) & (alt.datum.measure == measure) & (alt.datum["mode"] == mode))
-        .transform_filter((modality == "All") | (alt.datum.modality == modality))
-        .transform_filter((family == "All") | (alt.datum.family == family))
-        .transform_window(position="row_number()", sort=[alt.SortField("rank", order="ascending")])
-        .transform_filter(alt.datum.position <= top_k)
-        .transform_lookup(
-            lookup="fid",
-            from_=alt.LookupData(data=features_data, key="fid", fields=[*_FEATURE_FIELDS, "has_scatter", "note"]),
-        )
-    )
-    bars = base.mark_bar(cursor="pointer").encode(
-        y=y,
-        x=alt.X("value:Q", title="change in the measure chosen above"),
-        color=alt.Color("modality:N", scale=_modality_scale(), title="Modality"),
-        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.65)),
-        stroke=alt.condition(pick, alt.value("black"), alt.value(None)),
-        tooltip=[alt.Tooltip("position:Q", title="rank"), *[t for t in _ranking_tooltip(alt) if t.shorthand != "rank:Q"]],
-    ).add_params(pick)
-    intervals = base.mark_rule(color="black").encode(y=y, x="lo:Q", x2="hi:Q")
-    ranking = alt.layer(bars, intervals).properties(
-        width=380, height=alt.Step(16), title="Click a bar to see its decoded-vs-true scatter →"
-    )
-
-    selected = (alt.datum.task == task)
-    points = (
-        alt.Chart(scatter_data)
-        .transform_filter(selected)
-        .transform_filter(pick)
-        .transform_fold(["pre", "ft"], as_=["stage_key", "decoded"])
-        .transform_calculate(
-            stage=f"datum.stage_key == 'pre' ? '{STAGE_LABELS['pre']}' : '{STAGE_LABELS['ft']}'"
-        )
-        .mark_circle(size=36, opacity=0.7)
-        .encode(
-            x=alt.X("true:Q", title="true (min-max scaled)", scale=alt.Scale(zero=False)),
-            y=alt.Y("decoded:Q", title="decoded", scale=alt.Scale(zero=False)),
-            color=alt.Color(
-                "stage:N", title="Encoder", scale=_stage_scale()
-            ),
-            tooltip=["case:N", "stage:N", alt.Tooltip("true:Q", format=".3f"), alt.Tooltip("decoded:Q", format=".3f")],
-        )
-    )
-    identity = (
-        alt.Chart(scatter_data)
-        .transform_filter(selected)
-        .transform_filter(pick)
-        .transform_aggregate(lo="min(true)", hi="max(true)")
-        .mark_rule(color="#444", strokeDash=[4, 4])
-        .encode(x="lo:Q", y="lo:Q", x2="hi:Q", y2="hi:Q")
-    )
-    # The header reads the clicked feature from the ranking view (the features table is used
-    # only through lookups: Vega-Lite 6.4 orders a data set used both ways after its lookups).
-    info = (
-        base.transform_filter(pick)
-        .mark_text(align="left", baseline="top", fontSize=12, fontWeight="bold")
-        .encode(text="column:N", x=alt.value(0), y=alt.value(0))
-    )
-    missing = "|".join(_note("", False)).replace("'", "\\'")
-    note = (
-        info.transform_calculate(text=f"datum.has_scatter ? datum.note : '{missing}'")
-        .mark_text(align="left", baseline="top", fontSize=11, color="#555", fontWeight="normal", lineBreak="|")
-        .encode(text="text:N", x=alt.value(0), y=alt.value(18))
-    )
-    scatter_view = alt.layer(points, identity).properties(width=300, height=300)
-    header = alt.layer(info, note).properties(width=300, height=90, view=alt.ViewBackground(stroke=None))
-    chart = (
-        alt.hconcat(ranking, alt.vconcat(header, scatter_view))
-        .add_params(task, measure, mode, modality, family, top_k)
-        .resolve_scale(color="independent")
-    )
-    chart = chart.properties(
-        title="What fine-tuning changed: explore the rankings (bars: bootstrap intervals where computed)"
-    )
-    # Set directly: .properties() would validate every embedded row against the schema (slow).
-    chart.datasets = datasets
-    return chart
-
-
-# --------------------------------------------------------------------------------------------
 # Pipeline tables: penalty sweep, planted truth, downstream performance
 # --------------------------------------------------------------------------------------------
 
 
-def _concat_tasks(tables, what: str) -> pd.DataFrame:
+def concat_tasks(tables, what: str) -> pd.DataFrame:
+    """One table of a ``{task: table}`` dict with a leading ``task`` column (a table passes as is)."""
     if isinstance(tables, pd.DataFrame):
         return tables.copy()
     if isinstance(tables, Mapping):
@@ -802,8 +441,8 @@ def sweep_chart(sweep, title: str | None = None):
         A table with columns ``l1, l2, val_loss, train_loss, selected`` or a dict of such
         tables keyed by task (one heatmap per task).
     """
-    alt = _alt()
-    data = _concat_tasks(sweep, "sweep")
+    alt = altair()
+    data = concat_tasks(sweep, "sweep")
     missing = {"l1", "l2", "val_loss"} - set(data.columns)
     if missing:
         raise ValueError(f"sweep table lacks columns {sorted(missing)}")
@@ -844,7 +483,7 @@ def planted_truth_chart(table: pd.DataFrame, title: str | None = None):
         Columns ``method, hidden_dim, n_cases, precision_gained, precision_lost`` (repeated
         rows, e.g. seeds, are averaged).
     """
-    alt = _alt()
+    alt = altair()
     missing = {"method", "hidden_dim", "n_cases", "precision_gained", "precision_lost"} - set(table.columns)
     if missing:
         raise ValueError(f"planted-truth table lacks columns {sorted(missing)}")
@@ -906,7 +545,7 @@ def table2(table: pd.DataFrame) -> pd.DataFrame:
 
 def downstream_chart(table: pd.DataFrame, title: str | None = None):
     """Table 2 as a chart: downstream metric per task, frozen backbone vs fine-tuned."""
-    alt = _alt()
+    alt = altair()
     missing = {"task", "regime", "metric", "value"} - set(table.columns)
     if missing:
         raise ValueError(f"downstream table lacks columns {sorted(missing)}")
@@ -920,7 +559,7 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
         .encode(
             x=alt.X("regime:N", sort=regimes, title=None, axis=alt.Axis(labelAngle=0)),
             y=alt.Y("value:Q", title=None),
-            color=alt.Color("regime:N", sort=regimes, scale=alt.Scale(range=list(STAGE_COLORS.values())), title="Regime"),
+            color=alt.Color("regime:N", sort=regimes, scale=alt.Scale(range=list(ENCODER_COLORS.values())), title="Regime"),
             tooltip=["task:N", "metric:N", "regime:N", alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(width=alt.Step(40), height=160)
@@ -930,31 +569,3 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The kernel-backed views live in radiolens.widgets (ipywidgets + matplotlib); they are
-# reachable from here too, so that "radiolens.views" is the one place to look for views.
-# Imported lazily: ipywidgets and matplotlib are not needed for the Altair charts.
-# --------------------------------------------------------------------------------------------
-
-_WIDGET_VIEWS = (
-    "CaseViewer",
-    "SweepExplorer",
-    "WeightChangeExplorer",
-    "case_figure",
-    "feature_definition",
-    "image_type_definition",
-    "rank_features",
-    "ranking_figure",
-    "render_slice",
-    "scatter_figure",
-    "show_case",
-    "window_for",
-)
-
-
-def __getattr__(name: str):
-    if name in _WIDGET_VIEWS:
-        from radiolens import widgets
-
-        return getattr(widgets, name)
-    raise AttributeError(f"module 'radiolens.views' has no attribute {name!r}")
