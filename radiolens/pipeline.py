@@ -448,10 +448,10 @@ class Study:
     def planted_truth(self) -> pd.DataFrame:
         """How the lens's measures recover a known shift (simulation; see chapter 9)."""
         if "planted" not in self._memo:
-            from radiolens import simulate
+            from radiolens.lens import simulation
 
             quick = bool(self.config.get("quick"))
-            params = {"quick": quick, "seed": self.seed, "v": _code_version("radiolens.lens", "radiolens.simulate")}
+            params = {"quick": quick, "seed": self.seed, "v": _code_version("radiolens.lens")}
             cache = self._cache("planted")
             key = "planted-" + hash_json(params)[:24]
             table = cache.get_frame(key)
@@ -462,7 +462,7 @@ class Study:
                     kwargs = dict(hidden_dims=(16, 256), n_cases=(300,), epochs=100, n_test=300)
                 else:
                     kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
-                table = self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
+                table = self._timed("planted truth", simulation.ols_reliability_table, seed=self.seed, **kwargs)
                 cache.put_frame(key, table)
             self._memo["planted"] = table
         return self._memo["planted"]
@@ -526,7 +526,12 @@ def _code_version(*modules: str) -> str:
     never reused (the package version alone does not change between commits)."""
     import importlib
 
-    parts = [Path(importlib.import_module(name).__file__).read_bytes() for name in modules]
+    parts = []
+    for name in modules:
+        module = importlib.import_module(name)
+        # a package (radiolens.lens) is versioned by every module in it
+        files = sorted(Path(module.__path__[0]).glob("*.py")) if hasattr(module, "__path__") else [Path(module.__file__)]
+        parts += [path.read_bytes() for path in files]
     return hash_json([hash_bytes(part) for part in parts])[:16]
 
 

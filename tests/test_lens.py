@@ -16,11 +16,11 @@ from radiolens.lens import (
     IMPORTANCE_COLUMNS,
     LensReport,
     RadiomicLens,
-    _fit_decoder,
     adjust_pvalues,
     penalty_sweep,
 )
-from radiolens.simulate import planted_shift, recovery_precision
+from radiolens.lens.decoders import fit_decoder
+from radiolens.lens.simulation import planted_shift, recovery_precision
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,11 +138,11 @@ def test_ill_conditioned_z_uses_reported_ridge_fallback():
     Z = np.column_stack([Z, Z[:, 0] + 1e-12 * rng.normal(size=50)])  # near-duplicate unit
     R = rng.normal(size=(50, 3))
     kw = dict(decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
-    dec = _fit_decoder(Z, R, **kw)
+    dec = fit_decoder(Z, R, **kw)
     assert dec.method == "ols+ridge_fallback" and dec.alpha > 0
     assert dec.condition_number > 1e7
     assert np.all(np.isfinite(dec.coef)) and np.abs(dec.coef).max() < 10
-    well = _fit_decoder(Z[:, :4], R, **kw)
+    well = fit_decoder(Z[:, :4], R, **kw)
     assert well.method == "ols" and well.alpha == 0.0
 
 
@@ -150,7 +150,7 @@ def test_constant_hidden_unit_gets_zero_row_not_fallback():
     rng = np.random.default_rng(1)
     Z = np.column_stack([rng.normal(size=(40, 3)), np.zeros(40)])
     R = rng.normal(size=(40, 2))
-    dec = _fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    dec = fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
     assert dec.method == "ols" and dec.n_constant_units == 1
     np.testing.assert_array_equal(dec.coef[3], 0.0)
     np.testing.assert_allclose(dec.coef[:3], LinearRegression().fit(Z[:, :3], R).coef_.T, atol=1e-10)
@@ -161,13 +161,13 @@ def test_scale_aware_importance_ignores_global_rescaling_of_z():
     Z = rng.normal(size=(100, 5))
     R = Z @ rng.normal(size=(5, 4)) + 0.1 * rng.normal(size=(100, 4))
     kw = dict(decoder="ols", ridge_alphas=(1.0,), max_condition=1e7)
-    paper = _fit_decoder(Z, R, scale="paper", **kw)
-    paper_big = _fit_decoder(5 * Z, R, scale="paper", **kw)
+    paper = fit_decoder(Z, R, scale="paper", **kw)
+    paper_big = fit_decoder(5 * Z, R, scale="paper", **kw)
     # the paper's importance shrinks 5-fold when Z is 5 times larger ...
     np.testing.assert_allclose(np.linalg.norm(paper_big.coef_scaled, axis=0),
                                np.linalg.norm(paper.coef_scaled, axis=0) / 5, rtol=1e-10)
-    std = _fit_decoder(Z, R, scale="standardized", **kw)
-    std_big = _fit_decoder(5 * Z, R, scale="standardized", **kw)
+    std = fit_decoder(Z, R, scale="standardized", **kw)
+    std_big = fit_decoder(5 * Z, R, scale="standardized", **kw)
     # ... the standardised one does not, and predictions are the same in both units
     np.testing.assert_allclose(std_big.coef_scaled, std.coef_scaled, rtol=1e-10)
     np.testing.assert_allclose(std.predict(Z), paper.predict(Z), atol=1e-10)
@@ -544,12 +544,10 @@ def test_ridge_on_stage1_cases_with_wide_hidden_space_is_flagged(small):
 
 def test_decoder_on_constant_hidden_space_is_intercept_only():
     """Every hidden unit constant over the cases (e.g. a dead GELU unit): zero importance, no crash."""
-    from radiolens.lens import _fit_decoder
-
     rng = np.random.default_rng(0)
     Z = np.ones((20, 3))
     R = rng.normal(size=(20, 4))
-    dec = _fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    dec = fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
     assert np.all(dec.coef == 0)
     np.testing.assert_allclose(dec.predict(Z), np.tile(R.mean(axis=0), (20, 1)))
 

@@ -322,7 +322,7 @@ def test_empty_study_and_rewrite(tmp_path):
 @pytest.fixture(scope="module")
 def real_reports():
     from radiolens.lens import RadiomicLens
-    from radiolens.simulate import planted_shift
+    from radiolens.lens.simulation import planted_shift
 
     reports = {}
     for seed, task in enumerate(("pirads", "volume")):

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from radiolens.lens.estimator import RadiomicLens
+
 __all__ = [
     "PYRADIOMICS_FEATURES",
     "PlantedShift",
@@ -324,8 +326,6 @@ def ols_reliability_table(
         ``protocol, method, hidden_dim, n_cases, precision_gained, precision_lost,
         decoder_used`` (``decoder_used`` says whether OLS fell back to ridge).
     """
-    from radiolens.lens import RadiomicLens
-
     unknown = set(protocols) - {"paper", "held-out decoders"}
     if unknown:
         raise ValueError(f"unknown protocols {sorted(unknown)}")

@@ -1,4 +1,4 @@
-"""Tests of radiolens.simulate: the planted truth must be what it claims to be."""
+"""Tests of radiolens.lens.simulation: the planted truth must be what it claims to be."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from radiolens.naming import parse_columns
-from radiolens.simulate import (
+from radiolens.lens.simulation import (
     RELIABILITY_METHODS,
     ols_reliability_table,
     planted_shift,
