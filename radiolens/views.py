@@ -185,12 +185,12 @@ def table1(report) -> pd.DataFrame:
         p_adjusted, stars``.
     """
     scores = report.scores
-    missing = {"stage", "level", "group", "r2", "mse"} - set(scores.columns)
+    missing = {"encoder", "level", "group", "r2", "mse"} - set(scores.columns)
     if missing:
         raise ValueError(f"report.scores lacks columns {sorted(missing)}")
     wanted = scores[scores["level"].isin(["family", "image_type", "overall"])]
-    wide = wanted.pivot_table(index=["level", "group"], columns="stage", values=["mse", "r2"], aggfunc="first")
-    wide.columns = [f"{metric}_{stage}" for metric, stage in wide.columns]
+    wide = wanted.pivot_table(index=["level", "group"], columns="encoder", values=["mse", "r2"], aggfunc="first")
+    wide.columns = [f"{metric}_{encoder}" for metric, encoder in wide.columns]
     wide = wide.reset_index()
     for column in ("mse_pre", "mse_ft", "r2_pre", "r2_ft"):
         if column not in wide:
@@ -301,7 +301,7 @@ def modality_r2_chart(report, title: str | None = None):
     data = scores[scores["level"] == "modality"].copy()
     if data.empty:
         raise ValueError("report.scores has no rows at level 'modality'")
-    data["stage"] = data["stage"].map(STAGE_LABELS)
+    data["stage"] = data["encoder"].map(STAGE_LABELS)
     data = data[["group", "stage", "r2", "mse"]].rename(columns={"group": "modality"})
     order = _order(data["modality"], MODALITIES)
     return (

@@ -203,15 +203,15 @@ def test_report_tables_have_the_promised_shape(small, small_lens):
     np.testing.assert_allclose(imp["rel_delta_I"], imp["delta_I"] / imp["I_pre"])
     np.testing.assert_allclose(imp["delta_r2"], imp["r2_ft"] - imp["r2_pre"])
     sc = report.scores
-    assert list(sc.columns) == ["stage", "level", "group", "r2", "mse"]
-    assert set(sc["stage"]) == {"pre", "ft"}
+    assert list(sc.columns) == ["encoder", "level", "group", "r2", "mse"]
+    assert set(sc["encoder"]) == {"pre", "ft"}
     assert set(sc["level"]) == {"overall", "modality", "image_type", "family", "feature"}
-    feat = sc[(sc.stage == "pre") & (sc.level == "feature")].set_index("group")["r2"]
+    feat = sc[(sc.encoder == "pre") & (sc.level == "feature")].set_index("group")["r2"]
     np.testing.assert_allclose(feat.loc[imp["column"]].to_numpy(), imp["r2_pre"].to_numpy())
-    fam = sc[(sc.stage == "ft") & (sc.level == "family") & (sc.group == "glcm")]["r2"].item()
+    fam = sc[(sc.encoder == "ft") & (sc.level == "family") & (sc.group == "glcm")]["r2"].item()
     assert fam == pytest.approx(imp.loc[imp.family == "glcm", "r2_ft"].mean())
     mse = ((report.observed - report.decoded_ft) ** 2).to_numpy().mean()
-    assert sc[(sc.stage == "ft") & (sc.level == "overall")]["mse"].item() == pytest.approx(mse)
+    assert sc[(sc.encoder == "ft") & (sc.level == "overall")]["mse"].item() == pytest.approx(mse)
     assert report.observed.shape == report.decoded_pre.shape == (40, len(imp))
     assert report.observed.index.equals(small.R_test.index)
     assert {"condition_number_pre", "condition_number_ft", "cases_per_hidden_unit",
@@ -265,9 +265,9 @@ def test_encoder_compared_with_itself_shows_exactly_zero_shift(small, small_lens
     assert (imp["delta_I_lo"] == 0).all() and (imp["delta_I_hi"] == 0).all()
     assert (imp["p_value"] == 1).all()
     assert (report.tests["p_value"] == 1).all() and (report.tests["statistic"] == 0).all()
-    pre = report.scores[report.scores.stage == "pre"].reset_index(drop=True)
-    ft = report.scores[report.scores.stage == "ft"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(pre.drop(columns="stage"), ft.drop(columns="stage"))
+    pre = report.scores[report.scores.encoder == "pre"].reset_index(drop=True)
+    ft = report.scores[report.scores.encoder == "ft"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pre.drop(columns="encoder"), ft.drop(columns="encoder"))
 
 
 # --------------------------------------------------------------------------------------------

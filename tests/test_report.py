@@ -224,7 +224,7 @@ def test_rankings_in_page_and_summary_match_the_reports(written, study):
         assert float(row[3]) == pytest.approx(imp["delta_I"], rel=1e-3)
         assert facts["n_features"] == len(report.importance)
         assert facts["overall"]["r2_ft"] == pytest.approx(
-            report.scores.query("stage == 'ft' and level == 'overall'")["r2"].item()
+            report.scores.query("encoder == 'ft' and level == 'overall'")["r2"].item()
         )
 
 

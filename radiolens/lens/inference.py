@@ -157,18 +157,18 @@ def permutation_pvalues(imp: pd.DataFrame, Zp, Zf, Rn, dec_p: Decoder, dec_f: De
 
 
 def score_table(info: pd.DataFrame, Y, pred_p, pred_f, r2_pre, r2_ft) -> pd.DataFrame:
-    """Tidy ``stage, level, group, r2, mse`` per feature, modality, image type, family, overall."""
+    """Tidy ``encoder, level, group, r2, mse`` per feature, modality, image type, family, overall."""
     rows = []
-    for stage, pred, r2 in (("pre", pred_p, r2_pre), ("ft", pred_f, r2_ft)):
+    for encoder, pred, r2 in (("pre", pred_p, r2_pre), ("ft", pred_f, r2_ft)):
         mse = np.mean((Y - pred) ** 2, axis=0)
-        rows.append((stage, "overall", "all", float(np.nanmean(r2)), float(mse.mean())))
+        rows.append((encoder, "overall", "all", float(np.nanmean(r2)), float(mse.mean())))
         for level in ("modality", "image_type", "family"):
             for group, idx in info.groupby(level, sort=False).groups.items():
                 pos = info.index.get_indexer(idx)
-                rows.append((stage, level, str(group), float(np.nanmean(r2[pos])), float(mse[pos].mean())))
+                rows.append((encoder, level, str(group), float(np.nanmean(r2[pos])), float(mse[pos].mean())))
         for j, col in enumerate(info["column"]):
-            rows.append((stage, "feature", col, float(r2[j]), float(mse[j])))
-    return pd.DataFrame(rows, columns=["stage", "level", "group", "r2", "mse"])
+            rows.append((encoder, "feature", col, float(r2[j]), float(mse[j])))
+    return pd.DataFrame(rows, columns=["encoder", "level", "group", "r2", "mse"])
 
 
 def wilcoxon_table(info: pd.DataFrame, modalities: Sequence[str], Y, pred_p, pred_f) -> pd.DataFrame:

@@ -32,7 +32,7 @@ class LensReport:
         ``p_value, p_adjusted``. ``rel_delta_I = delta_I / I_pre`` (the paper does not define
         its "relative dI"; this is radiolens' reading, NaN where ``I_pre == 0``).
     scores
-        Tidy ``stage, level, group, r2, mse`` on the evaluation cases (test cases when given,
+        Tidy ``encoder, level, group, r2, mse`` (``encoder`` is ``pre`` or ``ft``) on the evaluation cases (test cases when given,
         else exact leave-one-out predictions on the training cases). Group ``r2`` is the mean of
         the per-feature R^2 (scikit-learn's uniform average); ``mse`` the mean squared error
         over cases and features of the group, in min-max scaled units.
