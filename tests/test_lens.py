@@ -19,7 +19,7 @@ from radiolens.lens import (
     adjust_pvalues,
     penalty_sweep,
 )
-from radiolens.lens.decoders import fit_decoder
+from radiolens.lens.decoders import choose_decoder
 from radiolens.lens.simulation import planted_shift, recovery_precision
 
 
@@ -34,7 +34,8 @@ def small():
 
 @pytest.fixture(scope="module")
 def small_lens(small):
-    return RadiomicLens(hidden_dim=6, epochs=5, random_state=1).fit(small.X_pre, small.R)
+    """The paper's protocol: stage 1 and the decoders on the same cases, importance on raw Z."""
+    return RadiomicLens(protocol="paper", hidden_dim=6, epochs=5, random_state=1).fit(small.X_pre, small.R)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +139,11 @@ def test_ill_conditioned_z_uses_reported_ridge_fallback():
     Z = np.column_stack([Z, Z[:, 0] + 1e-12 * rng.normal(size=50)])  # near-duplicate unit
     R = rng.normal(size=(50, 3))
     kw = dict(decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
-    dec = fit_decoder(Z, R, **kw)
+    dec = choose_decoder(Z, R, **kw)
     assert dec.method == "ols+ridge_fallback" and dec.alpha > 0
     assert dec.condition_number > 1e7
     assert np.all(np.isfinite(dec.coef)) and np.abs(dec.coef).max() < 10
-    well = fit_decoder(Z[:, :4], R, **kw)
+    well = choose_decoder(Z[:, :4], R, **kw)
     assert well.method == "ols" and well.alpha == 0.0
 
 
@@ -150,7 +151,7 @@ def test_constant_hidden_unit_gets_zero_row_not_fallback():
     rng = np.random.default_rng(1)
     Z = np.column_stack([rng.normal(size=(40, 3)), np.zeros(40)])
     R = rng.normal(size=(40, 2))
-    dec = fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    dec = choose_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
     assert dec.method == "ols" and dec.n_constant_units == 1
     np.testing.assert_array_equal(dec.coef[3], 0.0)
     np.testing.assert_allclose(dec.coef[:3], LinearRegression().fit(Z[:, :3], R).coef_.T, atol=1e-10)
@@ -161,13 +162,13 @@ def test_scale_aware_importance_ignores_global_rescaling_of_z():
     Z = rng.normal(size=(100, 5))
     R = Z @ rng.normal(size=(5, 4)) + 0.1 * rng.normal(size=(100, 4))
     kw = dict(decoder="ols", ridge_alphas=(1.0,), max_condition=1e7)
-    paper = fit_decoder(Z, R, scale="paper", **kw)
-    paper_big = fit_decoder(5 * Z, R, scale="paper", **kw)
+    paper = choose_decoder(Z, R, scale="paper", **kw)
+    paper_big = choose_decoder(5 * Z, R, scale="paper", **kw)
     # the paper's importance shrinks 5-fold when Z is 5 times larger ...
     np.testing.assert_allclose(np.linalg.norm(paper_big.coef_scaled, axis=0),
                                np.linalg.norm(paper.coef_scaled, axis=0) / 5, rtol=1e-10)
-    std = fit_decoder(Z, R, scale="standardized", **kw)
-    std_big = fit_decoder(5 * Z, R, scale="standardized", **kw)
+    std = choose_decoder(Z, R, scale="standardized", **kw)
+    std_big = choose_decoder(5 * Z, R, scale="standardized", **kw)
     # ... the standardised one does not, and predictions are the same in both units
     np.testing.assert_allclose(std_big.coef_scaled, std.coef_scaled, rtol=1e-10)
     np.testing.assert_allclose(std.predict(Z), paper.predict(Z), atol=1e-10)
@@ -479,7 +480,7 @@ def test_fewer_training_cases_than_hidden_units_warns_and_uses_ridge(small):
 def test_unreliable_regime_of_paper_importance_is_flagged(small):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lens = RadiomicLens(hidden_dim=30, epochs=1).fit(small.X_pre, small.R)  # hidden >= d = 24
+        lens = RadiomicLens(protocol="paper", hidden_dim=30, epochs=1).fit(small.X_pre, small.R)  # hidden >= d = 24
     with pytest.warns(UserWarning, match="unreliable regime"):
         report = lens.compare(small.X_pre, small.X_ft, small.R)
     assert any("unreliable" in w for w in report.diagnostics["warnings"])
@@ -511,7 +512,7 @@ def test_bad_parameters_are_named(small, small_lens):
 
 def test_overlap_with_stage1_cases_is_reported(small, small_lens):
     same = small_lens.compare(small.X_pre, small.X_ft, small.R)
-    with pytest.warns(UserWarning, match="training cases per hidden unit"):  # 40 cases, 6 units
+    with pytest.warns(UserWarning, match="decoder cases per hidden unit"):  # 40 cases, 6 units
         other = small_lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
     assert same.diagnostics["stage1_case_overlap"] == 1.0
     assert other.diagnostics["stage1_case_overlap"] == 0.0
@@ -532,7 +533,7 @@ def test_refit_results_do_not_depend_on_threads(small, small_lens):
 def test_ridge_on_stage1_cases_with_wide_hidden_space_is_flagged(small):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lens = RadiomicLens(hidden_dim=30, epochs=1, decoder="ridge").fit(small.X_pre, small.R)  # 30 >= d = 24
+        lens = RadiomicLens(protocol="paper", hidden_dim=30, epochs=1, decoder="ridge").fit(small.X_pre, small.R)  # 30 >= d = 24
     with pytest.warns(UserWarning, match="trained stage 1"):
         same = lens.compare(small.X_pre, small.X_ft, small.R)
     assert any("backwards" in w for w in same.diagnostics["warnings"])
@@ -547,7 +548,7 @@ def test_decoder_on_constant_hidden_space_is_intercept_only():
     rng = np.random.default_rng(0)
     Z = np.ones((20, 3))
     R = rng.normal(size=(20, 4))
-    dec = fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    dec = choose_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
     assert np.all(dec.coef == 0)
     np.testing.assert_allclose(dec.predict(Z), np.tile(R.mean(axis=0), (20, 1)))
 
@@ -563,7 +564,7 @@ def test_stage1_beats_the_best_constant_even_with_few_cases():
 
 def test_near_constant_hidden_unit_is_reported():
     sim = planted_shift(n_cases=200, n_test=0, seed=1)
-    lens = RadiomicLens(hidden_dim=8, epochs=20, random_state=0).fit(sim.X_pre, sim.R)
+    lens = RadiomicLens(protocol="paper", hidden_dim=8, epochs=20, random_state=0).fit(sim.X_pre, sim.R)
     lens.weight_[0] *= 1e-6  # unit 0 now barely varies over the cases
     with pytest.warns(UserWarning, match="barely vary"):
         report = lens.compare(sim.X_pre, sim.X_ft, sim.R)

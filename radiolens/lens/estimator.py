@@ -6,6 +6,7 @@ import io
 import json
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +17,56 @@ from sklearn.exceptions import NotFittedError
 
 from radiolens.cache import atomic_write_bytes, atomic_write_text
 from radiolens.lens._validation import align, as_embedding, as_radiomics, torch_module
-from radiolens.lens.decoders import DEFAULT_RIDGE_ALPHAS, MIN_UNIT_SPREAD, Decoder, fit_decoder, r2_per_feature
+from radiolens.lens.decoders import (
+    DEFAULT_RIDGE_ALPHAS,
+    MIN_UNIT_SPREAD,
+    SCALES,
+    Decoder,
+    choose_decoder,
+    r2_per_feature,
+)
 from radiolens.lens.inference import (
-    bootstrap_intervals,
+    Fold,
+    adjust_pvalues,
+    bootstrap_replicates,
+    combined_importance,
+    loo_predictions,
+    model_importance_sq,
     parallel_map,
+    squared_importance,
     permutation_pvalues,
+    reflected_interval,
     score_table,
+    test_predictions,
     wilcoxon_table,
 )
 from radiolens.lens.projection import ACTIVATIONS, OPTIMIZERS, Stage1Settings, project, train_projection
 from radiolens.lens.report import LensReport
 from radiolens.naming import MODALITIES, parse_column
 
-_SCALES = ("paper", "standardized")
+#: How the decoders are kept apart from stage 1's training cases (see :class:`RadiomicLens`).
+PROTOCOLS = ("cross-fit", "paper")
 _DECODERS = ("ols", "ridge")
-
-# Heuristics for the unreliable regime of the paper's OLS importance (see the package docstring).
+#: Heuristic for the unreliable regime of the paper's OLS importance (planted-truth simulation).
 _MIN_CASES_PER_UNIT = 10.0
+#: An evaluation feature whose sum of squares is below this per case (in min-max units, where
+#: the training range is 1) is constant there: its R^2 is not evaluable.
+_MIN_TSS_PER_CASE = 1e-12
+_FORMAT = "radiolens.RadiomicLens/2"
+
+
+@dataclass
+class _Projection:
+    """One frozen stage-1 projection with its input standardisation."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    activation: str
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return project((X - self.x_mean) / self.x_scale, self.weight, self.bias, self.activation)
 
 
 class RadiomicLens(BaseEstimator):
@@ -40,19 +74,64 @@ class RadiomicLens(BaseEstimator):
 
     Parameters
     ----------
+    protocol
+        Which cases the stage-2 decoders are fitted on, relative to stage 1's training cases.
+
+        ``"cross-fit"`` (default)
+            :meth:`fit` also trains one projection per part (``n_folds``) of the training cases
+            on the *other* parts. :meth:`compare` then reads every training case through the
+            projection that never saw it, fits each part's decoders on that part, and combines
+            the parts. Stage 1 has not memorised the noise of the cases its decoders are fitted
+            on, so features neither encoder carries show no change on average, and the bootstrap
+            and permutation test (which hold the projections fixed) are calibrated; in the
+            planted-truth benchmark (``benchmarks/bench_calibration.py``) they flag such
+            features at about their nominal 5%.
+        ``"paper"``
+            As published: stage 1 and the decoders on the same cases. The projection has learnt
+            those cases' radiomics, noise included, so features encoded by neither encoder look
+            lost by ``delta_I`` and gained by ``delta_r2``, and intervals and p-values are too
+            optimistic (the benchmark measures by how much).
+
+        Under either protocol, decoders fitted on cases stage 1 never saw (no case of
+        :meth:`compare`'s ``R`` was in :meth:`fit`) use the full projection (``"held-out"``).
+    n_folds
+        Parts of the training cases for ``protocol="cross-fit"`` (default 2: each decoder is
+        fitted on half the cases, each projection trained on the other half).
     hidden_dim
         Width of the shared hidden space. ``None``: ``min(256, d // 2, n_train // 10)``, at
         least 1 — below the embedding width ``d`` and with >= 10 training cases per hidden
         unit, where the paper's OLS importance is reliable (see :mod:`radiolens.lens.simulation`).
+        The cross-fitted projections have the same width.
     l1, l2
         Elastic penalty weights on all weights of the projection and heads (paper: 1e-6, 1e-5).
     epochs, lr
         Training length and learning rate of stage 1 (paper: 200, 1e-3).
     random_state
-        Seed for initialisation, batch order, bootstrap and permutations.
+        Seed for initialisation, batch order, the cross-fitting parts, bootstrap and
+        permutations (each procedure has its own random stream).
     decoder
         ``"ols"`` (the paper's closed-form least squares, default) or ``"ridge"`` (penalty per
-        stage chosen by exact leave-one-out cross-validation on standardised ``Z``).
+        encoder chosen by exact leave-one-out cross-validation on standardised ``Z``).
+    fit_intercept
+        ``True`` (default): the decoders fit an intercept (``Z`` and ``R`` centred). ``False``:
+        the paper's literal ``theta = R Z^T (Z Z^T)^-1``. After the non-linearity ``Z`` is not
+        centred and ``R`` lies in ``[0, 1]``, so without an intercept the decoder spends its
+        weights on reproducing each feature's mean, and ``I`` mostly measures that mean; the
+        planted-truth benchmark (``benchmarks/bench_calibration.py --intercept``) shows how much
+        this changes ``I`` and how much worse it recovers the truth.
+    match_ft_moments
+        ``True`` (the default under ``protocol="cross-fit"``; ``None`` follows the protocol):
+        before the frozen projection, shift and scale every dimension of the
+        fine-tuned embeddings to the mean and standard deviation the pre-trained embeddings have
+        on the same decoder cases (the same map is applied to test cases). Fine-tuning often
+        moves and rescales embedding dimensions wholesale (on the built-in study by several
+        pre-trained standard deviations), which pushes the fine-tuned inputs of the projection,
+        trained on pre-trained embeddings only, into the flat part of its non-linearity: hidden
+        units that barely vary, an ill-conditioned ``Z_ft`` and a paper's importance inflated by
+        orders of magnitude. A per-dimension shift or rescaling is not a change in what an
+        embedding encodes (any linear read-out undoes it), so the lens compares the encoders
+        after removing it. ``False`` (the default under ``protocol="paper"``): the fine-tuned
+        embeddings enter the projection as they are, as in the paper.
     activation
         Non-linearity of the projection: ``"gelu"`` (default), ``"relu"``, ``"tanh"``, ``"silu"``.
     optimizer
@@ -69,8 +148,10 @@ class RadiomicLens(BaseEstimator):
     ridge_alphas
         Penalties searched by the ridge decoder (default ``logspace(-3, 6, 28)``).
     max_condition
-        Condition number of centred ``Z`` above which the OLS decoder falls back to the
-        smallest ridge bounding it (reported in the diagnostics).
+        Condition number of ``Z`` above which least squares is stabilised: on the paper's and
+        the standardised scale by the smallest ridge bounding it, on the whitened scale by
+        leaving out the directions with singular values below ``1 / max_condition`` of the
+        largest (reported in the diagnostics).
     drop_constant
         Constant radiomic columns on the training cases cannot be min-max scaled. ``False``
         (default): raise naming them. ``True``: drop them with a warning (``dropped_columns_``).
@@ -95,16 +176,27 @@ class RadiomicLens(BaseEstimator):
         Min-max scaling of R, fitted on the training cases: ``(R - min) / range``.
     x_mean_, x_scale_ : ndarray
         Input standardisation.
-    hidden_dim_, n_features_in_, feature_names_in_, n_train_
+    hidden_dim_, n_features_in_, feature_names_in_, n_train_, train_cases_
     weight_, bias_ : ndarray
-        The frozen projection ``Z = act(((X - x_mean_) / x_scale_) @ weight_.T + bias_)``.
+        The frozen projection trained on every training case,
+        ``Z = act(((X - x_mean_) / x_scale_) @ weight_.T + bias_)`` (:meth:`transform`).
     history_ : DataFrame
         ``epoch, train_loss`` (+ ``val_loss`` when validation data was given); reconstruction
         term only.
+    fold_of_case_ : ndarray of int
+        Cross-fitting part of every training case (aligned with ``train_cases_``); empty for
+        ``protocol="paper"``.
+    fold_weight_, fold_bias_, fold_x_mean_, fold_x_scale_ : ndarray
+        The cross-fitted projections, one per part (first axis), each trained without that
+        part's cases.
+    fold_history_ : DataFrame
+        ``fold, epoch, train_loss`` of the cross-fitted projections.
     """
 
     def __init__(
         self,
+        protocol: str = "cross-fit",
+        n_folds: int = 2,
         hidden_dim: int | None = None,
         l1: float = 1e-6,
         l2: float = 1e-5,
@@ -112,6 +204,8 @@ class RadiomicLens(BaseEstimator):
         lr: float = 1e-3,
         random_state: int = 0,
         decoder: str = "ols",
+        fit_intercept: bool = True,
+        match_ft_moments: bool | None = None,
         activation: str = "gelu",
         optimizer: str = "adamw",
         batch_size: int = 64,
@@ -124,6 +218,8 @@ class RadiomicLens(BaseEstimator):
         n_threads: int | None = None,
         progress: bool = False,
     ) -> None:
+        self.protocol = protocol
+        self.n_folds = n_folds
         self.hidden_dim = hidden_dim
         self.l1 = l1
         self.l2 = l2
@@ -131,6 +227,8 @@ class RadiomicLens(BaseEstimator):
         self.lr = lr
         self.random_state = random_state
         self.decoder = decoder
+        self.fit_intercept = fit_intercept
+        self.match_ft_moments = match_ft_moments
         self.activation = activation
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -153,6 +251,10 @@ class RadiomicLens(BaseEstimator):
         return params
 
     def _check_params(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == "cross-fit" and int(self.n_folds) < 2:
+            raise ValueError(f"n_folds must be >= 2 for protocol='cross-fit', got {self.n_folds!r}")
         if self.decoder not in _DECODERS:
             raise ValueError(f"decoder must be one of {_DECODERS}, got {self.decoder!r}")
         if self.activation not in ACTIVATIONS:
@@ -235,13 +337,19 @@ class RadiomicLens(BaseEstimator):
             index = r_index
         return values, index
 
-    def _project(self, X: np.ndarray) -> np.ndarray:
-        """The frozen projection in float64 (exact and reproducible)."""
-        return project((X - self.x_mean_) / self.x_scale_, self.weight_, self.bias_, self.activation)
+    def _projection(self, fold: int | None = None) -> _Projection:
+        """The full projection (``fold=None``) or the one trained without part ``fold``."""
+        if fold is None:
+            return _Projection(self.weight_, self.bias_, self.x_mean_, self.x_scale_, self.activation)
+        return _Projection(self.fold_weight_[fold], self.fold_bias_[fold], self.fold_x_mean_[fold],
+                           self.fold_x_scale_[fold], self.activation)
 
     # -- stage 1 ----------------------------------------------------------------------------
     def fit(self, X_pre: Any, R: pd.DataFrame, *, validation: tuple[Any, pd.DataFrame] | None = None) -> RadiomicLens:
         """Train the shared projection on pre-fine-tuning embeddings (PAPER.md stage 1).
+
+        With ``protocol="cross-fit"`` also trains one projection per part of the training
+        cases, on the other parts (``n_folds + 1`` trainings in all).
 
         Parameters
         ----------
@@ -268,18 +376,12 @@ class RadiomicLens(BaseEstimator):
         self.n_features_in_ = d
         self.feature_names_in_ = x_columns
         self.n_train_ = n
-        # case ids (as text) stage 1 saw, to report when compare() reuses them
+        # case ids (as text) stage 1 saw, to know which projection never saw a compared case
         self.train_cases_ = [str(i) for i in R.index]
-        if self.standardize_inputs:
-            self.x_mean_ = X.mean(axis=0)
-            sd = X.std(axis=0)
-            self.x_scale_ = np.where(sd > 0, sd, 1.0)
-        else:
-            self.x_mean_ = np.zeros(d)
-            self.x_scale_ = np.ones(d)
         h = self.default_hidden_dim(d, n) if self.hidden_dim is None else int(self.hidden_dim)
         self.hidden_dim_ = h
         self._warn_width(n, d, h)
+        self.x_mean_, self.x_scale_ = self._standardisation(X)
         val = None
         if validation is not None:
             Xv_raw, Rv_raw = validation
@@ -290,11 +392,44 @@ class RadiomicLens(BaseEstimator):
                 raise ValueError(f"X_val has {Xv.shape[1]} embedding dims, X_pre has {d}")
             val = ((Xv - self.x_mean_) / self.x_scale_, self._scale_radiomics(Rv_df, "R_val"))
         mod_index = np.array([self.modalities_.index(m) for m in self.column_info_["modality"]])
+        settings = self._stage1_settings()
         # Freeze: keep the projection; the temporary heads are discarded, as in the paper.
-        self.weight_, self.bias_, self.history_ = train_projection(
-            (X - self.x_mean_) / self.x_scale_, Rn, mod_index, self._stage1_settings(), val
-        )
+        stage1 = train_projection((X - self.x_mean_) / self.x_scale_, Rn, mod_index, settings, val)
+        self.weight_, self.bias_, self.history_ = stage1.weight, stage1.bias, stage1.history
+        self._fit_folds(X, Rn, mod_index, settings)
         return self
+
+    def _fit_folds(self, X: np.ndarray, Rn: np.ndarray, mod_index: np.ndarray, settings: Stage1Settings) -> None:
+        """The cross-fitted projections: part k's projection is trained on the other parts."""
+        n, d = X.shape
+        h = self.hidden_dim_
+        K = int(self.n_folds) if self.protocol == "cross-fit" else 0
+        if K > n:
+            raise ValueError(f"n_folds={K} is more than the {n} training cases")
+        order = np.random.default_rng([int(self.random_state), 3]).permutation(n)
+        self.fold_of_case_ = np.empty(n if K else 0, dtype=np.int64)
+        for k, part in enumerate(np.array_split(order, K) if K else []):
+            self.fold_of_case_[part] = k
+        shapes = {"fold_weight_": (K, h, d), "fold_bias_": (K, h), "fold_x_mean_": (K, d), "fold_x_scale_": (K, d)}
+        for name, shape in shapes.items():
+            setattr(self, name, np.zeros(shape))
+        histories = []
+        for k in range(K):
+            other = self.fold_of_case_ != k
+            mean, scale = self._standardisation(X[other])
+            fold_settings = Stage1Settings(**{**vars(settings), "random_state": int(self.random_state) + 1 + k})
+            stage1 = train_projection((X[other] - mean) / scale, Rn[other], mod_index, fold_settings)
+            self.fold_weight_[k], self.fold_bias_[k] = stage1.weight, stage1.bias
+            self.fold_x_mean_[k], self.fold_x_scale_[k] = mean, scale
+            histories.append(stage1.history.assign(fold=k))
+        columns = ["fold", "epoch", "train_loss"]
+        self.fold_history_ = pd.concat(histories, ignore_index=True)[columns] if histories else pd.DataFrame(columns=columns)
+
+    def _standardisation(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.standardize_inputs:
+            return np.zeros(X.shape[1]), np.ones(X.shape[1])
+        sd = X.std(axis=0)
+        return X.mean(axis=0), np.where(sd > 0, sd, 1.0)
 
     def _stage1_settings(self) -> Stage1Settings:
         return Stage1Settings(
@@ -347,14 +482,15 @@ class RadiomicLens(BaseEstimator):
 
     # -- projection -------------------------------------------------------------------------
     def transform(self, X: Any) -> pd.DataFrame | np.ndarray:
-        """Project embeddings into the frozen hidden space.
+        """Project embeddings into the frozen hidden space of the projection trained on every
+        training case (the paper's; the cross-fitted ones are used inside :meth:`compare`).
 
         Returns a cases x hidden_dim DataFrame (columns ``z_000..``, X's index) when given a
         DataFrame, else an array.
         """
         self._check_fitted()
         values, index = self._embedding(X, "X", None)
-        Z = self._project(values)
+        Z = self._projection()(values)
         if isinstance(X, pd.DataFrame):
             return pd.DataFrame(Z, index=X.index, columns=[f"z_{j:03d}" for j in range(Z.shape[1])])
         return Z
@@ -381,209 +517,222 @@ class RadiomicLens(BaseEstimator):
         X_pre, X_ft
             Embeddings of the same cases by the pre-trained and the fine-tuned encoder.
         R
-            Radiomics of those cases (the decoders are fitted on them).
+            Radiomics of those cases (the decoders are fitted on them). Under
+            ``protocol="cross-fit"`` they must all be training cases of :meth:`fit` (each is
+            read through the projection that did not see it), or all cases it never saw.
         test
             Optional ``(X_pre_test, X_ft_test, R_test)``: scores, ``r2_*``, Wilcoxon tests and
             the decoded tables are computed on these cases. Without it, on exact leave-one-out
-            predictions of the training cases.
+            predictions of the decoder cases.
         n_bootstrap
-            Case-resampled intervals (level ``ci``) for ``I_pre, I_ft, delta_I`` (decoders
-            refitted on resampled training cases, pre and ft on the same resample; penalties and
-            fallback kept) and ``delta_r2`` (evaluation cases resampled with the predictions
-            fixed). They are *basic* (reverse-percentile) intervals ``[2 est - q_hi, 2 est -
-            q_lo]``: a decoder refitted on a resample with repeated cases fits noise more, so the
-            bootstrap distribution of a norm sits above the estimate and plain percentiles
-            would be biased upwards. Intervals of ``I`` are clipped at 0.
+            Case-resampled intervals (level ``ci``) for ``I_pre, I_ft, delta_I`` and
+            ``delta_r2``. Each resample draws every part's decoder cases with replacement
+            (within the part), refits both encoders' decoders on it (projections, penalties and
+            truncation kept) and, with test cases, draws the test cases too; without test cases
+            ``delta_r2`` is scored on each refit's out-of-bag cases. An interval is the
+            bootstrap's spread of the error reflected onto the estimate,
+            ``[est - (q_hi - c), est - (q_lo - c)]``, where ``c`` is the quantity's value in the
+            bootstrap world: the plain (not debiased) importance for ``I`` and ``delta_I`` (for
+            the paper's and the standardised scale that is the estimate itself: the basic
+            bootstrap interval), the median of the resampled ``delta_r2`` for ``delta_r2``
+            (a resampled decoder, fitted on fewer distinct cases, overfits more; only the spread
+            carries over). Intervals of ``I`` are clipped at 0.
         n_permutations
             Paired permutation test of "this feature's encoding changed": for each permutation
-            the pre/ft embeddings of every case (training and test) are swapped with probability
-            1/2, both decoders refitted, and the statistic recomputed. ``p_value = (1 + #{perm >=
-            obs}) / (1 + n_permutations)``; ``p_adjusted`` by ``p_adjust`` over features. The
-            smallest attainable p-value is ``1 / (1 + n_permutations)``.
+            the pre/ft embeddings of every case (decoder and test cases) are swapped with
+            probability 1/2, every decoder refitted, and the statistic recomputed. ``p_value =
+            (1 + #{perm >= obs}) / (1 + n_permutations)``; ``p_adjusted`` by ``p_adjust`` over
+            the tested features. The smallest attainable p-value is ``1 / (1 + n_permutations)``.
+            Bootstrap and permutations draw from separate random streams.
         scale
-            Units of the importance. ``"paper"``: rows of the decoder on raw ``Z`` (the paper's;
-            it shrinks if ``Z_ft`` is globally larger). ``"standardized"``: on ``Z`` standardised
-            per stage (scale-aware: a global rescaling of ``Z_ft`` leaves it unchanged).
-            ``None`` (default): ``"paper"`` for the OLS decoder, ``"standardized"`` for ridge
-            (whose penalty is defined on standardised ``Z``).
+            Units of the importance (:mod:`radiolens.lens.decoders`): ``"paper"`` (raw ``Z``),
+            ``"standardized"`` or ``"whitened"`` (debiased; invariant to any linear change of
+            the hidden units). ``None``: ``"whitened"`` under ``protocol="cross-fit"``; under
+            ``protocol="paper"`` the paper's ``"paper"`` (``"standardized"`` for ridge, whose
+            penalty is defined on standardised ``Z``).
         ci
             Confidence level of bootstrap intervals.
         p_adjust
             ``"fdr_bh"`` (default) or ``"holm"``.
         permutation_stat
             ``"delta_r2"`` (default): ``|r2_ft - r2_pre|`` on the evaluation cases, specific to
-            each feature. ``"delta_I"``: ``|I_ft - I_pre|``; note that a global change of the
-            spectrum of ``Z`` shifts the norms of *every* row (also of features encoded by
-            neither), so this tests "the decoder changed" more than "the encoding changed".
+            each feature. ``"delta_I"``: ``|I_ft - I_pre|``.
 
         Returns
         -------
         LensReport
-
-        Notes
-        -----
-        Fitting the decoders on the cases stage 1 was trained on (as the paper does) favours
-        the pre-trained stage a little: the projection has learned those cases' radiomics,
-        noise included. Features encoded by neither encoder then get a larger pre decoder
-        row (``delta_I < 0``: they look lost) and, because that row fits training noise, a
-        worse held-out pre R^2 (``delta_r2 > 0``: they look gained). The planted-truth
-        simulation shows this most for the OLS decoder; ridge shrinks it. Comparing on cases
-        not used in :meth:`fit` (e.g. the validation split) removes the bias.
+            ``params["protocol"]`` and ``diagnostics["protocol"]`` say which protocol produced
+            it (``"cross-fit"``, ``"paper"`` or ``"held-out"``). A feature constant on the
+            evaluation cases has NaN ``r2_*``, ``delta_r2`` and ``p_value`` and is listed in
+            ``diagnostics["not_evaluable"]``.
         """
         self._check_fitted()
-        scale = self._check_compare_args(scale, ci, permutation_stat)
-        rng = np.random.default_rng(int(self.random_state))
+        scale = self._check_compare_args(scale, ci, permutation_stat, p_adjust)
         R = as_radiomics(R, "R")
         Rn = self._scale_radiomics(R, "R")
-        Zp, Zf = self._pair(X_pre, X_ft, R.index, "")
-        n, h = Zp.shape
-        seen = set(self.train_cases_)
-        overlap = float(np.mean([str(i) in seen for i in R.index]))
-        dec_p, dec_f, force_ridge, diag_warnings = self._fit_decoders(Zp, Zf, Rn, scale, loo=test is None)
-        diag_warnings += self._regime_warnings(n, h, scale, force_ridge, overlap)
-
-        if test is not None:  # evaluation cases: test, else exact leave-one-out predictions
+        Xp, Xf = self._pair(X_pre, X_ft, R.index, "")
+        protocol, groups = self._decoder_plan(R.index)
+        if test is not None:
             if len(test) != 3:
                 raise ValueError("test must be a tuple (X_pre_test, X_ft_test, R_test)")
-            Xpt, Xft, Rt = test
-            Rt = as_radiomics(Rt, "R_test")
-            Yt = self._scale_radiomics(Rt, "R_test")
-            Zpt, Zft = self._pair(Xpt, Xft, Rt.index, "_test")
-            eval_index = Rt.index
-            pred_p, pred_f = dec_p.predict(Zpt), dec_f.predict(Zft)
+            Rt = as_radiomics(test[2], "R_test")
+            Y_eval, eval_index = self._scale_radiomics(Rt, "R_test"), Rt.index
+            Xpt, Xft = self._pair(test[0], test[1], Rt.index, "_test")
         else:
-            Yt, eval_index = Rn, R.index
-            pred_p, pred_f = dec_p.loo_pred, dec_f.loo_pred
+            Y_eval, eval_index, Xpt, Xft = Rn, R.index, None, None
+        match = self.protocol == "cross-fit" if self.match_ft_moments is None else bool(self.match_ft_moments)
+        if match:
+            Xf, Xft = _match_moments(Xf, Xp, Xft)
+        diag_warnings: list[str] = []
+        folds = []
+        for projection, positions in groups:
+            dec_p, dec_f, fold_warnings = self._fit_decoders(projection(Xp[positions]), projection(Xf[positions]),
+                                                             Rn[positions], scale, loo=test is None)
+            diag_warnings += [w for w in fold_warnings if w not in diag_warnings]
+            folds.append(Fold(dec_p.Z, dec_f.Z, Rn[positions], positions, dec_p.decoder, dec_f.decoder,
+                              None if Xpt is None else projection(Xpt), None if Xft is None else projection(Xft)))
+        n, h = len(R), self.hidden_dim_
+        diag_warnings += self._regime_warnings(min(len(f.Y) for f in folds), h, scale, folds, protocol)
+        for msg in diag_warnings:
+            warnings.warn(msg, stacklevel=2)
 
-        imp = self._importance(dec_p, dec_f, r2_per_feature(Yt, pred_p), r2_per_feature(Yt, pred_f))
+        decs_p, decs_f = [f.dec_p for f in folds], [f.dec_f for f in folds]
+        if test is not None:
+            pred_p, pred_f = test_predictions(folds, decs_p, decs_f)
+        else:
+            pred_p, pred_f = loo_predictions(folds, decs_p, decs_f, n, Rn.shape[1])
+        min_tss = _MIN_TSS_PER_CASE * len(Y_eval)
+        imp = self._importance(decs_p, decs_f, r2_per_feature(Y_eval, pred_p, min_tss),
+                               r2_per_feature(Y_eval, pred_f, min_tss))
         mapper = self._mapper()
+        seed = int(self.random_state)
         if n_bootstrap:
-            bootstrap_intervals(imp, Zp, Zf, Rn, dec_p, dec_f, scale, Yt, pred_p, pred_f, int(n_bootstrap), ci,
-                                rng, mapper)
+            reps = bootstrap_replicates(folds, Y_eval, test is not None, int(n_bootstrap),
+                                        np.random.default_rng([seed, 1]), mapper, min_tss)
+            self._add_intervals(imp, reps, decs_p, decs_f, ci)
         if n_permutations:
-            test_z = (Zpt, Zft, Yt) if test is not None else None
-            permutation_pvalues(imp, Zp, Zf, Rn, dec_p, dec_f, scale, int(n_permutations), permutation_stat,
-                                p_adjust, rng, test_z, mapper)
+            p = permutation_pvalues(folds, Y_eval, test is not None, permutation_stat, int(n_permutations),
+                                    np.random.default_rng([seed, 2]), mapper, min_tss)
+            imp["p_value"] = p
+            imp["p_adjusted"] = adjust_pvalues(p, p_adjust)
 
         cols = self.columns_
-        diagnostics = {
-            "evaluation": "test" if test is not None else "leave-one-out",
-            "n_train_cases": int(n),
-            "n_eval_cases": int(len(eval_index)),
-            "hidden_dim": int(h),
-            "embedding_dim": int(self.n_features_in_),
-            "cases_per_hidden_unit": float(n / h),
-            "decoder": self.decoder,
-            "scale": scale,
-            "condition_number_pre": float(dec_p.condition_number),
-            "condition_number_ft": float(dec_f.condition_number),
-            "decoder_used_pre": dec_p.method,
-            "decoder_used_ft": dec_f.method,
-            "ridge_alpha_pre": float(dec_p.alpha),
-            "ridge_alpha_ft": float(dec_f.alpha),
-            "fallback_used": bool(force_ridge or "fallback" in dec_p.method or "fallback" in dec_f.method),
-            "constant_units_pre": dec_p.n_constant_units,
-            "constant_units_ft": dec_f.n_constant_units,
-            "stage1_case_overlap": overlap,
-            "n_bootstrap": int(n_bootstrap),
-            "n_permutations": int(n_permutations),
-            "warnings": diag_warnings,
-        }
+        not_evaluable = imp.loc[imp["r2_pre"].isna() | imp["r2_ft"].isna(), "column"].tolist()
+        diagnostics = self._diagnostics(protocol, folds, n, len(eval_index), test is not None, scale,
+                                        not_evaluable, n_bootstrap, n_permutations, diag_warnings, match,
+                                        overlap=float(np.mean([str(i) in set(self.train_cases_) for i in R.index]))
+                                        if protocol == "paper" else 0.0)
         params = self._plain_params()
         params.update({"scale": scale, "ci": ci, "p_adjust": p_adjust, "permutation_stat": permutation_stat,
                        "n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations),
-                       "has_test": test is not None})
-        units = pd.RangeIndex(h, name="hidden_unit")
+                       "has_test": test is not None, "protocol_used": protocol})
+        table_p, table_f = self._decoder_tables(folds)
         return LensReport(
             importance=imp,
-            scores=score_table(self.column_info_, Yt, pred_p, pred_f, imp["r2_pre"].to_numpy(),
+            scores=score_table(self.column_info_, Y_eval, pred_p, pred_f, imp["r2_pre"].to_numpy(),
                                imp["r2_ft"].to_numpy()),
-            tests=wilcoxon_table(self.column_info_, self.modalities_, Yt, pred_p, pred_f),
-            observed=pd.DataFrame(Yt, index=eval_index, columns=cols),
+            tests=wilcoxon_table(self.column_info_, self.modalities_, Y_eval, pred_p, pred_f),
+            observed=pd.DataFrame(Y_eval, index=eval_index, columns=cols),
             decoded_pre=pd.DataFrame(pred_p, index=eval_index, columns=cols),
             decoded_ft=pd.DataFrame(pred_f, index=eval_index, columns=cols),
-            diagnostics=diagnostics, params=params,
-            decoder_pre=pd.DataFrame(dec_p.coef_scaled, index=units, columns=cols),
-            decoder_ft=pd.DataFrame(dec_f.coef_scaled, index=units, columns=cols),
+            diagnostics=diagnostics, params=params, decoder_pre=table_p, decoder_ft=table_f,
         )
 
-    def _check_compare_args(self, scale: str | None, ci: float, permutation_stat: str) -> str:
+    def _check_compare_args(self, scale: str | None, ci: float, permutation_stat: str, p_adjust: str) -> str:
         if scale is None:
-            scale = "standardized" if self.decoder == "ridge" else "paper"
-        if scale not in _SCALES:
-            raise ValueError(f"scale must be one of {_SCALES} or None, got {scale!r}")
+            if self.protocol == "cross-fit":
+                scale = "whitened"
+            else:
+                scale = "standardized" if self.decoder == "ridge" else "paper"
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES} or None, got {scale!r}")
         if not 0 < ci < 1:
             raise ValueError(f"ci must be in (0, 1), got {ci}")
         if permutation_stat not in ("delta_r2", "delta_I"):
             raise ValueError(f"permutation_stat must be 'delta_r2' or 'delta_I', got {permutation_stat!r}")
+        if p_adjust not in ("fdr_bh", "holm"):
+            raise ValueError(f"p_adjust must be 'fdr_bh' or 'holm', got {p_adjust!r}")
         return scale
 
-    def _fit_decoders(self, Zp, Zf, Rn, scale: str, loo: bool) -> tuple[Decoder, Decoder, bool, list[str]]:
-        """Both stages' decoders, and the warnings their fits raise."""
+    def _decoder_plan(self, index: pd.Index) -> tuple[str, list[tuple[_Projection, np.ndarray]]]:
+        """``(protocol used, [(projection, rows of R it decodes)])``."""
+        fold_of = dict(zip(self.train_cases_, self.fold_of_case_)) if len(self.fold_of_case_) else {}
+        seen = np.array([str(i) in set(self.train_cases_) for i in index])
+        if not seen.any():
+            return "held-out", [(self._projection(), np.arange(len(index)))]
+        if self.protocol == "paper":
+            return "paper", [(self._projection(), np.arange(len(index)))]
+        if not seen.all():
+            unseen = [str(i) for i, s in zip(index, seen) if not s]
+            raise ValueError(
+                f"R mixes {int(seen.sum())} training cases of fit() with {len(unseen)} it never saw "
+                f"(e.g. {unseen[:5]}); under protocol='cross-fit' pass either fit()'s training cases "
+                "(each is decoded through the projection that did not see it) or only new cases"
+            )
+        folds = np.array([fold_of[str(i)] for i in index])
+        groups = [(self._projection(k), np.flatnonzero(folds == k)) for k in range(int(self.n_folds))]
+        return "cross-fit", [(proj, rows) for proj, rows in groups if len(rows)]
+
+    def _fit_decoders(self, Zp, Zf, Y, scale: str, loo: bool):
+        """Both encoders' decoders on one fold's cases, and the warnings their fits raise."""
         n, h = Zp.shape
-        diag_warnings: list[str] = []
+        messages: list[str] = []
         force_ridge = self.decoder == "ols" and n <= h + 1
         if force_ridge:
-            msg = (
-                f"fewer training cases ({n}) than hidden units + 1 ({h + 1}): least squares is "
+            messages.append(
+                f"fewer decoder cases ({n}) than hidden units + 1 ({h + 1}): least squares is "
                 "underdetermined, using the cross-validated ridge decoder instead"
             )
-            warnings.warn(msg, stacklevel=3)
-            diag_warnings.append(msg)
         alphas = tuple(self.ridge_alphas) if self.ridge_alphas is not None else DEFAULT_RIDGE_ALPHAS
         kw = dict(decoder=self.decoder, scale=scale, ridge_alphas=alphas, max_condition=self.max_condition,
-                  force_ridge=force_ridge, loo=loo)
-        dec_p = fit_decoder(Zp, Rn, **kw)
-        dec_f = fit_decoder(Zf, Rn, **kw)
-        for stage, dec in (("pre", dec_p), ("ft", dec_f)):
+                  force_ridge=force_ridge, fit_intercept=bool(self.fit_intercept), loo=loo)
+        fitted = []
+        for encoder, Z in (("pre", Zp), ("ft", Zf)):
+            dec = choose_decoder(Z, Y, **kw)
             if dec.method == "ols+ridge_fallback":
-                diag_warnings.append(
-                    f"{stage}: Z is ill-conditioned (condition number {dec.condition_number:.3g} > "
+                messages.append(
+                    f"{encoder}: Z is ill-conditioned (condition number {dec.condition_number:.3g} > "
                     f"{self.max_condition:.3g}); least squares used a ridge fallback alpha={dec.alpha:.3g}"
                 )
             if dec.alpha_at_edge:
-                diag_warnings.append(f"{stage}: ridge alpha {dec.alpha:.3g} is at the edge of the search grid")
-        for stage, Z in (("pre", Zp), ("ft", Zf)):
+                messages.append(f"{encoder}: ridge alpha {dec.alpha:.3g} is at the edge of the search grid")
             spread = Z.std(axis=0)
             tiny = int(np.sum((spread > 0) & (spread < MIN_UNIT_SPREAD * spread.max())))
-            if tiny:
-                msg = (
-                    f"{stage}: {tiny} hidden unit(s) barely vary over these cases (spread below "
+            if tiny and scale == "paper":
+                messages.append(
+                    f"{encoder}: {tiny} hidden unit(s) barely vary over these cases (spread below "
                     f"{MIN_UNIT_SPREAD:g} of the largest): the decoder weights them with huge "
                     "coefficients, which inflates the paper's importance I; compare with "
-                    "scale='standardized' or rank by delta_r2"
+                    "scale='whitened' or rank by delta_r2"
                 )
-                warnings.warn(msg, stacklevel=3)
-                diag_warnings.append(msg)
-        return dec_p, dec_f, force_ridge, diag_warnings
+            fitted.append(_Fitted(Z, dec, tiny))
+        return fitted[0], fitted[1], messages
 
-    def _regime_warnings(self, n: int, h: int, scale: str, force_ridge: bool, overlap: float) -> list[str]:
+    def _regime_warnings(self, n: int, h: int, scale: str, folds, protocol: str) -> list[str]:
         """Warnings for the regimes where the planted-truth simulation found I unreliable."""
         out = []
         d = self.n_features_in_
         cases_per_unit = n / h
-        if (self.decoder == "ols" and not force_ridge and scale == "paper"
-                and (h >= d or cases_per_unit < _MIN_CASES_PER_UNIT)):
+        ols = all(f.dec_p.method.startswith("ols") for f in folds)
+        if ols and scale == "paper" and (h >= d or cases_per_unit < _MIN_CASES_PER_UNIT):
             out.append(
                 f"the paper's OLS importance is in its unreliable regime here (hidden_dim={h}, "
-                f"embedding width {d}, {cases_per_unit:.1f} training cases per hidden unit; reliable "
+                f"embedding width {d}, {cases_per_unit:.1f} decoder cases per hidden unit; reliable "
                 f"needs hidden_dim < d and >= {_MIN_CASES_PER_UNIT:.0f}): in a planted-truth simulation "
                 "it ranked features backwards when hidden_dim >= d; prefer ranking by delta_r2 or "
-                "decoder='ridge'"
+                "scale='whitened'"
             )
-        if overlap > 0.5 and h >= d and self.decoder == "ridge":
+        if protocol == "paper" and h >= d and self.decoder == "ridge":
             out.append(
-                f"{overlap:.0%} of these cases trained stage 1 and hidden_dim={h} >= embedding width {d}: "
+                f"the decoder cases trained stage 1 and hidden_dim={h} >= embedding width {d}: "
                 "in the planted-truth simulation delta_I (OLS and ridge) ranked features backwards "
-                "in this regime; rank by delta_r2, or fit the decoders on cases not used in fit()"
+                "in this regime; rank by delta_r2, or use protocol='cross-fit'"
             )
-        for msg in out:
-            warnings.warn(msg, stacklevel=3)
         return out
 
-    def _importance(self, dec_p: Decoder, dec_f: Decoder, r2_pre: np.ndarray, r2_ft: np.ndarray) -> pd.DataFrame:
-        I_pre = np.sqrt(np.einsum("hp,hp->p", dec_p.coef_scaled, dec_p.coef_scaled))
-        I_ft = np.sqrt(np.einsum("hp,hp->p", dec_f.coef_scaled, dec_f.coef_scaled))
+    def _importance(self, decs_p: Sequence[Decoder], decs_f: Sequence[Decoder], r2_pre, r2_ft) -> pd.DataFrame:
+        I_pre, _ = combined_importance(decs_p)
+        I_ft, _ = combined_importance(decs_f)
         imp = self.column_info_.copy()
         imp["I_pre"] = I_pre
         imp["I_ft"] = I_ft
@@ -595,6 +744,86 @@ class RadiomicLens(BaseEstimator):
         imp["delta_r2"] = r2_ft - r2_pre
         return imp
 
+    @staticmethod
+    def _add_intervals(imp: pd.DataFrame, reps: dict[str, np.ndarray], decs_p, decs_f, ci: float) -> None:
+        """Bootstrap intervals ``{I_pre, I_ft, delta_I, delta_r2}_{lo,hi}`` (see :meth:`compare`)."""
+        lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+        # Plausible true squared importances: the estimate minus each replicate's error around
+        # the bootstrap world's truth (the debiased model it draws from), then I >= 0 imposed.
+        plausible = {}
+        for encoder, decs in (("pre", decs_p), ("ft", decs_f)):
+            error = reps[f"I_{encoder}_sq"] - model_importance_sq(decs)
+            plausible[encoder] = np.sqrt(np.maximum(squared_importance(decs) - error, 0.0))
+        draws = {"I_pre": plausible["pre"], "I_ft": plausible["ft"], "delta_I": plausible["ft"] - plausible["pre"]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a feature that is not evaluable
+            for name, values in draws.items():
+                imp[f"{name}_lo"] = np.nanpercentile(values, lo_q, axis=0)
+                imp[f"{name}_hi"] = np.nanpercentile(values, hi_q, axis=0)
+            centre = np.nanmedian(reps["delta_r2"], axis=0)
+        imp["delta_r2_lo"], imp["delta_r2_hi"] = reflected_interval(imp["delta_r2"].to_numpy(), reps["delta_r2"], centre, ci)
+
+    def _diagnostics(self, protocol, folds, n, n_eval, has_test, scale, not_evaluable, n_bootstrap,
+                     n_permutations, diag_warnings, match, overlap) -> dict:
+        h = self.hidden_dim_
+        decoder_cases = [len(f.Y) for f in folds]
+
+        def worst(values):
+            return float(max(values))
+
+        return {
+            "protocol": protocol,
+            "n_folds": len(folds),
+            "evaluation": "test" if has_test else "leave-one-out",
+            "n_train_cases": int(n),
+            "decoder_cases_per_fold": decoder_cases,
+            "n_eval_cases": int(n_eval),
+            "hidden_dim": int(h),
+            "embedding_dim": int(self.n_features_in_),
+            "cases_per_hidden_unit": float(min(decoder_cases) / h),
+            "decoder": self.decoder,
+            "fit_intercept": bool(self.fit_intercept),
+            "match_ft_moments": bool(match),
+            "scale": scale,
+            "condition_number_pre": worst(f.dec_p.condition_number for f in folds),
+            "condition_number_ft": worst(f.dec_f.condition_number for f in folds),
+            "decoder_used_pre": "/".join(sorted({f.dec_p.method for f in folds})),
+            "decoder_used_ft": "/".join(sorted({f.dec_f.method for f in folds})),
+            "ridge_alpha_pre": worst(f.dec_p.alpha for f in folds),
+            "ridge_alpha_ft": worst(f.dec_f.alpha for f in folds),
+            "fallback_used": any(dec.method != self.decoder for f in folds for dec in (f.dec_p, f.dec_f)),
+            "constant_units_pre": int(max(f.dec_p.n_constant_units for f in folds)),
+            "constant_units_ft": int(max(f.dec_f.n_constant_units for f in folds)),
+            "near_constant_units_pre": int(max(_near_constant(f.Zp) for f in folds)),
+            "near_constant_units_ft": int(max(_near_constant(f.Zf) for f in folds)),
+            # share of the decoder cases that the projection decoding them was trained on
+            "stage1_case_overlap": overlap,
+            "n_not_evaluable": len(not_evaluable),
+            "not_evaluable": not_evaluable,
+            "n_bootstrap": int(n_bootstrap),
+            "n_permutations": int(n_permutations),
+            "warnings": list(diag_warnings),
+        }
+
+    def _decoder_tables(self, folds) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Hidden units x features, in the importance's units; with several folds the folds'
+        units are stacked (``"fold1/z_003"``) and scaled so a column's norm is still ``I``."""
+        cols = self.columns_
+        h = self.hidden_dim_
+        if len(folds) == 1:
+            index = pd.RangeIndex(h, name="hidden_unit")
+            return (pd.DataFrame(folds[0].dec_p.coef_scaled, index=index, columns=cols),
+                    pd.DataFrame(folds[0].dec_f.coef_scaled, index=index, columns=cols))
+        index = pd.Index([f"fold{k + 1}/z_{j:03d}" for k in range(len(folds)) for j in range(h)], name="hidden_unit")
+        tables = []
+        for decs in ([f.dec_p for f in folds], [f.dec_f for f in folds]):
+            stacked = np.vstack([d.coef_scaled for d in decs])
+            norm = np.linalg.norm(stacked, axis=0)
+            target = combined_importance(decs)[0]
+            stacked = stacked * np.divide(target, norm, out=np.zeros_like(norm), where=norm > 0)
+            tables.append(pd.DataFrame(stacked, index=index, columns=cols))
+        return tables[0], tables[1]
+
     def _pair(self, X_pre: Any, X_ft: Any, r_index: pd.Index, suffix: str) -> tuple[np.ndarray, np.ndarray]:
         a, _, _ = as_embedding(X_pre, f"X_pre{suffix}")
         b, _, _ = as_embedding(X_ft, f"X_ft{suffix}")
@@ -605,7 +834,7 @@ class RadiomicLens(BaseEstimator):
             )
         Xp, _ = self._embedding(X_pre, f"X_pre{suffix}", r_index)
         Xf, _ = self._embedding(X_ft, f"X_ft{suffix}", r_index)
-        return self._project(Xp), self._project(Xf)
+        return Xp, Xf
 
     def _mapper(self):
         def mapper(fn, items, desc):
@@ -614,6 +843,9 @@ class RadiomicLens(BaseEstimator):
         return mapper
 
     # -- persistence ------------------------------------------------------------------------
+    _STATE = ("weight_", "bias_", "x_mean_", "x_scale_", "scaler_min_", "scaler_range_", "fold_of_case_",
+              "fold_weight_", "fold_bias_", "fold_x_mean_", "fold_x_scale_")
+
     def save(self, path: str | Path) -> Path:
         """Save the fitted lens to a folder: ``params.json`` (parameters + fitted metadata) and
         ``state.pt`` (a torch state dict of float64 tensors, loadable with ``weights_only=True``).
@@ -622,15 +854,13 @@ class RadiomicLens(BaseEstimator):
         torch = torch_module()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {
-            name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
-            for name in ("weight_", "bias_", "x_mean_", "x_scale_", "scaler_min_", "scaler_range_")
-        }
+        state = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
+                 for name in self._STATE}
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(path / "state.pt", buffer.getvalue())
         meta = {
-            "format": "radiolens.RadiomicLens/1",
+            "format": _FORMAT,
             "params": self._plain_params(),
             "columns_": self.columns_,
             "dropped_columns_": self.dropped_columns_,
@@ -642,33 +872,63 @@ class RadiomicLens(BaseEstimator):
             "n_train_": self.n_train_,
             "train_cases_": self.train_cases_,
             "history_": self.history_.to_dict(orient="list"),
+            "fold_history_": self.fold_history_.to_dict(orient="list"),
         }
         atomic_write_text(path / "params.json", json.dumps(meta, indent=2))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> RadiomicLens:
-        """Load a lens saved by :meth:`save` (no pickle: JSON + tensors with ``weights_only``)."""
+        """Load a lens saved by :meth:`save` (no pickle: JSON + tensors with ``weights_only``).
+
+        A lens saved before cross-fitting existed (format 1) loads with ``protocol="paper"``,
+        the protocol it was fitted for."""
         torch = torch_module()
         path = Path(path)
         meta = json.loads((path / "params.json").read_text())
-        if meta.get("format") != "radiolens.RadiomicLens/1":
+        if meta.get("format") not in (_FORMAT, "radiolens.RadiomicLens/1"):
             raise ValueError(f"{path / 'params.json'} is not a saved RadiomicLens")
         params = dict(meta["params"])
         if "verbose" in params:  # saved before the progress flag was renamed
             params["progress"] = params.pop("verbose")
+        if meta["format"] == "radiolens.RadiomicLens/1":
+            params["protocol"] = "paper"
         lens = cls(**params)
         state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
         for name, tensor in state.items():
             setattr(lens, name, tensor.numpy().copy())
-        lens.columns_ = meta["columns_"]
-        lens.dropped_columns_ = meta["dropped_columns_"]
+        lens.fold_of_case_ = np.asarray(getattr(lens, "fold_of_case_", np.zeros(0)), dtype=np.int64)
+        h, d = lens.weight_.shape
+        for name, shape in {"fold_weight_": (0, h, d), "fold_bias_": (0, h), "fold_x_mean_": (0, d),
+                            "fold_x_scale_": (0, d)}.items():
+            if not hasattr(lens, name):
+                setattr(lens, name, np.zeros(shape))
+        for name in ("columns_", "dropped_columns_", "modalities_", "hidden_dim_", "n_features_in_",
+                     "feature_names_in_", "n_train_", "train_cases_"):
+            setattr(lens, name, meta[name])
         lens.column_info_ = pd.DataFrame(meta["column_info_"])
-        lens.modalities_ = meta["modalities_"]
-        lens.hidden_dim_ = meta["hidden_dim_"]
-        lens.n_features_in_ = meta["n_features_in_"]
-        lens.feature_names_in_ = meta["feature_names_in_"]
-        lens.n_train_ = meta["n_train_"]
-        lens.train_cases_ = meta["train_cases_"]
         lens.history_ = pd.DataFrame(meta["history_"])
+        lens.fold_history_ = pd.DataFrame(meta.get("fold_history_", {"fold": [], "epoch": [], "train_loss": []}))
         return lens
+
+
+@dataclass
+class _Fitted:
+    Z: np.ndarray
+    decoder: Decoder
+    near_constant: int
+
+
+def _match_moments(X: np.ndarray, reference: np.ndarray, other: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``X`` (and ``other``, with the same map) shifted and scaled per dimension to the mean and
+    standard deviation ``reference`` has over the same cases."""
+    sd = X.std(axis=0)
+    scale = reference.std(axis=0) / np.where(sd > 0, sd, 1.0)
+    shift = reference.mean(axis=0) - X.mean(axis=0) * scale
+    return X * scale + shift, None if other is None else other * scale + shift
+
+
+def _near_constant(Z: np.ndarray) -> int:
+    spread = Z.std(axis=0)
+    return int(np.sum((spread > 0) & (spread < MIN_UNIT_SPREAD * spread.max()))) if spread.size else 0

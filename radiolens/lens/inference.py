@@ -1,17 +1,43 @@
 """Uncertainty of the lens: bootstrap intervals, paired permutation tests, p-value adjustment,
-and the Wilcoxon tests and score tables of the paper's Table 1 / Fig. 2."""
+and the Wilcoxon tests and score tables of the paper's Table 1 / Fig. 2.
+
+Everything here works on *folds*: sets of decoder cases that share one frozen projection. The
+paper's protocol has one fold (all cases, the projection trained on them); the cross-fitted
+protocol has one fold per part of the training cases, each read through the projection trained
+on the other parts. The importance combines the folds as the root mean square of the folds'
+importances (the mean of their debiased squares, clipped at 0), predictions of evaluation cases
+as the mean of the folds' predictions.
+
+Which quantity each interval is for, and how it is built, is documented in
+:meth:`radiolens.lens.RadiomicLens.compare`.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 
-from radiolens.lens.decoders import Decoder, r2_per_feature, weighted_fit, weighted_r2
+from radiolens.lens.decoders import Decoder, r2_per_feature, weighted_r2
+
+
+@dataclass
+class Fold:
+    """Decoder cases read through one frozen projection, and their fitted decoders."""
+
+    Zp: np.ndarray  # decoder cases x hidden units, pre-trained encoder
+    Zf: np.ndarray  # the same cases, fine-tuned encoder
+    Y: np.ndarray  # their min-max scaled radiomics
+    positions: np.ndarray  # their rows in the table compare() was given
+    dec_p: Decoder
+    dec_f: Decoder
+    Zpt: np.ndarray | None = None  # evaluation (test) cases through this fold's projection
+    Zft: np.ndarray | None = None
 
 
 def adjust_pvalues(p: np.ndarray, method: str = "fdr_bh") -> np.ndarray:
@@ -76,96 +102,176 @@ def parallel_map(fn: Callable, items: Sequence, *, n_threads: int | None, progre
             return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=not progress, leave=False))
 
 
-def bootstrap_intervals(imp: pd.DataFrame, Zp, Zf, Rn, dec_p: Decoder, dec_f: Decoder, scale: str, Yt,
-                        pred_p, pred_f, B: int, ci: float, rng: np.random.Generator, mapper: Callable) -> None:
-    """Add basic bootstrap intervals ``{I_pre, I_ft, delta_I, delta_r2}_{lo,hi}`` to ``imp``."""
-    n = len(Zp)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=B).astype(np.float64)
+# --------------------------------------------------------------------------------------------
+# combining folds
+# --------------------------------------------------------------------------------------------
+def combined_importance(decoders: Sequence[Decoder]) -> tuple[np.ndarray, np.ndarray]:
+    """``(I, I_plugin)`` over folds: root of the mean (debiased) squared importance, clipped at 0."""
+    sq = np.mean([d.importance_sq for d in decoders], axis=0)
+    plug = np.sqrt(np.mean([d.importance_plugin**2 for d in decoders], axis=0))
+    return np.sqrt(np.maximum(sq, 0.0)), plug
 
-    def one(b: int) -> tuple[np.ndarray, np.ndarray]:
-        w = counts[b]
-        fp = weighted_fit(Zp, Rn, w, alpha=dec_p.alpha, standardized=dec_p.standardized, scale=scale)
-        ff = weighted_fit(Zf, Rn, w, alpha=dec_f.alpha, standardized=dec_f.standardized, scale=scale)
-        return fp.importance, ff.importance
+
+def squared_importance(decoders: Sequence[Decoder]) -> np.ndarray:
+    """The combined importance's square before clipping: the mean over folds of the debiased
+    squared importance (may be < 0). Its estimation noise is roughly symmetric around the
+    truth, also where the truth is 0, where the noise of ``I`` itself is not."""
+    return np.mean([d.importance_sq for d in decoders], axis=0)
+
+
+def model_importance_sq(decoders: Sequence[Decoder]) -> np.ndarray:
+    """The squared combined importance of the debiased model the bootstrap draws from."""
+    return np.mean([d.importance_model**2 for d in decoders], axis=0)
+
+
+def test_predictions(folds: Sequence[Fold], decs_p, decs_f, Zt_p=None, Zt_f=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean prediction over folds of the evaluation cases (optionally with swapped inputs)."""
+    Zt_p = Zt_p or [f.Zpt for f in folds]
+    Zt_f = Zt_f or [f.Zft for f in folds]
+    pred_p = np.mean([d.predict(z) for d, z in zip(decs_p, Zt_p)], axis=0)
+    pred_f = np.mean([d.predict(z) for d, z in zip(decs_f, Zt_f)], axis=0)
+    return pred_p, pred_f
+
+
+def loo_predictions(folds: Sequence[Fold], decs_p, decs_f, n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact leave-one-out predictions of every decoder case, each from its own fold."""
+    pred_p, pred_f = np.empty((n, p)), np.empty((n, p))
+    for fold, dp, df in zip(folds, decs_p, decs_f):
+        pred_p[fold.positions] = dp.loo_pred
+        pred_f[fold.positions] = df.loo_pred
+    return pred_p, pred_f
+
+
+def reflected_interval(est: np.ndarray, replicates: np.ndarray, centre: np.ndarray, ci: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``[est - (q_hi - centre), est - (q_lo - centre)]``: the bootstrap's spread of the error
+    around ``centre`` (the quantity's value in the bootstrap world), reflected onto ``est``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        q_lo = np.nanpercentile(replicates, 100 * (1 - ci) / 2, axis=0)
+        q_hi = np.nanpercentile(replicates, 100 * (1 + ci) / 2, axis=0)
+    return est - (q_hi - centre), est - (q_lo - centre)
+
+
+# --------------------------------------------------------------------------------------------
+# bootstrap
+# --------------------------------------------------------------------------------------------
+def bootstrap_replicates(folds: Sequence[Fold], Y_eval: np.ndarray, has_test: bool, B: int,
+                         rng: np.random.Generator, mapper: Callable, min_tss: float) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of the squared importances ``I_pre_sq, I_ft_sq``
+    (:func:`squared_importance`) and of ``delta_r2``, each ``(B, p)``.
+
+    The decoders are refitted by a *wild* bootstrap from a debiased model of the data
+    (:meth:`Decoder.wild_responses`): every decoder case keeps its hidden activations, so a
+    refit has as many distinct cases as the original (a case resample holds ~63% of them and,
+    with few cases per hidden unit, its refits scatter far more than the estimate does), and its
+    random sign is shared by both encoders, so their pairing is kept. ``delta_r2`` adds two
+    independent parts: the refitted decoders scored on the observed evaluation cases (their
+    estimation noise), and the debiased model's predictions scored on the evaluation cases
+    resampled with replacement (the sampling of the evaluation cases). Resampling the evaluation
+    cases around the *refitted* decoders would count the product of the two noises twice.
+    Without test cases the evaluation uses the refits' leave-one-out predictions.
+    """
+    signs = [np.where(rng.random((B, len(f.Y))) < 0.5, -1.0, 1.0) for f in folds]
+    m, p = Y_eval.shape
+    eval_weights = rng.multinomial(m, np.full(m, 1.0 / m), size=B).astype(np.float64)
+    if has_test:
+        model_p = np.mean([f.dec_p.shrunk_predict(f.Zpt) for f in folds], axis=0)
+        model_f = np.mean([f.dec_f.shrunk_predict(f.Zft) for f in folds], axis=0)
+    else:
+        model_p, model_f = np.empty((m, p)), np.empty((m, p))
+        for f in folds:
+            model_p[f.positions] = f.dec_p.shrunk_predict(f.Zp)
+            model_f[f.positions] = f.dec_f.shrunk_predict(f.Zf)
+    model_dr2 = r2_per_feature(Y_eval, model_f, min_tss) - r2_per_feature(Y_eval, model_p, min_tss)
+    sampling = (weighted_r2(eval_weights, Y_eval, model_f, min_tss)
+                - weighted_r2(eval_weights, Y_eval, model_p, min_tss) - model_dr2)
+
+    def one(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        loo = not has_test
+        decs_p = [f.dec_p.refit(f.Zp, f.dec_p.wild_responses(f.Zp, f.Y, sg[b]), loo=loo) for f, sg in zip(folds, signs)]
+        decs_f = [f.dec_f.refit(f.Zf, f.dec_f.wild_responses(f.Zf, f.Y, sg[b]), loo=loo) for f, sg in zip(folds, signs)]
+        if has_test:
+            pred_p, pred_f = test_predictions(folds, decs_p, decs_f)
+        else:
+            pred_p, pred_f = loo_predictions(folds, decs_p, decs_f, m, p)
+        dr2 = r2_per_feature(Y_eval, pred_f, min_tss) - r2_per_feature(Y_eval, pred_p, min_tss)
+        return squared_importance(decs_p), squared_importance(decs_f), dr2 + sampling[b]
 
     results = mapper(one, range(B), "bootstrap")
-    Ip = np.stack([r[0] for r in results])
-    If = np.stack([r[1] for r in results])
-    m = len(Yt)
-    W = rng.multinomial(m, np.full(m, 1.0 / m), size=B).astype(np.float64)
-    dr2 = weighted_r2(W, Yt, pred_f) - weighted_r2(W, Yt, pred_p)
-    lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
-    for name, samples in (("I_pre", Ip), ("I_ft", If), ("delta_I", If - Ip), ("delta_r2", dr2)):
-        est = imp[name].to_numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            q_lo = np.nanpercentile(samples, lo, axis=0)
-            q_hi = np.nanpercentile(samples, hi, axis=0)
-        # Basic (reverse-percentile) interval: refitting on resamples with repeated cases
-        # inflates the norm of noise-fitting rows, and this interval undoes that shift.
-        low, high = 2 * est - q_hi, 2 * est - q_lo
-        if name in ("I_pre", "I_ft"):
-            low, high = np.maximum(low, 0.0), np.maximum(high, 0.0)
-        imp[f"{name}_lo"] = low
-        imp[f"{name}_hi"] = high
+    return {"I_pre_sq": np.stack([r[0] for r in results]), "I_ft_sq": np.stack([r[1] for r in results]),
+            "delta_r2": np.stack([r[2] for r in results])}
 
 
-def permutation_pvalues(imp: pd.DataFrame, Zp, Zf, Rn, dec_p: Decoder, dec_f: Decoder, scale: str, B: int,
-                        stat_name: str, p_adjust: str, rng: np.random.Generator, test, mapper: Callable) -> None:
-    """Paired permutation test; adds ``p_value`` and ``p_adjusted`` to ``imp``.
+# --------------------------------------------------------------------------------------------
+# permutation test
+# --------------------------------------------------------------------------------------------
+def permutation_pvalues(folds: Sequence[Fold], Y_eval: np.ndarray, has_test: bool, stat_name: str, B: int,
+                        rng: np.random.Generator, mapper: Callable, min_tss: float) -> np.ndarray:
+    """Paired permutation p-values, one per feature (NaN where the statistic is not defined).
 
-    ``test`` is ``(Zp_test, Zf_test, Y_test)`` or None (statistics on leave-one-out predictions).
+    Each permutation swaps the pre-trained and fine-tuned embeddings of every case (decoder
+    cases and evaluation cases alike) with probability 1/2, refits every fold's decoders with
+    the same settings and recomputes the statistic: ``|delta_r2|`` on the evaluation cases
+    (``stat_name="delta_r2"``) or ``|delta_I|``. Ties count as exceedances within a tolerance
+    relative to each feature's own observed statistic.
     """
-    n = len(Zp)
-    ones = np.ones(n)
-    kw_p = dict(alpha=dec_p.alpha, standardized=dec_p.standardized, scale=scale)
-    kw_f = dict(alpha=dec_f.alpha, standardized=dec_f.standardized, scale=scale)
+    swaps = [rng.random((B, len(f.Y))) < 0.5 for f in folds]
+    swaps_t = rng.random((B, len(Y_eval))) < 0.5 if has_test else None
     use_r2 = stat_name == "delta_r2"
-    Zpt, Zft = (test[0], test[1]) if test is not None else (None, None)
+    n, p = len(Y_eval), Y_eval.shape[1]
 
-    def statistic(A, Bm, At, Bt):
-        fa = weighted_fit(A, Rn, ones, loo=use_r2 and test is None, **kw_p)
-        fb = weighted_fit(Bm, Rn, ones, loo=use_r2 and test is None, **kw_f)
+    def statistic(decoder_inputs, test_inputs) -> np.ndarray:
+        loo = use_r2 and not has_test
+        decs_p = [f.dec_p.refit(a, f.Y, loo=loo) for f, (a, _) in zip(folds, decoder_inputs)]
+        decs_f = [f.dec_f.refit(b, f.Y, loo=loo) for f, (_, b) in zip(folds, decoder_inputs)]
         if not use_r2:
-            return np.abs(fb.importance - fa.importance)
-        if test is None:
-            return np.abs(r2_per_feature(Rn, fb.loo_pred) - r2_per_feature(Rn, fa.loo_pred))
-        Yt = test[2]
-        return np.abs(r2_per_feature(Yt, fb.predict(Bt)) - r2_per_feature(Yt, fa.predict(At)))
-
-    swaps = rng.random((B, n)) < 0.5
-    swaps_t = rng.random((B, len(Zpt))) < 0.5 if test is not None else None
+            return np.abs(combined_importance(decs_f)[0] - combined_importance(decs_p)[0])
+        if has_test:
+            pred_p, pred_f = test_predictions(folds, decs_p, decs_f, *test_inputs)
+        else:
+            pred_p, pred_f = loo_predictions(folds, decs_p, decs_f, n, p)
+        return np.abs(r2_per_feature(Y_eval, pred_f, min_tss) - r2_per_feature(Y_eval, pred_p, min_tss))
 
     def one(b: int) -> np.ndarray:
-        s = swaps[b][:, None]
-        At = Bt = None
-        if test is not None:
-            st = swaps_t[b][:, None]
-            At, Bt = np.where(st, Zft, Zpt), np.where(st, Zpt, Zft)
-        return statistic(np.where(s, Zf, Zp), np.where(s, Zp, Zf), At, Bt)
+        inputs = []
+        for f, s in zip(folds, swaps):
+            mask = s[b][:, None]
+            inputs.append((np.where(mask, f.Zf, f.Zp), np.where(mask, f.Zp, f.Zf)))
+        test_inputs = (None, None)
+        if has_test:
+            mask = swaps_t[b][:, None]
+            test_inputs = ([np.where(mask, f.Zft, f.Zpt) for f in folds], [np.where(mask, f.Zpt, f.Zft) for f in folds])
+        return statistic(inputs, test_inputs)
 
     # The observed statistic goes through the same solver as the permutations, so an
     # encoder compared with itself gives permutations identical to it (p = 1).
-    obs = mapper(lambda _: statistic(Zp, Zf, Zpt, Zft), [0], "observed")[0]
-    tol = 1e-10 * max(float(np.nanmax(obs, initial=0.0)), 1e-300)
-    exceed = np.zeros(Rn.shape[1])
+    observed = mapper(lambda _: statistic([(f.Zp, f.Zf) for f in folds], (None, None)), [0], "observed")[0]
+    tol = 1e-10 * np.abs(observed) + 1e-13
+    exceed = np.zeros(p)
     for stat in mapper(one, range(B), "permutations"):
-        exceed += stat >= obs - tol
-    p = (1.0 + exceed) / (1.0 + B)
-    imp["p_value"] = p
-    imp["p_adjusted"] = adjust_pvalues(p, p_adjust)
+        exceed += stat >= observed - tol
+    pvalues = (1.0 + exceed) / (1.0 + B)
+    return np.where(np.isfinite(observed), pvalues, np.nan)
 
 
+# --------------------------------------------------------------------------------------------
+# Table 1 / Fig. 2
+# --------------------------------------------------------------------------------------------
 def score_table(info: pd.DataFrame, Y, pred_p, pred_f, r2_pre, r2_ft) -> pd.DataFrame:
-    """Tidy ``encoder, level, group, r2, mse`` per feature, modality, image type, family, overall."""
+    """Tidy ``encoder, level, group, r2, mse`` per feature, modality, image type, family, overall.
+
+    Group ``r2`` is the mean over the group's evaluable features (NaN ones are left out)."""
     rows = []
     for encoder, pred, r2 in (("pre", pred_p, r2_pre), ("ft", pred_f, r2_ft)):
         mse = np.mean((Y - pred) ** 2, axis=0)
-        rows.append((encoder, "overall", "all", float(np.nanmean(r2)), float(mse.mean())))
-        for level in ("modality", "image_type", "family"):
-            for group, idx in info.groupby(level, sort=False).groups.items():
-                pos = info.index.get_indexer(idx)
-                rows.append((encoder, level, str(group), float(np.nanmean(r2[pos])), float(mse[pos].mean())))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a group with no evaluable feature
+            rows.append((encoder, "overall", "all", float(np.nanmean(r2)), float(mse.mean())))
+            for level in ("modality", "image_type", "family"):
+                for group, idx in info.groupby(level, sort=False).groups.items():
+                    pos = info.index.get_indexer(idx)
+                    rows.append((encoder, level, str(group), float(np.nanmean(r2[pos])), float(mse[pos].mean())))
         for j, col in enumerate(info["column"]):
             rows.append((encoder, "feature", col, float(r2[j]), float(mse[j])))
     return pd.DataFrame(rows, columns=["encoder", "level", "group", "r2", "mse"])

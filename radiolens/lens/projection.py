@@ -54,8 +54,36 @@ class Stage1Settings:
     progress: bool
 
 
+@dataclass
+class Stage1Result:
+    """A trained projection (kept) and its temporary heads (discarded by the lens, kept here so
+    tests can check the loss that was minimised)."""
+
+    weight: np.ndarray  # (h, d)
+    bias: np.ndarray  # (h,)
+    head_weight: np.ndarray  # (p, h)
+    head_bias: np.ndarray  # (p,)
+    history: pd.DataFrame
+
+
+def modality_mix(mod_index: np.ndarray) -> np.ndarray:
+    """Features x modalities matrix whose column m averages modality m's features."""
+    counts = np.bincount(mod_index)
+    mix = np.zeros((len(mod_index), len(counts)), dtype=np.float32)
+    mix[np.arange(len(mod_index)), mod_index] = 1.0 / counts[mod_index]
+    return mix
+
+
+def reconstruction_loss(pred, target, mix):
+    """Stage 1's reconstruction term: the mean absolute error over cases and features of each
+    modality, summed over modalities. ``pred`` and ``target`` are cases x features (torch
+    tensors or numpy arrays), ``mix`` is :func:`modality_mix` (a tensor for tensors)."""
+    err = abs(pred - target).mean(0)  # per feature, mean over cases
+    return (err @ mix).sum()
+
+
 def train_projection(Xs: np.ndarray, Rn: np.ndarray, mod_index: np.ndarray, settings: Stage1Settings,
-                     val: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+                     val: tuple[np.ndarray, np.ndarray] | None = None) -> Stage1Result:
     """Train the projection with temporary per-modality heads.
 
     Parameters
@@ -73,19 +101,16 @@ def train_projection(Xs: np.ndarray, Rn: np.ndarray, mod_index: np.ndarray, sett
 
     Returns
     -------
-    weight, bias, history
-        The frozen projection (float64 copies of the float32 weights) and ``epoch, train_loss``
-        (+ ``val_loss``), reconstruction term only.
+    Stage1Result
+        The frozen projection (float64 copies of the float32 weights), the temporary heads and
+        ``history``: ``epoch, train_loss`` (+ ``val_loss``), the reconstruction term only (the
+        training loss is the mean over the epoch's mini-batches, weighted by their size).
     """
     torch = torch_module()
     n, d = Xs.shape
     h = settings.hidden_dim
     p = Rn.shape[1]
     device = torch.device(settings.device)
-    n_heads = int(mod_index.max()) + 1
-    # One block matrix of per-modality heads: column m averages modality m's absolute errors.
-    onehot = np.zeros((p, n_heads), dtype=np.float32)
-    onehot[np.arange(p), mod_index] = 1.0 / np.bincount(mod_index)[mod_index]
     act = activation(torch, settings.activation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(settings.random_state))
@@ -106,12 +131,12 @@ def train_projection(Xs: np.ndarray, Rn: np.ndarray, mod_index: np.ndarray, sett
         opt = torch.optim.SGD(params, lr=settings.lr, momentum=0.9)
     x = torch.as_tensor(Xs, dtype=torch.float32, device=device)
     r = torch.as_tensor(Rn, dtype=torch.float32, device=device)
-    mix = torch.as_tensor(onehot, device=device)
-    weights = [share.weight, heads.weight]
+    weights = [share.weight, heads.weight]  # the penalties act on weights, not biases
+    mix = torch.as_tensor(modality_mix(mod_index), device=device)
 
     def recon(xb, rb):
-        err = (heads(act(share(xb))) - rb).abs()
-        return (err.mean(dim=0) @ mix).sum()  # per-modality mean absolute error, summed
+        # one linear head per modality: head m is the block of `heads` rows of modality m
+        return reconstruction_loss(heads(act(share(xb))), rb, mix)
 
     bs = min(int(settings.batch_size), n)
     # Small models train faster on one thread: intra-op threads only add start-up and
@@ -126,9 +151,12 @@ def train_projection(Xs: np.ndarray, Rn: np.ndarray, mod_index: np.ndarray, sett
     finally:
         torch.set_num_threads(threads)
     columns = ["epoch", "train_loss"] + (["val_loss"] if val is not None else [])
-    weight = share.weight.detach().cpu().double().numpy().copy()
-    bias = share.bias.detach().cpu().double().numpy().copy()
-    return weight, bias, pd.DataFrame(history, columns=columns)
+
+    def array(t):
+        return t.detach().cpu().double().numpy().copy()
+
+    return Stage1Result(array(share.weight), array(share.bias), array(heads.weight), array(heads.bias),
+                        pd.DataFrame(history, columns=columns))
 
 
 def _epochs(torch, settings: Stage1Settings, x, r, recon, opt, weights, generator, n, bs, val, device) -> list[dict]:

@@ -133,6 +133,38 @@ TRUTH_LABELS: tuple[str, ...] = ("gained", "lost", "kept", "unencoded")
 
 
 @dataclass
+class PlantedModel:
+    """The generator behind a :class:`PlantedShift`: mixing directions, nuisance and scaling.
+
+    :meth:`sample` draws more cases from the *same* encoders and radiomics, e.g. a very large
+    fresh sample on which the true change of every feature can be computed.
+    """
+
+    columns: list[str]
+    A_pre: np.ndarray  # (p, d) mixing direction of every radiomic source, pre-trained encoder
+    A_ft: np.ndarray  # (p, d) the same for the fine-tuned encoder
+    N_pre: np.ndarray  # (n_nuisance, d)
+    N_ft: np.ndarray
+    loc: np.ndarray  # (p,) R = loc + scale * source
+    scale: np.ndarray
+    noise: float
+
+    def sample(self, n: int, rng: np.random.Generator, prefix: str = "sim", start: int = 0
+               ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """``(X_pre, X_ft, R)`` of ``n`` new cases (ids ``{prefix}{start:05d}``..)."""
+        p, d = self.A_pre.shape
+        S = rng.normal(size=(n, p))
+        F = rng.normal(size=(n, len(self.N_pre)))
+        X_pre = S @ self.A_pre + F @ self.N_pre + self.noise * rng.normal(size=(n, d))
+        X_ft = S @ self.A_ft + F @ self.N_ft + self.noise * rng.normal(size=(n, d))
+        R = self.loc + self.scale * S
+        ids = pd.Index([f"{prefix}{i:05d}" for i in range(start, start + n)], name="case_id")
+        emb_cols = [f"emb_{j:03d}" for j in range(d)]
+        return (pd.DataFrame(X_pre, index=ids, columns=emb_cols), pd.DataFrame(X_ft, index=ids, columns=emb_cols),
+                pd.DataFrame(R, index=ids, columns=self.columns))
+
+
+@dataclass
 class PlantedShift:
     """Simulated pre/ft embeddings and radiomics with known encoding.
 
@@ -146,6 +178,8 @@ class PlantedShift:
         Indexed by radiomic column, column ``truth`` in ``gained, lost, kept, unencoded``.
     X_pre_test, X_ft_test, R_test : DataFrame or None
         Held-out cases from the same model (``None`` when ``n_test == 0``).
+    model : PlantedModel or None
+        The generator, to draw more cases from it.
     """
 
     X_pre: pd.DataFrame
@@ -155,6 +189,7 @@ class PlantedShift:
     X_pre_test: pd.DataFrame | None = None
     X_ft_test: pd.DataFrame | None = None
     R_test: pd.DataFrame | None = None
+    model: PlantedModel | None = None
 
     @property
     def test(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
@@ -253,22 +288,13 @@ def planted_shift(
 
     loc = rng.uniform(-5.0, 50.0, size=p)
     scale = rng.lognormal(0.0, 1.0, size=p)
-    total = n_cases + n_test
-    S = rng.normal(size=(total, p))
-    F = rng.normal(size=(total, n_nuisance))
-    X_pre = S @ A_pre + F @ N_pre + noise * rng.normal(size=(total, d))
-    X_ft = S @ A_ft + F @ N_ft + noise * rng.normal(size=(total, d))
-    R = loc + scale * S
-
-    ids = pd.Index([f"sim{i:05d}" for i in range(total)], name="case_id")
-    emb_cols = [f"emb_{j:03d}" for j in range(d)]
-    Xp = pd.DataFrame(X_pre, index=ids, columns=emb_cols)
-    Xf = pd.DataFrame(X_ft, index=ids, columns=emb_cols)
-    Rd = pd.DataFrame(R, index=ids, columns=columns)
+    model = PlantedModel(columns, A_pre, A_ft, N_pre, N_ft, loc, scale, float(noise))
+    Xp, Xf, Rd = model.sample(n_cases + n_test, rng)
+    ids = Rd.index
     tr, te = ids[:n_cases], ids[n_cases:]
     if n_test:
-        return PlantedShift(Xp.loc[tr], Xf.loc[tr], Rd.loc[tr], truth, Xp.loc[te], Xf.loc[te], Rd.loc[te])
-    return PlantedShift(Xp, Xf, Rd, truth)
+        return PlantedShift(Xp.loc[tr], Xf.loc[tr], Rd.loc[tr], truth, Xp.loc[te], Xf.loc[te], Rd.loc[te], model)
+    return PlantedShift(Xp, Xf, Rd, truth, model=model)
 
 
 def recovery_precision(score: pd.Series, truth: pd.DataFrame) -> tuple[float, float]:
