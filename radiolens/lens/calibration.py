@@ -104,7 +104,7 @@ def true_change(lens: RadiomicLens, report, sim, *, n_big: int = 20000, n_truth_
 def calibration_run(n_cases: int = 140, d: int = 192, seed: int = 0, *, protocol: str = "cross-fit",
                     n_test: int | None = None, n_bootstrap: int = 200, n_permutations: int = 500,
                     n_big: int = 20000, n_truth_draws: int = 40, sim_params: dict | None = None,
-                    **lens_params) -> pd.DataFrame:
+                    compare_params: dict | None = None, **lens_params) -> pd.DataFrame:
     """One planted-truth run: every feature's estimate, interval, p-value and true change.
 
     Parameters
@@ -121,9 +121,11 @@ def calibration_run(n_cases: int = 140, d: int = 192, seed: int = 0, *, protocol
     n_bootstrap, n_permutations
         As in :meth:`~radiolens.lens.RadiomicLens.compare`.
     n_big, n_truth_draws
-        See :func:`true_change`.
+        See :func:`true_change`; ``n_big=0`` leaves the true change out (faster).
     sim_params
         More :func:`~radiolens.lens.simulation.planted_shift` parameters.
+    compare_params
+        More :meth:`~radiolens.lens.RadiomicLens.compare` arguments.
     **lens_params
         More :class:`~radiolens.lens.RadiomicLens` parameters.
 
@@ -139,9 +141,11 @@ def calibration_run(n_cases: int = 140, d: int = 192, seed: int = 0, *, protocol
         warnings.simplefilter("ignore")  # regime warnings are part of what is measured
         lens = RadiomicLens(protocol=protocol, random_state=seed, **lens_params).fit(sim.X_pre, sim.R)
         report = lens.compare(sim.X_pre, sim.X_ft, sim.R, test=sim.test, n_bootstrap=n_bootstrap,
-                              n_permutations=n_permutations)
-    truth = true_change(lens, report, sim, n_big=n_big, n_truth_draws=n_truth_draws, seed=seed)
-    out = report.importance.set_index("column").join(sim.truth).join(truth).reset_index()
+                              n_permutations=n_permutations, **(compare_params or {}))
+    out = report.importance.set_index("column").join(sim.truth)
+    if n_big:
+        out = out.join(true_change(lens, report, sim, n_big=n_big, n_truth_draws=n_truth_draws, seed=seed))
+    out = out.reset_index()
     return out.assign(seed=seed, n_cases=n_cases, d=d, protocol=protocol)
 
 
