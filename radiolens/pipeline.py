@@ -345,9 +345,10 @@ class Study:
         spec = self.config["lens"]
         # constant features (e.g. a statistic that saturates in a small ROI) cannot be min-max
         # scaled; the lens drops them with a warning instead of failing the whole study
-        return {"hidden_dim": spec["hidden_dim"], "epochs": spec["epochs"], "lr": spec["lr"],
-                "batch_size": spec["batch_size"], "decoder": spec["decoder"], "random_state": self.seed,
-                "drop_constant": True}
+        return {"protocol": spec["protocol"], "n_folds": spec["n_folds"], "hidden_dim": spec["hidden_dim"],
+                "epochs": spec["epochs"], "lr": spec["lr"], "batch_size": spec["batch_size"],
+                "decoder": spec["decoder"], "fit_intercept": spec["fit_intercept"],
+                "match_ft_moments": spec["match_ft_moments"], "random_state": self.seed, "drop_constant": True}
 
     def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
         """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
@@ -411,7 +412,7 @@ class Study:
             ckey = "report-" + hash_json(
                 {"lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
                  "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"],
-                 "v": _code_version("radiolens.lens")}
+                 "scale": spec["scale"], "stat": spec["permutation_stat"], "v": _code_version("radiolens.lens")}
             )[:24]
             folder = self.cache_root / "lens" / ckey
             report = None
@@ -423,7 +424,8 @@ class Study:
             if report is None:
                 report = self._timed(
                     f"compare {task}/{roi}", lens.compare, x_pre, x_ft, r, test=test,
-                    n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"],
+                    n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"], scale=spec["scale"],
+                    permutation_stat=spec["permutation_stat"],
                 )
                 atomic_write_dir(folder, report.to_dir)
             self._memo[key] = report

@@ -81,8 +81,8 @@ def test_reliability_table_shape():
                                   n_per_modality=5)
     assert list(table.columns) == ["protocol", "method", "hidden_dim", "n_cases", "precision_gained",
                                    "precision_lost", "decoder_used"]
-    assert len(table) == 2 * 2 * len(RELIABILITY_METHODS)
-    assert set(table["protocol"]) == {"paper", "held-out decoders"}
+    assert len(table) == 3 * 2 * len(RELIABILITY_METHODS)
+    assert set(table["protocol"]) == {"paper", "cross-fit", "held-out decoders"}
     assert set(table["method"]) == {m[0] for m in RELIABILITY_METHODS}
     assert table[["precision_gained", "precision_lost"]].stack().between(0, 1).all()
     # hidden 30 >= 60 training cases / 2 is fine for OLS; both widths ran their own lens

@@ -26,6 +26,7 @@ from radiolens.lens.decoders import (
     r2_per_feature,
 )
 from radiolens.lens.inference import (
+    PERMUTATION_STATS,
     Fold,
     adjust_pvalues,
     bootstrap_replicates,
@@ -508,7 +509,7 @@ class RadiomicLens(BaseEstimator):
         scale: str | None = None,
         ci: float = 0.95,
         p_adjust: str = "fdr_bh",
-        permutation_stat: str = "delta_r2",
+        permutation_stat: str = "combined",
     ) -> LensReport:
         """Decode radiomics from pre- and post-fine-tuning embeddings and measure the shift.
 
@@ -648,8 +649,8 @@ class RadiomicLens(BaseEstimator):
             raise ValueError(f"scale must be one of {SCALES} or None, got {scale!r}")
         if not 0 < ci < 1:
             raise ValueError(f"ci must be in (0, 1), got {ci}")
-        if permutation_stat not in ("delta_r2", "delta_I"):
-            raise ValueError(f"permutation_stat must be 'delta_r2' or 'delta_I', got {permutation_stat!r}")
+        if permutation_stat not in PERMUTATION_STATS:
+            raise ValueError(f"permutation_stat must be one of {PERMUTATION_STATS}, got {permutation_stat!r}")
         if p_adjust not in ("fdr_bh", "holm"):
             raise ValueError(f"p_adjust must be 'fdr_bh' or 'holm', got {p_adjust!r}")
         return scale

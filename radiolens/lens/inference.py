@@ -206,32 +206,44 @@ def bootstrap_replicates(folds: Sequence[Fold], Y_eval: np.ndarray, has_test: bo
 # --------------------------------------------------------------------------------------------
 # permutation test
 # --------------------------------------------------------------------------------------------
+#: Statistics of the permutation test (see :func:`permutation_pvalues`).
+PERMUTATION_STATS = ("combined", "delta_r2", "delta_I")
+
+
 def permutation_pvalues(folds: Sequence[Fold], Y_eval: np.ndarray, has_test: bool, stat_name: str, B: int,
                         rng: np.random.Generator, mapper: Callable, min_tss: float) -> np.ndarray:
-    """Paired permutation p-values, one per feature (NaN where the statistic is not defined).
+    """Paired permutation p-values, one per feature (NaN where ``delta_r2`` is not defined).
 
     Each permutation swaps the pre-trained and fine-tuned embeddings of every case (decoder
     cases and evaluation cases alike) with probability 1/2, refits every fold's decoders with
-    the same settings and recomputes the statistic: ``|delta_r2|`` on the evaluation cases
-    (``stat_name="delta_r2"``) or ``|delta_I|``. Ties count as exceedances within a tolerance
-    relative to each feature's own observed statistic.
+    the same settings and recomputes the statistic: ``|delta_r2|`` on the evaluation cases,
+    ``|delta_I|`` on the decoder cases, or (``"combined"``) both, joined by Fisher's
+    non-parametric combination (Pesarin): each statistic is turned into its permutation
+    p-value (among the observed and permuted values), the two p-values into ``-log p1 - log
+    p2``, and that is compared with the same quantity of every permutation. The decoder cases
+    and the evaluation cases are different cases, so the two statistics carry largely separate
+    evidence. Ties count as exceedances within a tolerance relative to each feature's own
+    observed statistic.
     """
     swaps = [rng.random((B, len(f.Y))) < 0.5 for f in folds]
     swaps_t = rng.random((B, len(Y_eval))) < 0.5 if has_test else None
-    use_r2 = stat_name == "delta_r2"
-    n, p = len(Y_eval), Y_eval.shape[1]
+    want_r2, want_I = stat_name in ("combined", "delta_r2"), stat_name in ("combined", "delta_I")
+    n, p = Y_eval.shape
 
     def statistic(decoder_inputs, test_inputs) -> np.ndarray:
-        loo = use_r2 and not has_test
+        loo = want_r2 and not has_test
         decs_p = [f.dec_p.refit(a, f.Y, loo=loo) for f, (a, _) in zip(folds, decoder_inputs)]
         decs_f = [f.dec_f.refit(b, f.Y, loo=loo) for f, (_, b) in zip(folds, decoder_inputs)]
-        if not use_r2:
-            return np.abs(combined_importance(decs_f)[0] - combined_importance(decs_p)[0])
-        if has_test:
-            pred_p, pred_f = test_predictions(folds, decs_p, decs_f, *test_inputs)
-        else:
-            pred_p, pred_f = loo_predictions(folds, decs_p, decs_f, n, p)
-        return np.abs(r2_per_feature(Y_eval, pred_f, min_tss) - r2_per_feature(Y_eval, pred_p, min_tss))
+        stats = []
+        if want_r2:
+            if has_test:
+                pred_p, pred_f = test_predictions(folds, decs_p, decs_f, *test_inputs)
+            else:
+                pred_p, pred_f = loo_predictions(folds, decs_p, decs_f, n, p)
+            stats.append(np.abs(r2_per_feature(Y_eval, pred_f, min_tss) - r2_per_feature(Y_eval, pred_p, min_tss)))
+        if want_I:
+            stats.append(np.abs(combined_importance(decs_f)[0] - combined_importance(decs_p)[0]))
+        return np.stack(stats)  # (statistics, p)
 
     def one(b: int) -> np.ndarray:
         inputs = []
@@ -247,12 +259,22 @@ def permutation_pvalues(folds: Sequence[Fold], Y_eval: np.ndarray, has_test: boo
     # The observed statistic goes through the same solver as the permutations, so an
     # encoder compared with itself gives permutations identical to it (p = 1).
     observed = mapper(lambda _: statistic([(f.Zp, f.Zf) for f in folds], (None, None)), [0], "observed")[0]
+    permuted = np.stack(mapper(one, range(B), "permutations"))  # (B, statistics, p)
+    values = np.concatenate([observed[None], permuted])  # the observed first
+    # p-value of every value (observed and permuted) among all B + 1 values of its statistic
     tol = 1e-10 * np.abs(observed) + 1e-13
-    exceed = np.zeros(p)
-    for stat in mapper(one, range(B), "permutations"):
-        exceed += stat >= observed - tol
-    pvalues = (1.0 + exceed) / (1.0 + B)
-    return np.where(np.isfinite(observed), pvalues, np.nan)
+    exceed = np.empty_like(values)
+    for k in range(values.shape[1]):
+        for j in range(p):
+            column = np.sort(values[:, k, j])
+            exceed[:, k, j] = len(column) - np.searchsorted(column, values[:, k, j] - tol[k, j], side="left")
+    if len(observed) == 1:
+        pvalues = exceed[0, 0] / (B + 1.0)
+    else:
+        combined = -np.log(exceed / (B + 1.0)).sum(axis=1)  # (B + 1, p)
+        ctol = 1e-10 * np.abs(combined[0]) + 1e-13
+        pvalues = (combined >= combined[0] - ctol).sum(axis=0) / (B + 1.0)
+    return np.where(np.isfinite(observed).all(axis=0), pvalues, np.nan)
 
 
 # --------------------------------------------------------------------------------------------

@@ -317,10 +317,13 @@ RELIABILITY_METHODS: tuple[tuple[str, str, str, str], ...] = (
     ("ols delta_I (paper)", "ols", "paper", "delta_I"),
     ("ols rel_delta_I (paper)", "ols", "paper", "rel_delta_I"),
     ("ols delta_I (standardized Z)", "ols", "standardized", "delta_I"),
+    ("ols delta_I (whitened Z)", "ols", "whitened", "delta_I"),
     ("ols delta_r2", "ols", "paper", "delta_r2"),
     ("ridge delta_I", "ridge", "standardized", "delta_I"),
     ("ridge delta_r2", "ridge", "standardized", "delta_r2"),
 )
+#: Protocols compared by :func:`ols_reliability_table`.
+RELIABILITY_PROTOCOLS: tuple[str, ...] = ("paper", "cross-fit", "held-out decoders")
 
 
 def ols_reliability_table(
@@ -330,18 +333,21 @@ def ols_reliability_table(
     n_test: int = 500,
     epochs: int = 200,
     seed: int = 0,
-    protocols: Sequence[str] = ("paper", "held-out decoders"),
+    protocols: Sequence[str] = RELIABILITY_PROTOCOLS,
     **sim_params,
 ) -> pd.DataFrame:
     """How well each importance measure recovers planted gains and losses.
 
     For every (hidden width, number of training cases) a lens is fitted on a fresh
-    :func:`planted_shift` (same ``seed``), then compared with the OLS decoder (paper and
-    standardised scale) and the ridge decoder, under each protocol:
+    :func:`planted_shift` (same ``seed``), then compared with the OLS decoder (paper,
+    standardised and whitened scale) and the ridge decoder, under each protocol:
 
     ``"paper"``
         decoders fitted on the training cases stage 1 was trained on, scored on the
         ``n_test`` held-out cases;
+    ``"cross-fit"``
+        radiolens's default: every training case decoded through the stage-1 projection trained
+        on the other half of the training cases, scored on the ``n_test`` held-out cases;
     ``"held-out decoders"``
         decoders fitted on the ``n_test`` held-out cases (never seen by stage 1), scored by
         exact leave-one-out on them.
@@ -352,7 +358,7 @@ def ols_reliability_table(
         ``protocol, method, hidden_dim, n_cases, precision_gained, precision_lost,
         decoder_used`` (``decoder_used`` says whether OLS fell back to ridge).
     """
-    unknown = set(protocols) - {"paper", "held-out decoders"}
+    unknown = set(protocols) - set(RELIABILITY_PROTOCOLS)
     if unknown:
         raise ValueError(f"unknown protocols {sorted(unknown)}")
     rows = []
@@ -360,19 +366,24 @@ def ols_reliability_table(
         sim = planted_shift(n_cases=n, d=d, n_test=n_test, seed=seed, **sim_params)
         for h in hidden_dims:
             logger.info("reliability: n_cases=%d hidden_dim=%d", n, h)
+            reports = {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the unreliable-regime warnings are the point here
-                lens = RadiomicLens(hidden_dim=h, epochs=epochs, random_state=seed).fit(sim.X_pre, sim.R)
-                reports = {}
+                lenses = {}
                 for protocol in protocols:
+                    kind = "cross-fit" if protocol == "cross-fit" else "paper"
+                    if kind not in lenses:
+                        lenses[kind] = RadiomicLens(protocol=kind, hidden_dim=h, epochs=epochs,
+                                                    random_state=seed).fit(sim.X_pre, sim.R)
+                    lens = lenses[kind]
                     for _name, decoder, scale, _col in RELIABILITY_METHODS:
                         if (protocol, decoder, scale) in reports:
                             continue
                         lens.set_params(decoder=decoder)
-                        if protocol == "paper":
-                            rep = lens.compare(sim.X_pre, sim.X_ft, sim.R, test=sim.test, scale=scale)
-                        else:
+                        if protocol == "held-out decoders":
                             rep = lens.compare(sim.X_pre_test, sim.X_ft_test, sim.R_test, scale=scale)
+                        else:
+                            rep = lens.compare(sim.X_pre, sim.X_ft, sim.R, test=sim.test, scale=scale)
                         reports[protocol, decoder, scale] = rep
             for protocol in protocols:
                 for name, decoder, scale, col in RELIABILITY_METHODS:
