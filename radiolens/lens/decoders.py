@@ -186,7 +186,7 @@ def choose_decoder(
     standardize = use_ridge or scale == "standardized"
     w = np.ones(len(Z))
     A, B, _, _, _, _ = _centred_design(Z, R, w, standardize=standardize, fit_intercept=fit_intercept)
-    U, s, _ = np.linalg.svd(A, full_matrices=False)
+    U, s, Vt = np.linalg.svd(A, full_matrices=False)
     cond = float(s[0] / s[-1]) if s.size and s[-1] > 0 else math.inf
     alpha, truncate, method, at_edge = 0.0, 0.0, "ols", False
     if use_ridge:
@@ -200,7 +200,7 @@ def choose_decoder(
             # (s0^2 + a) / (s_min^2 + a) by about max_condition^2.
             alpha, method = float(s[0] ** 2 / max_condition**2), "ols+ridge_fallback"
     dec = fit_decoder(Z, R, None, scale=scale, alpha=alpha, truncate=truncate, standardize=standardize,
-                      fit_intercept=fit_intercept, loo=loo, method=method)
+                      fit_intercept=fit_intercept, loo=loo, method=method, _svd=(U, s, Vt))
     dec.condition_number = cond
     dec.alpha_at_edge = at_edge
     return dec
@@ -218,6 +218,7 @@ def fit_decoder(
     fit_intercept: bool = True,
     loo: bool = False,
     method: str = "ols",
+    _svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Decoder:
     """Least squares (``alpha = 0``) or ridge with fixed settings, optionally with case weights
     ``w`` (bootstrap counts: a case drawn twice counts twice; weight 0 leaves it out).
@@ -231,7 +232,7 @@ def fit_decoder(
     Zu, Ru, wu = Z[used], R[used], w[used]
     total = wu.sum()
     A, B, sd, active, zm, rm = _centred_design(Zu, Ru, wu, standardize=standardize, fit_intercept=fit_intercept)
-    U, s, Vt = np.linalg.svd(A, full_matrices=False)
+    U, s, Vt = np.linalg.svd(A, full_matrices=False) if _svd is None else _svd  # the same A (unit weights)
     cond = float(s[0] / s[-1]) if s.size and s[-1] > 0 else math.inf
     if alpha > 0:
         f = s**2 / (s**2 + alpha)

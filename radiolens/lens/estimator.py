@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,8 +13,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from radiolens.cache import atomic_write_bytes, atomic_write_text
-from radiolens.lens._validation import align, as_embedding, as_radiomics, torch_module
+from radiolens.lens._persistence import load_lens, save_lens
+from radiolens.lens._validation import align, as_embedding, as_radiomics
 from radiolens.lens.decoders import (
     DEFAULT_RIDGE_ALPHAS,
     MIN_UNIT_SPREAD,
@@ -28,15 +26,14 @@ from radiolens.lens.decoders import (
 from radiolens.lens.inference import (
     PERMUTATION_STATS,
     Fold,
+    add_intervals,
     adjust_pvalues,
     bootstrap_replicates,
     combined_importance,
+    decoder_tables,
     loo_predictions,
-    model_importance_sq,
     parallel_map,
-    squared_importance,
     permutation_pvalues,
-    reflected_interval,
     score_table,
     test_predictions,
     wilcoxon_table,
@@ -53,7 +50,6 @@ _MIN_CASES_PER_UNIT = 10.0
 #: An evaluation feature whose sum of squares is below this per case (in min-max units, where
 #: the training range is 1) is constant there: its R^2 is not evaluable.
 _MIN_TSS_PER_CASE = 1e-12
-_FORMAT = "radiolens.RadiomicLens/2"
 
 
 @dataclass
@@ -610,7 +606,7 @@ class RadiomicLens(BaseEstimator):
         if n_bootstrap:
             reps = bootstrap_replicates(folds, Y_eval, test is not None, int(n_bootstrap),
                                         np.random.default_rng([seed, 1]), mapper, min_tss)
-            self._add_intervals(imp, reps, decs_p, decs_f, ci)
+            add_intervals(imp, reps, decs_p, decs_f, ci)
         if n_permutations:
             p = permutation_pvalues(folds, Y_eval, test is not None, permutation_stat, int(n_permutations),
                                     np.random.default_rng([seed, 2]), mapper, min_tss)
@@ -627,7 +623,7 @@ class RadiomicLens(BaseEstimator):
         params.update({"scale": scale, "ci": ci, "p_adjust": p_adjust, "permutation_stat": permutation_stat,
                        "n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations),
                        "has_test": test is not None, "protocol_used": protocol})
-        table_p, table_f = self._decoder_tables(folds)
+        table_p, table_f = decoder_tables(folds, self.columns_, self.hidden_dim_)
         return LensReport(
             importance=imp,
             scores=score_table(self.column_info_, Y_eval, pred_p, pred_f, imp["r2_pre"].to_numpy(),
@@ -745,25 +741,6 @@ class RadiomicLens(BaseEstimator):
         imp["delta_r2"] = r2_ft - r2_pre
         return imp
 
-    @staticmethod
-    def _add_intervals(imp: pd.DataFrame, reps: dict[str, np.ndarray], decs_p, decs_f, ci: float) -> None:
-        """Bootstrap intervals ``{I_pre, I_ft, delta_I, delta_r2}_{lo,hi}`` (see :meth:`compare`)."""
-        lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
-        # Plausible true squared importances: the estimate minus each replicate's error around
-        # the bootstrap world's truth (the debiased model it draws from), then I >= 0 imposed.
-        plausible = {}
-        for encoder, decs in (("pre", decs_p), ("ft", decs_f)):
-            error = reps[f"I_{encoder}_sq"] - model_importance_sq(decs)
-            plausible[encoder] = np.sqrt(np.maximum(squared_importance(decs) - error, 0.0))
-        draws = {"I_pre": plausible["pre"], "I_ft": plausible["ft"], "delta_I": plausible["ft"] - plausible["pre"]}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a feature that is not evaluable
-            for name, values in draws.items():
-                imp[f"{name}_lo"] = np.nanpercentile(values, lo_q, axis=0)
-                imp[f"{name}_hi"] = np.nanpercentile(values, hi_q, axis=0)
-            centre = np.nanmedian(reps["delta_r2"], axis=0)
-        imp["delta_r2_lo"], imp["delta_r2_hi"] = reflected_interval(imp["delta_r2"].to_numpy(), reps["delta_r2"], centre, ci)
-
     def _diagnostics(self, protocol, folds, n, n_eval, has_test, scale, not_evaluable, n_bootstrap,
                      n_permutations, diag_warnings, match, overlap) -> dict:
         h = self.hidden_dim_
@@ -806,25 +783,6 @@ class RadiomicLens(BaseEstimator):
             "warnings": list(diag_warnings),
         }
 
-    def _decoder_tables(self, folds) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Hidden units x features, in the importance's units; with several folds the folds'
-        units are stacked (``"fold1/z_003"``) and scaled so a column's norm is still ``I``."""
-        cols = self.columns_
-        h = self.hidden_dim_
-        if len(folds) == 1:
-            index = pd.RangeIndex(h, name="hidden_unit")
-            return (pd.DataFrame(folds[0].dec_p.coef_scaled, index=index, columns=cols),
-                    pd.DataFrame(folds[0].dec_f.coef_scaled, index=index, columns=cols))
-        index = pd.Index([f"fold{k + 1}/z_{j:03d}" for k in range(len(folds)) for j in range(h)], name="hidden_unit")
-        tables = []
-        for decs in ([f.dec_p for f in folds], [f.dec_f for f in folds]):
-            stacked = np.vstack([d.coef_scaled for d in decs])
-            norm = np.linalg.norm(stacked, axis=0)
-            target = combined_importance(decs)[0]
-            stacked = stacked * np.divide(target, norm, out=np.zeros_like(norm), where=norm > 0)
-            tables.append(pd.DataFrame(stacked, index=index, columns=cols))
-        return tables[0], tables[1]
-
     def _pair(self, X_pre: Any, X_ft: Any, r_index: pd.Index, suffix: str) -> tuple[np.ndarray, np.ndarray]:
         a, _, _ = as_embedding(X_pre, f"X_pre{suffix}")
         b, _, _ = as_embedding(X_ft, f"X_ft{suffix}")
@@ -844,39 +802,12 @@ class RadiomicLens(BaseEstimator):
         return mapper
 
     # -- persistence ------------------------------------------------------------------------
-    _STATE = ("weight_", "bias_", "x_mean_", "x_scale_", "scaler_min_", "scaler_range_", "fold_of_case_",
-              "fold_weight_", "fold_bias_", "fold_x_mean_", "fold_x_scale_")
-
     def save(self, path: str | Path) -> Path:
         """Save the fitted lens to a folder: ``params.json`` (parameters + fitted metadata) and
         ``state.pt`` (a torch state dict of float64 tensors, loadable with ``weights_only=True``).
         Writes are atomic."""
         self._check_fitted()
-        torch = torch_module()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float64))
-                 for name in self._STATE}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(path / "state.pt", buffer.getvalue())
-        meta = {
-            "format": _FORMAT,
-            "params": self._plain_params(),
-            "columns_": self.columns_,
-            "dropped_columns_": self.dropped_columns_,
-            "column_info_": self.column_info_.to_dict(orient="list"),
-            "modalities_": self.modalities_,
-            "hidden_dim_": self.hidden_dim_,
-            "n_features_in_": self.n_features_in_,
-            "feature_names_in_": self.feature_names_in_,
-            "n_train_": self.n_train_,
-            "train_cases_": self.train_cases_,
-            "history_": self.history_.to_dict(orient="list"),
-            "fold_history_": self.fold_history_.to_dict(orient="list"),
-        }
-        atomic_write_text(path / "params.json", json.dumps(meta, indent=2))
-        return path
+        return save_lens(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> RadiomicLens:
@@ -884,33 +815,7 @@ class RadiomicLens(BaseEstimator):
 
         A lens saved before cross-fitting existed (format 1) loads with ``protocol="paper"``,
         the protocol it was fitted for."""
-        torch = torch_module()
-        path = Path(path)
-        meta = json.loads((path / "params.json").read_text())
-        if meta.get("format") not in (_FORMAT, "radiolens.RadiomicLens/1"):
-            raise ValueError(f"{path / 'params.json'} is not a saved RadiomicLens")
-        params = dict(meta["params"])
-        if "verbose" in params:  # saved before the progress flag was renamed
-            params["progress"] = params.pop("verbose")
-        if meta["format"] == "radiolens.RadiomicLens/1":
-            params["protocol"] = "paper"
-        lens = cls(**params)
-        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        for name, tensor in state.items():
-            setattr(lens, name, tensor.numpy().copy())
-        lens.fold_of_case_ = np.asarray(getattr(lens, "fold_of_case_", np.zeros(0)), dtype=np.int64)
-        h, d = lens.weight_.shape
-        for name, shape in {"fold_weight_": (0, h, d), "fold_bias_": (0, h), "fold_x_mean_": (0, d),
-                            "fold_x_scale_": (0, d)}.items():
-            if not hasattr(lens, name):
-                setattr(lens, name, np.zeros(shape))
-        for name in ("columns_", "dropped_columns_", "modalities_", "hidden_dim_", "n_features_in_",
-                     "feature_names_in_", "n_train_", "train_cases_"):
-            setattr(lens, name, meta[name])
-        lens.column_info_ = pd.DataFrame(meta["column_info_"])
-        lens.history_ = pd.DataFrame(meta["history_"])
-        lens.fold_history_ = pd.DataFrame(meta.get("fold_history_", {"fold": [], "epoch": [], "train_loss": []}))
-        return lens
+        return load_lens(cls, path)
 
 
 @dataclass

@@ -203,6 +203,44 @@ def bootstrap_replicates(folds: Sequence[Fold], Y_eval: np.ndarray, has_test: bo
             "delta_r2": np.stack([r[2] for r in results])}
 
 
+def add_intervals(imp: pd.DataFrame, reps: dict[str, np.ndarray], decs_p, decs_f, ci: float) -> None:
+    """Add bootstrap intervals ``{I_pre, I_ft, delta_I, delta_r2}_{lo,hi}`` to ``imp`` (see
+    :meth:`radiolens.lens.RadiomicLens.compare`)."""
+    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+    # Plausible true squared importances: the estimate minus each replicate's error around
+    # the bootstrap world's truth (the debiased model it draws from), then I >= 0 imposed.
+    plausible = {}
+    for encoder, decs in (("pre", decs_p), ("ft", decs_f)):
+        error = reps[f"I_{encoder}_sq"] - model_importance_sq(decs)
+        plausible[encoder] = np.sqrt(np.maximum(squared_importance(decs) - error, 0.0))
+    draws = {"I_pre": plausible["pre"], "I_ft": plausible["ft"], "delta_I": plausible["ft"] - plausible["pre"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature that is not evaluable
+        for name, values in draws.items():
+            imp[f"{name}_lo"] = np.nanpercentile(values, lo_q, axis=0)
+            imp[f"{name}_hi"] = np.nanpercentile(values, hi_q, axis=0)
+        centre = np.nanmedian(reps["delta_r2"], axis=0)
+    imp["delta_r2_lo"], imp["delta_r2_hi"] = reflected_interval(imp["delta_r2"].to_numpy(), reps["delta_r2"], centre, ci)
+
+
+def decoder_tables(folds: Sequence[Fold], cols: list[str], h: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hidden units x features, in the importance's units; with several folds the folds'
+    units are stacked (``"fold1/z_003"``) and scaled so a column's norm is still ``I``."""
+    if len(folds) == 1:
+        index = pd.RangeIndex(h, name="hidden_unit")
+        return (pd.DataFrame(folds[0].dec_p.coef_scaled, index=index, columns=cols),
+                pd.DataFrame(folds[0].dec_f.coef_scaled, index=index, columns=cols))
+    index = pd.Index([f"fold{k + 1}/z_{j:03d}" for k in range(len(folds)) for j in range(h)], name="hidden_unit")
+    tables = []
+    for decs in ([f.dec_p for f in folds], [f.dec_f for f in folds]):
+        stacked = np.vstack([d.coef_scaled for d in decs])
+        norm = np.linalg.norm(stacked, axis=0)
+        target = combined_importance(decs)[0]
+        stacked = stacked * np.divide(target, norm, out=np.zeros_like(norm), where=norm > 0)
+        tables.append(pd.DataFrame(stacked, index=index, columns=cols))
+    return tables[0], tables[1]
+
+
 # --------------------------------------------------------------------------------------------
 # permutation test
 # --------------------------------------------------------------------------------------------
