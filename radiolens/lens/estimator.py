@@ -719,6 +719,13 @@ class RadiomicLens(BaseEstimator):
                 "it ranked features backwards when hidden_dim >= d; prefer ranking by delta_r2 or "
                 "scale='whitened'"
             )
+        if protocol == "paper":
+            out.append(
+                "protocol 'paper': the decoders are fitted on the cases stage 1 was trained on, which "
+                "favours the pre-trained encoder (features neither encoder carries tend to look lost by "
+                "delta_I and gained by delta_r2) and makes intervals and p-values too optimistic; "
+                "protocol='cross-fit' avoids it"
+            )
         if protocol == "paper" and h >= d and self.decoder == "ridge":
             out.append(
                 f"the decoder cases trained stage 1 and hidden_dim={h} >= embedding width {d}: "

@@ -30,12 +30,16 @@ class LensReport:
         I_ft, delta_I, rel_delta_I, r2_pre, r2_ft, delta_r2``; with bootstrap also
         ``I_pre_lo/hi, I_ft_lo/hi, delta_I_lo/hi, delta_r2_lo/hi``; with permutations also
         ``p_value, p_adjusted``. ``rel_delta_I = delta_I / I_pre`` (the paper does not define
-        its "relative dI"; this is radiolens' reading, NaN where ``I_pre == 0``).
+        its "relative dI"; this is radiolens' reading, NaN where ``I_pre == 0``). A feature
+        constant on the evaluation cases has NaN ``r2_*``, ``delta_r2`` and ``p_value`` (not
+        evaluable; left out of rankings by ``delta_r2``, of family means and of the p-value
+        adjustment).
     scores
-        Tidy ``encoder, level, group, r2, mse`` (``encoder`` is ``pre`` or ``ft``) on the evaluation cases (test cases when given,
-        else exact leave-one-out predictions on the training cases). Group ``r2`` is the mean of
-        the per-feature R^2 (scikit-learn's uniform average); ``mse`` the mean squared error
-        over cases and features of the group, in min-max scaled units.
+        Tidy ``encoder, level, group, r2, mse`` (``encoder`` is ``pre`` or ``ft``) on the
+        evaluation cases (test cases when given, else exact leave-one-out predictions of the
+        decoder cases). Group ``r2`` is the mean of the evaluable features' R^2 (scikit-learn's
+        uniform average); ``mse`` the mean squared error over cases and features of the group,
+        in min-max scaled units.
     tests
         Wilcoxon signed-rank tests on per-case squared errors (mean over the group's features),
         pre vs ft: ``modality, family, n_cases, statistic, p_value, p_adjusted, stars``;
@@ -44,18 +48,23 @@ class LensReport:
         the unadjusted ``p_value`` at 0.05/0.01/0.001 as in the paper.
     observed, decoded_pre, decoded_ft
         Cases x radiomic columns on the evaluation cases: min-max scaled observations and the
-        two decoders' predictions.
+        two decoders' predictions (the mean over the cross-fitted parts' decoders).
     decoder_pre, decoder_ft
-        Hidden units x radiomic columns: each stage's decoder weights in the units the
+        Hidden units x radiomic columns: each encoder's decoder weights in the units the
         importance is computed in, so that ``I_pre`` is the Euclidean norm of a column of
         ``decoder_pre`` (PAPER.md: "the norm of the feature's row of the decoder"). Unit ``k``'s
-        weight says how strongly hidden unit ``k`` carries that radiomic feature.
+        weight says how strongly hidden unit ``k`` carries that radiomic feature. A
+        cross-fitted report stacks its parts' units (``"fold1/z_000"``, ...), scaled so the
+        norm is still ``I``; on the whitened scale the units are the decorrelated ones.
     diagnostics
-        JSON-able dict: condition numbers, cases per hidden unit, decoder actually used per
-        stage, ridge penalties, the share of compared cases stage 1 was trained on
-        (``stage1_case_overlap``), warnings.
+        JSON-able dict: ``protocol`` (``"cross-fit"``, ``"paper"`` or ``"held-out"``) and
+        ``scale`` that produced the report, decoder cases per part, condition numbers, cases per
+        hidden unit, decoder actually used per encoder, ridge penalties, (near-)constant hidden
+        units, the share of decoder cases their projection was trained on
+        (``stage1_case_overlap``), features not evaluable, warnings.
     params
-        The lens parameters and ``compare`` arguments that produced the report.
+        The lens parameters (``protocol`` among them) and ``compare`` arguments that produced
+        the report; ``protocol_used`` as in the diagnostics.
     """
 
     importance: pd.DataFrame

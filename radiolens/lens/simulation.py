@@ -148,6 +148,8 @@ class PlantedModel:
     loc: np.ndarray  # (p,) R = loc + scale * source
     scale: np.ndarray
     noise: float
+    ft_offset: np.ndarray | float = 0.0  # (d,) added to every fine-tuned embedding
+    ft_gain: float = 1.0  # every fine-tuned embedding is multiplied by it (before the offset)
 
     def sample(self, n: int, rng: np.random.Generator, prefix: str = "sim", start: int = 0
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -156,7 +158,7 @@ class PlantedModel:
         S = rng.normal(size=(n, p))
         F = rng.normal(size=(n, len(self.N_pre)))
         X_pre = S @ self.A_pre + F @ self.N_pre + self.noise * rng.normal(size=(n, d))
-        X_ft = S @ self.A_ft + F @ self.N_ft + self.noise * rng.normal(size=(n, d))
+        X_ft = (S @ self.A_ft + F @ self.N_ft + self.noise * rng.normal(size=(n, d))) * self.ft_gain + self.ft_offset
         R = self.loc + self.scale * S
         ids = pd.Index([f"{prefix}{i:05d}" for i in range(start, start + n)], name="case_id")
         emb_cols = [f"emb_{j:03d}" for j in range(d)]
@@ -220,6 +222,8 @@ def planted_shift(
     n_nuisance: int = 16,
     noise: float = 1.0,
     drift: float = 0.3,
+    ft_offset: float = 0.0,
+    ft_gain: float = 1.0,
     n_test: int = 0,
     seed: int = 0,
 ) -> PlantedShift:
@@ -244,6 +248,12 @@ def planted_shift(
         Standard deviation of isotropic embedding noise (signal variance per dim is 1).
     drift
         Rotation (radians) of the ``kept`` directions between pre and ft.
+    ft_offset, ft_gain
+        Fine-tuning that also moves and rescales the embedding wholesale, as the built-in
+        study's fine-tuned encoders do: every fine-tuned embedding is multiplied by ``ft_gain``
+        and each dimension shifted by its own ``N(0, ft_offset^2)`` offset (in units of the
+        pre-trained embedding's spread, about 1.4 per dimension). Neither changes what is
+        encoded; the defaults (0, 1) leave the embeddings as they were.
     n_test
         Extra held-out cases from the same model.
     seed
@@ -288,7 +298,8 @@ def planted_shift(
 
     loc = rng.uniform(-5.0, 50.0, size=p)
     scale = rng.lognormal(0.0, 1.0, size=p)
-    model = PlantedModel(columns, A_pre, A_ft, N_pre, N_ft, loc, scale, float(noise))
+    offset = ft_offset * np.sqrt(1.0 + noise**2) * rng.normal(size=d) if ft_offset else 0.0
+    model = PlantedModel(columns, A_pre, A_ft, N_pre, N_ft, loc, scale, float(noise), offset, float(ft_gain))
     Xp, Xf, Rd = model.sample(n_cases + n_test, rng)
     ids = Rd.index
     tr, te = ids[:n_cases], ids[n_cases:]
