@@ -16,7 +16,9 @@ seeds into the numbers the lens promises:
 Monte-Carlo standard errors treat seeds as the independent units (features of one run share a
 projection and are not independent).
 
-The true change, given the lens's frozen projection(s) (the estimand is conditional on them):
+The true change, given the lens's frozen projection(s) and, when the report matched the
+fine-tuned embeddings' moments, the same fixed map of the fine-tuned embeddings (the estimand is
+conditional on them):
 
 ``true_delta_I``
     ``I_ft - I_pre`` of decoders fitted, with the lens's settings, on ``n_big`` fresh cases of
@@ -39,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens.lens.decoders import r2_per_feature
-from radiolens.lens.estimator import RadiomicLens
+from radiolens.lens.estimator import RadiomicLens, moment_map
 from radiolens.lens.inference import combined_importance
 from radiolens.lens.simulation import planted_shift
 
@@ -77,13 +79,19 @@ def true_change(lens: RadiomicLens, report, sim, *, n_big: int = 20000, n_truth_
     scale = report.params["scale"]
     _, groups = lens._decoder_plan(sim.R.index)
     sizes = [len(rows) for _, rows in groups]
+    # the fine-tuned embeddings pass through the same fixed map as in the report
+    ft_scale, ft_shift = (moment_map(sim.X_ft.to_numpy(), sim.X_pre.to_numpy())
+                          if report.diagnostics.get("match_ft_moments") else (1.0, 0.0))
+
+    def ft(X):
+        return X.to_numpy() * ft_scale + ft_shift
+
     big_p, big_f, big_r = model.sample(n_big, rng, prefix="big")
     ev_p, ev_f, ev_r = model.sample(n_big, rng, prefix="eval")
     Yb, Ye = lens.scale_radiomics(big_r).to_numpy(), lens.scale_radiomics(ev_r).to_numpy()
     kw = dict(decoder=lens.decoder, scale=scale, max_condition=lens.max_condition,
               fit_intercept=bool(lens.fit_intercept))
-    big = [(proj(big_p.to_numpy()), proj(big_f.to_numpy()), proj(ev_p.to_numpy()), proj(ev_f.to_numpy()))
-           for proj, _ in groups]
+    big = [(proj(big_p.to_numpy()), proj(ft(big_f)), proj(ev_p.to_numpy()), proj(ft(ev_f))) for proj, _ in groups]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         I_pre, _ = combined_importance([choose_decoder(zp, Yb, **kw) for zp, _, _, _ in big])
@@ -95,7 +103,7 @@ def true_change(lens: RadiomicLens, report, sim, *, n_big: int = 20000, n_truth_
                 xp, xf, r = model.sample(size, rng, prefix="draw")
                 y = lens.scale_radiomics(r).to_numpy()
                 preds_p.append(choose_decoder(proj(xp.to_numpy()), y, **kw).predict(ep))
-                preds_f.append(choose_decoder(proj(xf.to_numpy()), y, **kw).predict(ef))
+                preds_f.append(choose_decoder(proj(ft(xf)), y, **kw).predict(ef))
             delta_r2.append(r2_per_feature(Ye, np.mean(preds_f, axis=0)) - r2_per_feature(Ye, np.mean(preds_p, axis=0)))
     return pd.DataFrame({"true_I_pre": I_pre, "true_I_ft": I_ft, "true_delta_I": I_ft - I_pre,
                          "true_delta_r2": np.mean(delta_r2, axis=0)}, index=pd.Index(lens.columns_, name="column"))

@@ -579,7 +579,9 @@ class RadiomicLens(BaseEstimator):
             Y_eval, eval_index, Xpt, Xft = Rn, R.index, None, None
         match = self.protocol == "cross-fit" if self.match_ft_moments is None else bool(self.match_ft_moments)
         if match:
-            Xf, Xft = _match_moments(Xf, Xp, Xft)
+            scale_f, shift_f = moment_map(Xf, Xp)
+            Xf = Xf * scale_f + shift_f
+            Xft = None if Xft is None else Xft * scale_f + shift_f
         diag_warnings: list[str] = []
         folds = []
         for projection, positions in groups:
@@ -832,14 +834,12 @@ class _Fitted:
     near_constant: int
 
 
-def _match_moments(X: np.ndarray, reference: np.ndarray, other: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``X`` (and ``other``, with the same map) shifted and scaled per dimension to the mean and
-    standard deviation ``reference`` has over the same cases."""
+def moment_map(X: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)`` per dimension taking ``X`` to the mean and standard deviation
+    ``reference`` has over the same cases: ``X * scale + shift``."""
     sd = X.std(axis=0)
     scale = reference.std(axis=0) / np.where(sd > 0, sd, 1.0)
-    shift = reference.mean(axis=0) - X.mean(axis=0) * scale
-    return X * scale + shift, None if other is None else other * scale + shift
+    return scale, reference.mean(axis=0) - X.mean(axis=0) * scale
 
 
 def _near_constant(Z: np.ndarray) -> int:

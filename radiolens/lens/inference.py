@@ -208,11 +208,13 @@ def add_intervals(imp: pd.DataFrame, reps: dict[str, np.ndarray], decs_p, decs_f
     :meth:`radiolens.lens.RadiomicLens.compare`)."""
     lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
     # Plausible true squared importances: the estimate minus each replicate's error around
-    # the bootstrap world's truth (the debiased model it draws from), then I >= 0 imposed.
+    # the bootstrap world's truth (the debiased model it draws from). Their signed root keeps the
+    # noise of a feature with no content symmetric around 0, so a difference of importances is
+    # not pulled towards 0 where one side carries nothing; I >= 0 is imposed on I's own bounds.
     plausible = {}
     for encoder, decs in (("pre", decs_p), ("ft", decs_f)):
         error = reps[f"I_{encoder}_sq"] - model_importance_sq(decs)
-        plausible[encoder] = np.sqrt(np.maximum(squared_importance(decs) - error, 0.0))
+        plausible[encoder] = _signed_root(squared_importance(decs) - error)
     draws = {"I_pre": plausible["pre"], "I_ft": plausible["ft"], "delta_I": plausible["ft"] - plausible["pre"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a feature that is not evaluable
@@ -221,6 +223,10 @@ def add_intervals(imp: pd.DataFrame, reps: dict[str, np.ndarray], decs_p, decs_f
             imp[f"{name}_hi"] = np.nanpercentile(values, hi_q, axis=0)
         centre = np.nanmedian(reps["delta_r2"], axis=0)
     imp["delta_r2_lo"], imp["delta_r2_hi"] = reflected_interval(imp["delta_r2"].to_numpy(), reps["delta_r2"], centre, ci)
+
+
+def _signed_root(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.sqrt(np.abs(x))
 
 
 def decoder_tables(folds: Sequence[Fold], cols: list[str], h: int) -> tuple[pd.DataFrame, pd.DataFrame]:
