@@ -219,8 +219,10 @@ def add_intervals(imp: pd.DataFrame, reps: dict[str, np.ndarray], decs_p, decs_f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a feature that is not evaluable
         for name, values in draws.items():
-            imp[f"{name}_lo"] = np.nanpercentile(values, lo_q, axis=0)
-            imp[f"{name}_hi"] = np.nanpercentile(values, hi_q, axis=0)
+            low, high = np.nanpercentile(values, lo_q, axis=0), np.nanpercentile(values, hi_q, axis=0)
+            if name != "delta_I":  # an importance is >= 0
+                low, high = np.maximum(low, 0.0), np.maximum(high, 0.0)
+            imp[f"{name}_lo"], imp[f"{name}_hi"] = low, high
         centre = np.nanmedian(reps["delta_r2"], axis=0)
     imp["delta_r2_lo"], imp["delta_r2_hi"] = reflected_interval(imp["delta_r2"].to_numpy(), reps["delta_r2"], centre, ci)
 
