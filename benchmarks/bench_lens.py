@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens.lens import RadiomicLens
-from radiolens.simulate import pyradiomics_columns
+from radiolens.lens.simulation import pyradiomics_columns
 
 
 def make_data(n: int, d: int = 768, n_factors: int = 64, seed: int = 0):

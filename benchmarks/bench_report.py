@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def main() -> None:
     from radiolens.lens import RadiomicLens
+    from radiolens.lens.simulation import pyradiomics_columns
     from radiolens.report import javascript_bundle, write_report
-    from radiolens.simulate import pyradiomics_columns
 
     rng = np.random.default_rng(0)
     columns = pyradiomics_columns()

@@ -79,11 +79,17 @@ DEFAULTS: dict[str, Any] = {
         "frozen_views": 4,
     },
     "lens": {
+        "protocol": "cross-fit",
+        "n_folds": 2,
         "hidden_dim": None,
         "epochs": 200,
         "lr": 1e-3,
         "batch_size": 64,
         "decoder": "ols",
+        "fit_intercept": True,
+        "match_ft_moments": None,
+        "scale": None,
+        "permutation_stat": "combined",
         "l1_grid": [0.0, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5],
         "l2_grid": [0.0, 1e-5, 1e-4, 1e-3],
         "n_bootstrap": 200,
@@ -140,14 +146,24 @@ DOCS: dict[str, str] = {
     "finetune.decoder_pool_scales": "output sizes of the decoder's pyramid pooling (UPerNet: 1, 2, 3, 6)",
     "finetune.frozen_views": "frozen regime: augmented views per training case whose encoder outputs are computed "
     "once (the head trains on them in turn); 0 = un-augmented",
+    "lens.protocol": "cross-fit (decoders on cases their stage-1 projection never saw; calibrated "
+    "intervals and p-values) or paper (stage 1 and decoders on the same cases, as published)",
+    "lens.n_folds": "parts of the training cases for protocol cross-fit (>= 2)",
     "lens.hidden_dim": "width of the shared projection (null: chosen below d and n_train)",
     "lens.epochs": "stage-1 training epochs",
     "lens.lr": "stage-1 learning rate",
     "lens.batch_size": "stage-1 mini-batch size (AdamW); the paper does not state it",
     "lens.decoder": "ols (the paper's) or ridge (cross-validated, radiolens's addition)",
+    "lens.fit_intercept": "decoders with an intercept (false: the paper's literal R Z^T (Z Z^T)^-1)",
+    "lens.match_ft_moments": "shift and scale fine-tuned embedding dims to the pre-trained ones' mean and sd "
+    "before the projection (null: true for cross-fit, false for paper)",
+    "lens.scale": "units of the importance I: paper (raw Z), standardized, whitened (debiased); null: "
+    "whitened for cross-fit, the paper's for paper",
+    "lens.permutation_stat": "statistic of the permutation test: combined (held-out delta R2 and delta I), "
+    "delta_r2 or delta_I",
     "lens.l1_grid": "L1 penalties of the sweep",
     "lens.l2_grid": "L2 penalties of the sweep",
-    "lens.n_bootstrap": "case bootstrap resamples for confidence intervals",
+    "lens.n_bootstrap": "bootstrap refits for confidence intervals of I, delta I and delta R2",
     "lens.n_permutations": "paired permutations for per-feature p-values",
     "lens.top_k": "features per ranking in the report",
 }
@@ -155,6 +171,8 @@ DOCS: dict[str, str] = {
 _CHOICES: dict[str, tuple] = {
     "cohort.source": ("synthetic", "table", "folder", "msd", "picai", "prostate158"),
     "lens.decoder": ("ols", "ridge"),
+    "lens.protocol": ("cross-fit", "paper"),
+    "lens.permutation_stat": ("combined", "delta_r2", "delta_I"),
 }
 _LIST_CHOICES: dict[str, tuple] = {
     "finetune.tasks": tuple(TASKS),
@@ -252,6 +270,13 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
     scales = config["finetune"]["decoder_pool_scales"]
     if not scales or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in scales):
         raise ConfigError(f"config key 'finetune.decoder_pool_scales' must be positive integers, got {scales!r}")
+    lens = config["lens"]
+    if lens["protocol"] == "cross-fit" and lens["n_folds"] < 2:
+        raise ConfigError(f"config key 'lens.n_folds' must be >= 2 for protocol cross-fit, got {lens['n_folds']!r}")
+    if lens["scale"] not in (None, "paper", "standardized", "whitened"):
+        raise ConfigError(f"config key 'lens.scale' must be null, paper, standardized or whitened, got {lens['scale']!r}")
+    if lens["match_ft_moments"] not in (None, True, False):
+        raise ConfigError(f"config key 'lens.match_ft_moments' must be null, true or false, got {lens['match_ft_moments']!r}")
     if not config["finetune"]["tasks"]:
         raise ConfigError("config key 'finetune.tasks' must name at least one task")
     return config

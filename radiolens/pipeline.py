@@ -359,9 +359,10 @@ class Study:
         spec = self.config["lens"]
         # constant features (e.g. a statistic that saturates in a small ROI) cannot be min-max
         # scaled; the lens drops them with a warning instead of failing the whole study
-        return {"hidden_dim": spec["hidden_dim"], "epochs": spec["epochs"], "lr": spec["lr"],
-                "batch_size": spec["batch_size"], "decoder": spec["decoder"], "random_state": self.seed,
-                "drop_constant": True}
+        return {"protocol": spec["protocol"], "n_folds": spec["n_folds"], "hidden_dim": spec["hidden_dim"],
+                "epochs": spec["epochs"], "lr": spec["lr"], "batch_size": spec["batch_size"],
+                "decoder": spec["decoder"], "fit_intercept": spec["fit_intercept"],
+                "match_ft_moments": spec["match_ft_moments"], "random_state": self.seed, "drop_constant": True}
 
     def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
         """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
@@ -412,12 +413,14 @@ class Study:
             spec = self.config["lens"]
             ckey = step_key("lens_report", {
                 "lens": _lens_key(lens), "x": hash_frame(x_pre), "xf": hash_frame(x_ft), "r": hash_frame(r),
-                "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"]})
+                "t": [hash_frame(t) for t in test], "b": spec["n_bootstrap"], "p": spec["n_permutations"],
+                "scale": spec["scale"], "stat": spec["permutation_stat"]})
             cache = self._cache("lens")
             report = cache.cached(
                 ckey, lambda: self._timed(
                     f"compare {task}/{roi}", lens.compare, x_pre, x_ft, r, test=test,
-                    n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"],
+                    n_bootstrap=spec["n_bootstrap"], n_permutations=spec["n_permutations"], scale=spec["scale"],
+                    permutation_stat=spec["permutation_stat"],
                 ),
                 lambda report, folder: report.to_dir(folder), LensReport.from_dir,
             )
@@ -444,7 +447,7 @@ class Study:
     def planted_truth(self) -> pd.DataFrame:
         """How the lens's measures recover a known shift (simulation; see chapter 9)."""
         if "planted" not in self._memo:
-            from radiolens import simulate
+            from radiolens.lens import simulation
 
             quick = bool(self.config.get("quick"))
             # hidden widths below and above the simulated embedding width (96), few and many
@@ -455,7 +458,7 @@ class Study:
                 kwargs = dict(hidden_dims=(16, 64, 256), n_cases=(300, 800))
             key = step_key("planted_truth", {"seed": self.seed, **kwargs})
             table = self._cache("planted").cached_frame(
-                key, lambda: self._timed("planted truth", simulate.ols_reliability_table, seed=self.seed, **kwargs)
+                key, lambda: self._timed("planted truth", simulation.ols_reliability_table, seed=self.seed, **kwargs)
             )
             self._memo["planted"] = table
         return self._memo["planted"]

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Ranking measures shown, in order: the paper's first.
 _MEASURES = (
-    ("rel_delta_I", "the paper's measure, relative ΔI = ΔI / I<sub>pre</sub> (Fig. 3)"),
+    ("rel_delta_I", "relative ΔI = ΔI / I<sub>pre</sub> (the paper's Fig. 3 ranking)"),
     ("delta_I", "ΔI = I<sub>ft</sub> − I<sub>pre</sub>, with bootstrap intervals"),
     ("delta_r2", "held-out ΔR² (radiolens; reliable in the planted-truth check)"),
 )
@@ -265,9 +265,14 @@ signed-rank tests per family; features that gained, lost or kept importance (Fig
 <li>Scores on held-out test cases (the decoders are fitted on the training cases).</li>
 <li>Held-out decodability change ΔR² per feature as a second ranking measure.</li>
 <li>A cross-validated ridge decoder on standardised projections (<code>decoder="ridge"</code>)
-and a scale-aware importance, since I depends on the scale of the projection.</li>
-<li>Case-bootstrap confidence intervals and paired permutation p-values (adjusted for
-multiplicity) for every feature.</li>
+and a scale-aware importance (the default with cross-fitting), since the paper's I depends on the
+scale of the projection: a hidden unit that barely varies inflates it.</li>
+<li>A calibrated default protocol: each training case is decoded through a stage-1 projection
+trained on the other training cases (cross-fitting), because decoders fitted on the cases stage 1
+learnt favour the pre-trained encoder; the paper's protocol stays available
+(<code>protocol="paper"</code>). Each task section names the protocol that produced it.</li>
+<li>Bootstrap confidence intervals and paired permutation p-values (adjusted for multiplicity)
+for every feature, checked on planted truth to flag unchanged features at their nominal rate.</li>
 <li>A planted-truth check: a simulation with known gained and lost features showing when
 each measure recovers them (the paper's ΔI ranks them backwards when the hidden width reaches
 the embedding width).</li>
@@ -363,7 +368,10 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
     facts["n_features"] = int(len(importance))
     facts["n_eval_cases"] = n_cases
     cases_text = f" on {n_cases} evaluation cases" if n_cases else ""
-    page.add(f'<p class="note">{facts["n_features"]} radiomic features decoded{cases_text}.</p>')
+    page.add(f'<p class="note">{facts["n_features"]} radiomic features decoded{cases_text}. '
+             f"{_esc(_protocol_sentence(report))}</p>")
+    facts["protocol"] = (getattr(report, "diagnostics", None) or {}).get("protocol")
+    facts["scale"] = (getattr(report, "diagnostics", None) or {}).get("scale")
 
     # Table 1
     try:
@@ -448,6 +456,32 @@ def _task_section(page: _Page, task: str, report, k: int, tables: dict[str, pd.D
         page.add(f"<pre>{_esc(json.dumps(details, indent=2))}</pre></details>")
     page.add("</section>")
     return facts
+
+
+_PROTOCOL_TEXT = {
+    "cross-fit": "every training case decoded through a stage-1 projection trained on the other "
+    "training cases (cross-fitting, {folds} parts), so intervals and p-values are calibrated",
+    "paper": "the paper's protocol: stage 1 and the decoders on the same training cases, which favours "
+    "the pre-trained encoder and makes intervals and p-values too optimistic",
+    "held-out": "decoders on cases stage 1 never saw",
+}
+_SCALE_TEXT = {
+    "paper": "the paper's I (decoder weights on the raw hidden units)",
+    "standardized": "I on standardised hidden units",
+    "whitened": "the scale-aware I (decoder weights on whitened hidden units, debiased: the standard "
+    "deviation of the decoded feature)",
+}
+
+
+def _protocol_sentence(report) -> str:
+    """Which protocol and importance produced a report's numbers, in words."""
+    diag = getattr(report, "diagnostics", None) or {}
+    protocol = diag.get("protocol")
+    if protocol not in _PROTOCOL_TEXT:
+        return "The lens protocol is not recorded (a report written before protocols existed)."
+    text = _PROTOCOL_TEXT[protocol].format(folds=diag.get("n_folds", "?"))
+    scale = _SCALE_TEXT.get(diag.get("scale"), str(diag.get("scale")))
+    return f"Every number below comes from the lens protocol '{protocol}': {text}; importance is {scale}."
 
 
 def _sweep_selected(sweeps: Mapping[str, pd.DataFrame] | pd.DataFrame) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -16,11 +17,11 @@ from radiolens.lens import (
     IMPORTANCE_COLUMNS,
     LensReport,
     RadiomicLens,
-    _fit_decoder,
     adjust_pvalues,
     penalty_sweep,
 )
-from radiolens.simulate import planted_shift, recovery_precision
+from radiolens.lens.decoders import choose_decoder
+from radiolens.lens.simulation import planted_shift, recovery_precision
 
 
 # --------------------------------------------------------------------------------------------
@@ -34,7 +35,8 @@ def small():
 
 @pytest.fixture(scope="module")
 def small_lens(small):
-    return RadiomicLens(hidden_dim=6, epochs=5, random_state=1).fit(small.X_pre, small.R)
+    """The paper's protocol: stage 1 and the decoders on the same cases, importance on raw Z."""
+    return RadiomicLens(protocol="paper", hidden_dim=6, epochs=5, random_state=1).fit(small.X_pre, small.R)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +140,11 @@ def test_ill_conditioned_z_uses_reported_ridge_fallback():
     Z = np.column_stack([Z, Z[:, 0] + 1e-12 * rng.normal(size=50)])  # near-duplicate unit
     R = rng.normal(size=(50, 3))
     kw = dict(decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
-    dec = _fit_decoder(Z, R, **kw)
+    dec = choose_decoder(Z, R, **kw)
     assert dec.method == "ols+ridge_fallback" and dec.alpha > 0
     assert dec.condition_number > 1e7
     assert np.all(np.isfinite(dec.coef)) and np.abs(dec.coef).max() < 10
-    well = _fit_decoder(Z[:, :4], R, **kw)
+    well = choose_decoder(Z[:, :4], R, **kw)
     assert well.method == "ols" and well.alpha == 0.0
 
 
@@ -150,7 +152,7 @@ def test_constant_hidden_unit_gets_zero_row_not_fallback():
     rng = np.random.default_rng(1)
     Z = np.column_stack([rng.normal(size=(40, 3)), np.zeros(40)])
     R = rng.normal(size=(40, 2))
-    dec = _fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    dec = choose_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
     assert dec.method == "ols" and dec.n_constant_units == 1
     np.testing.assert_array_equal(dec.coef[3], 0.0)
     np.testing.assert_allclose(dec.coef[:3], LinearRegression().fit(Z[:, :3], R).coef_.T, atol=1e-10)
@@ -161,13 +163,13 @@ def test_scale_aware_importance_ignores_global_rescaling_of_z():
     Z = rng.normal(size=(100, 5))
     R = Z @ rng.normal(size=(5, 4)) + 0.1 * rng.normal(size=(100, 4))
     kw = dict(decoder="ols", ridge_alphas=(1.0,), max_condition=1e7)
-    paper = _fit_decoder(Z, R, scale="paper", **kw)
-    paper_big = _fit_decoder(5 * Z, R, scale="paper", **kw)
+    paper = choose_decoder(Z, R, scale="paper", **kw)
+    paper_big = choose_decoder(5 * Z, R, scale="paper", **kw)
     # the paper's importance shrinks 5-fold when Z is 5 times larger ...
     np.testing.assert_allclose(np.linalg.norm(paper_big.coef_scaled, axis=0),
                                np.linalg.norm(paper.coef_scaled, axis=0) / 5, rtol=1e-10)
-    std = _fit_decoder(Z, R, scale="standardized", **kw)
-    std_big = _fit_decoder(5 * Z, R, scale="standardized", **kw)
+    std = choose_decoder(Z, R, scale="standardized", **kw)
+    std_big = choose_decoder(5 * Z, R, scale="standardized", **kw)
     # ... the standardised one does not, and predictions are the same in both units
     np.testing.assert_allclose(std_big.coef_scaled, std.coef_scaled, rtol=1e-10)
     np.testing.assert_allclose(std.predict(Z), paper.predict(Z), atol=1e-10)
@@ -203,15 +205,15 @@ def test_report_tables_have_the_promised_shape(small, small_lens):
     np.testing.assert_allclose(imp["rel_delta_I"], imp["delta_I"] / imp["I_pre"])
     np.testing.assert_allclose(imp["delta_r2"], imp["r2_ft"] - imp["r2_pre"])
     sc = report.scores
-    assert list(sc.columns) == ["stage", "level", "group", "r2", "mse"]
-    assert set(sc["stage"]) == {"pre", "ft"}
+    assert list(sc.columns) == ["encoder", "level", "group", "r2", "mse"]
+    assert set(sc["encoder"]) == {"pre", "ft"}
     assert set(sc["level"]) == {"overall", "modality", "image_type", "family", "feature"}
-    feat = sc[(sc.stage == "pre") & (sc.level == "feature")].set_index("group")["r2"]
+    feat = sc[(sc.encoder == "pre") & (sc.level == "feature")].set_index("group")["r2"]
     np.testing.assert_allclose(feat.loc[imp["column"]].to_numpy(), imp["r2_pre"].to_numpy())
-    fam = sc[(sc.stage == "ft") & (sc.level == "family") & (sc.group == "glcm")]["r2"].item()
+    fam = sc[(sc.encoder == "ft") & (sc.level == "family") & (sc.group == "glcm")]["r2"].item()
     assert fam == pytest.approx(imp.loc[imp.family == "glcm", "r2_ft"].mean())
     mse = ((report.observed - report.decoded_ft) ** 2).to_numpy().mean()
-    assert sc[(sc.stage == "ft") & (sc.level == "overall")]["mse"].item() == pytest.approx(mse)
+    assert sc[(sc.encoder == "ft") & (sc.level == "overall")]["mse"].item() == pytest.approx(mse)
     assert report.observed.shape == report.decoded_pre.shape == (40, len(imp))
     assert report.observed.index.equals(small.R_test.index)
     assert {"condition_number_pre", "condition_number_ft", "cases_per_hidden_unit",
@@ -265,9 +267,9 @@ def test_encoder_compared_with_itself_shows_exactly_zero_shift(small, small_lens
     assert (imp["delta_I_lo"] == 0).all() and (imp["delta_I_hi"] == 0).all()
     assert (imp["p_value"] == 1).all()
     assert (report.tests["p_value"] == 1).all() and (report.tests["statistic"] == 0).all()
-    pre = report.scores[report.scores.stage == "pre"].reset_index(drop=True)
-    ft = report.scores[report.scores.stage == "ft"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(pre.drop(columns="stage"), ft.drop(columns="stage"))
+    pre = report.scores[report.scores.encoder == "pre"].reset_index(drop=True)
+    ft = report.scores[report.scores.encoder == "ft"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pre.drop(columns="encoder"), ft.drop(columns="encoder"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +481,7 @@ def test_fewer_training_cases_than_hidden_units_warns_and_uses_ridge(small):
 def test_unreliable_regime_of_paper_importance_is_flagged(small):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lens = RadiomicLens(hidden_dim=30, epochs=1).fit(small.X_pre, small.R)  # hidden >= d = 24
+        lens = RadiomicLens(protocol="paper", hidden_dim=30, epochs=1).fit(small.X_pre, small.R)  # hidden >= d = 24
     with pytest.warns(UserWarning, match="unreliable regime"):
         report = lens.compare(small.X_pre, small.X_ft, small.R)
     assert any("unreliable" in w for w in report.diagnostics["warnings"])
@@ -511,7 +513,7 @@ def test_bad_parameters_are_named(small, small_lens):
 
 def test_overlap_with_stage1_cases_is_reported(small, small_lens):
     same = small_lens.compare(small.X_pre, small.X_ft, small.R)
-    with pytest.warns(UserWarning, match="training cases per hidden unit"):  # 40 cases, 6 units
+    with pytest.warns(UserWarning, match="decoder cases per hidden unit"):  # 40 cases, 6 units
         other = small_lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
     assert same.diagnostics["stage1_case_overlap"] == 1.0
     assert other.diagnostics["stage1_case_overlap"] == 0.0
@@ -532,7 +534,7 @@ def test_refit_results_do_not_depend_on_threads(small, small_lens):
 def test_ridge_on_stage1_cases_with_wide_hidden_space_is_flagged(small):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lens = RadiomicLens(hidden_dim=30, epochs=1, decoder="ridge").fit(small.X_pre, small.R)  # 30 >= d = 24
+        lens = RadiomicLens(protocol="paper", hidden_dim=30, epochs=1, decoder="ridge").fit(small.X_pre, small.R)  # 30 >= d = 24
     with pytest.warns(UserWarning, match="trained stage 1"):
         same = lens.compare(small.X_pre, small.X_ft, small.R)
     assert any("backwards" in w for w in same.diagnostics["warnings"])
@@ -544,12 +546,10 @@ def test_ridge_on_stage1_cases_with_wide_hidden_space_is_flagged(small):
 
 def test_decoder_on_constant_hidden_space_is_intercept_only():
     """Every hidden unit constant over the cases (e.g. a dead GELU unit): zero importance, no crash."""
-    from radiolens.lens import _fit_decoder
-
     rng = np.random.default_rng(0)
     Z = np.ones((20, 3))
     R = rng.normal(size=(20, 4))
-    dec = _fit_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
+    dec = choose_decoder(Z, R, decoder="ols", scale="paper", ridge_alphas=(1.0,), max_condition=1e7)
     assert np.all(dec.coef == 0)
     np.testing.assert_allclose(dec.predict(Z), np.tile(R.mean(axis=0), (20, 1)))
 
@@ -565,8 +565,217 @@ def test_stage1_beats_the_best_constant_even_with_few_cases():
 
 def test_near_constant_hidden_unit_is_reported():
     sim = planted_shift(n_cases=200, n_test=0, seed=1)
-    lens = RadiomicLens(hidden_dim=8, epochs=20, random_state=0).fit(sim.X_pre, sim.R)
+    lens = RadiomicLens(protocol="paper", hidden_dim=8, epochs=20, random_state=0).fit(sim.X_pre, sim.R)
     lens.weight_[0] *= 1e-6  # unit 0 now barely varies over the cases
     with pytest.warns(UserWarning, match="barely vary"):
         report = lens.compare(sim.X_pre, sim.X_ft, sim.R)
     assert any("barely vary" in w for w in report.diagnostics["warnings"])
+
+
+# --------------------------------------------------------------------------------------------
+# numeric failures that used to be silent
+# --------------------------------------------------------------------------------------------
+def test_feature_constant_on_the_evaluation_cases_is_not_evaluable(small, small_lens):
+    R_test = small.R_test.copy()
+    col = R_test.columns[2]
+    R_test[col] = R_test[col].iloc[0] + 1e-13 * np.arange(len(R_test))  # constant up to rounding
+    report = small_lens.compare(small.X_pre, small.X_ft, small.R, test=(small.X_pre_test, small.X_ft_test, R_test),
+                                n_bootstrap=10, n_permutations=19)
+    imp = report.importance.set_index("column")
+    row = imp.loc[col]
+    for name in ("r2_pre", "r2_ft", "delta_r2", "delta_r2_lo", "delta_r2_hi", "p_value", "p_adjusted"):
+        assert np.isnan(row[name]), name
+    assert col not in report.gained(5, by="delta_r2")["column"].tolist()
+    assert col not in report.lost(5, by="delta_r2")["column"].tolist()
+    assert report.diagnostics["n_not_evaluable"] == 1 and report.diagnostics["not_evaluable"] == [col]
+    # family means leave it out; the multiple-testing adjustment counts only tested features
+    others = imp[(imp["family"] == row["family"]) & (imp.index != col)]
+    sc = report.scores
+    fam = sc[(sc.encoder == "pre") & (sc.level == "family") & (sc.group == row["family"])]["r2"].item()
+    assert fam == pytest.approx(others["r2_pre"].mean())
+    tested = imp.drop(index=col)
+    np.testing.assert_allclose(tested["p_adjusted"], adjust_pvalues(tested["p_value"].to_numpy()))
+
+
+def test_one_huge_permutation_statistic_does_not_change_the_other_features_pvalues(small):
+    """The tie tolerance is per feature: a feature on a scale 1e12 times larger leaves every
+    other feature's p-value exactly as it is without it."""
+    from radiolens.lens.decoders import choose_decoder
+    from radiolens.lens.inference import Fold, permutation_pvalues
+
+    lens = RadiomicLens(protocol="paper", hidden_dim=4, epochs=3, random_state=0).fit(small.X_pre, small.R)
+    Zp, Zf = lens.transform(small.X_pre).to_numpy(), lens.transform(small.X_ft).to_numpy()
+    Y = lens.scale_radiomics(small.R).to_numpy()
+    huge = Y.copy()
+    huge[:, 0] *= 1e12
+
+    def pvalues(target):
+        kw = dict(decoder="ols", scale="paper", loo=True)
+        fold = Fold(Zp, Zf, target, np.arange(len(target)), choose_decoder(Zp, target, **kw),
+                    choose_decoder(Zf, target, **kw))
+        return permutation_pvalues([fold], target, False, "delta_I", 49, np.random.default_rng(0),
+                                   lambda fn, items, desc: [fn(i) for i in items], 0.0)
+
+    base, with_huge = pvalues(Y), pvalues(huge)
+    np.testing.assert_array_equal(with_huge[1:], base[1:])
+    assert base[1:].min() < 1.0  # the comparison is not vacuous
+
+
+def test_permutation_pvalues_do_not_depend_on_the_number_of_bootstraps(small, small_lens):
+    kw = dict(test=small.test, n_permutations=19)
+    a = small_lens.compare(small.X_pre, small.X_ft, small.R, n_bootstrap=0, **kw).importance
+    b = small_lens.compare(small.X_pre, small.X_ft, small.R, n_bootstrap=7, **kw).importance
+    np.testing.assert_array_equal(a["p_value"], b["p_value"])
+    c = small_lens.compare(small.X_pre, small.X_ft, small.R, test=small.test, n_bootstrap=7).importance
+    np.testing.assert_array_equal(b["delta_I_lo"], c["delta_I_lo"])  # and the other way round
+
+
+# --------------------------------------------------------------------------------------------
+# the intercept
+# --------------------------------------------------------------------------------------------
+def test_without_intercept_the_decoder_is_the_papers_literal_formula(small):
+    lens = RadiomicLens(protocol="paper", hidden_dim=6, epochs=5, random_state=1, fit_intercept=False)
+    lens.fit(small.X_pre, small.R)
+    report = lens.compare(small.X_pre, small.X_ft, small.R, test=small.test)
+    for encoder, X, Xt in (("pre", small.X_pre, small.X_pre_test), ("ft", small.X_ft, small.X_ft_test)):
+        Z = lens.transform(X).to_numpy().T  # hidden units x cases, the paper's orientation
+        R = _scaled(lens, small.R).T  # features x cases
+        theta = R @ Z.T @ np.linalg.inv(Z @ Z.T)  # theta = R Z^T (Z Z^T)^-1
+        np.testing.assert_allclose(getattr(report, f"decoder_{encoder}").to_numpy(), theta.T, atol=1e-8)
+        np.testing.assert_allclose(report.importance[f"I_{encoder}"], np.linalg.norm(theta, axis=1), atol=1e-8)
+        np.testing.assert_allclose(getattr(report, f"decoded_{encoder}").to_numpy(),
+                                   (theta @ lens.transform(Xt).to_numpy().T).T, atol=1e-8)
+    assert report.diagnostics["fit_intercept"] is False and report.params["fit_intercept"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# the whitened importance
+# --------------------------------------------------------------------------------------------
+def test_whitened_importance_ignores_any_linear_change_of_the_hidden_units():
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(80, 5)) @ rng.normal(size=(5, 5))
+    R = Z @ rng.normal(size=(5, 3)) * 0.2 + rng.normal(size=(80, 3))
+    mix = rng.normal(size=(5, 5))  # invertible almost surely
+    a = choose_decoder(Z, R, decoder="ols", scale="whitened")
+    b = choose_decoder(Z @ mix, R, decoder="ols", scale="whitened")
+    np.testing.assert_allclose(b.importance, a.importance, rtol=1e-8)
+    np.testing.assert_allclose(b.predict(Z @ mix), a.predict(Z), atol=1e-10)
+    # its plain (not debiased) square is the variance of the fitted values
+    fitted = LinearRegression().fit(Z, R).predict(Z)
+    np.testing.assert_allclose(a.importance_plugin**2, fitted.var(axis=0), rtol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(a.coef_scaled, axis=0), a.importance, atol=1e-12)
+
+
+def test_whitened_squared_importance_is_unbiased():
+    """Averaged over noise draws, the debiased square is 0 for a feature Z does not carry and
+    the variance of the best linear prediction for one it does, also with heteroscedastic noise;
+    the plain square is biased up by about h sigma^2 / n."""
+    rng = np.random.default_rng(5)
+    n, h = 60, 6
+    Z = rng.normal(size=(n, h)) * rng.uniform(0.2, 2, size=h)
+    theta = np.zeros((h, 2))
+    theta[:, 0] = 0.3 * rng.normal(size=h)
+    truth = np.array([theta[:, 0] @ np.cov(Z.T, bias=True) @ theta[:, 0], 0.0])
+    debiased, plain = [], []
+    for _ in range(3000):
+        R = Z @ theta + rng.normal(size=(n, 2)) * (0.5 + np.abs(Z[:, :1]))
+        dec = choose_decoder(Z, R, decoder="ols", scale="whitened")
+        debiased.append(dec.importance_sq)
+        plain.append(dec.importance_plugin**2)
+    debiased, plain = np.array(debiased), np.array(plain)
+    se = debiased.std(axis=0) / np.sqrt(len(debiased))
+    assert np.all(np.abs(debiased.mean(axis=0) - truth) < 4 * se), (debiased.mean(axis=0), truth, se)
+    assert plain.mean(axis=0)[1] > 20 * se[1]  # without the correction, noise looks like content
+
+
+# --------------------------------------------------------------------------------------------
+# protocols
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cross_lens(small):
+    return RadiomicLens(hidden_dim=4, epochs=3, random_state=2).fit(small.X_pre, small.R)
+
+
+def test_cross_fit_reads_every_case_through_a_projection_that_never_saw_it(small, cross_lens):
+    from radiolens.lens.projection import train_projection
+
+    lens = cross_lens
+    folds = lens.fold_of_case_
+    assert sorted(np.bincount(folds)) == [40, 40] and lens.fold_weight_.shape == (2, 4, 24)
+    X = small.X_pre.to_numpy()
+    Rn = _scaled(lens, small.R)
+    mod_index = np.array([lens.modalities_.index(m) for m in lens.column_info_["modality"]])
+    for k in range(2):
+        other = folds != k  # projection k is stage 1 trained on the other part only
+        np.testing.assert_allclose(lens.fold_x_mean_[k], X[other].mean(axis=0))
+        settings = lens._stage1_settings()
+        settings.random_state = lens.random_state + 1 + k
+        again = train_projection((X[other] - lens.fold_x_mean_[k]) / lens.fold_x_scale_[k], Rn[other], mod_index,
+                                 settings)
+        np.testing.assert_array_equal(again.weight, lens.fold_weight_[k])
+    report = lens.compare(small.X_pre, small.X_ft, small.R, test=small.test)
+    assert report.diagnostics["protocol"] == report.params["protocol_used"] == "cross-fit"
+    assert report.params["protocol"] == "cross-fit" and report.diagnostics["stage1_case_overlap"] == 0.0
+    assert report.diagnostics["scale"] == "whitened" and report.diagnostics["decoder_cases_per_fold"] == [40, 40]
+    # I_pre combines the parts: the root mean square of each part's decoder on its own cases
+    squares = []
+    for k in range(2):
+        rows = folds == k
+        dec = choose_decoder(lens._projection(k)(X[rows]), Rn[rows], decoder="ols", scale="whitened")
+        squares.append(dec.importance_sq)
+    np.testing.assert_allclose(report.importance["I_pre"], np.sqrt(np.maximum(np.mean(squares, axis=0), 0)),
+                               atol=1e-10)
+    # the decoder tables stack the parts' hidden units; a column's norm is still I
+    assert report.decoder_ft.shape == (8, len(lens.columns_)) and report.decoder_ft.index[4] == "fold2/z_000"
+    np.testing.assert_allclose(np.linalg.norm(report.decoder_ft, axis=0), report.importance["I_ft"], atol=1e-12)
+
+
+def test_cross_fit_needs_training_cases_or_new_cases_not_a_mix(small, cross_lens):
+    mixed = pd.concat([small.R.iloc[:10], small.R_test.iloc[:5]])
+    X = pd.concat([small.X_pre.iloc[:10], small.X_pre_test.iloc[:5]])
+    with pytest.raises(ValueError, match="mixes 10 training cases.*5 it never saw"):
+        cross_lens.compare(X, X, mixed)
+    new = cross_lens.compare(small.X_pre_test, small.X_ft_test, small.R_test)
+    assert new.diagnostics["protocol"] == "held-out" and new.diagnostics["stage1_case_overlap"] == 0.0
+
+
+def test_paper_protocol_says_so(small, small_lens):
+    report = small_lens.compare(small.X_pre, small.X_ft, small.R, test=small.test)
+    assert report.diagnostics["protocol"] == report.params["protocol"] == "paper"
+    assert report.diagnostics["scale"] == "paper" and report.diagnostics["match_ft_moments"] is False
+
+
+def test_per_dimension_shift_and_scale_of_the_fine_tuned_embeddings_changes_nothing(small, cross_lens):
+    rng = np.random.default_rng(6)
+    a, b = rng.uniform(0.2, 5, size=24), rng.normal(0, 10, size=24)
+    moved = small.X_ft * a + b
+    test_moved = (small.X_pre_test, small.X_ft_test * a + b, small.R_test)
+    base = cross_lens.compare(small.X_pre, small.X_ft, small.R, test=small.test).importance
+    same = cross_lens.compare(small.X_pre, moved, small.R, test=test_moved).importance
+    np.testing.assert_allclose(same[["I_ft", "r2_ft"]], base[["I_ft", "r2_ft"]], atol=1e-8)
+    unmatched = copy.deepcopy(cross_lens).set_params(match_ft_moments=False)
+    other = unmatched.compare(small.X_pre, moved, small.R, test=test_moved).importance
+    assert not np.allclose(other["r2_ft"], base["r2_ft"], atol=1e-3)
+
+
+def test_lens_is_a_scikit_learn_estimator(cross_lens):
+    from sklearn.base import clone
+
+    twin = clone(cross_lens)
+    assert twin.get_params() == cross_lens.get_params() and not hasattr(twin, "weight_")
+    assert repr(RadiomicLens(protocol="paper", n_folds=3)) == "RadiomicLens(n_folds=3, protocol='paper')"
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        RadiomicLens().set_params(verbose=True)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        RadiomicLens(protocol="split").fit(np.zeros((4, 2)), pd.DataFrame({"T2W__original_glcm_MCC": [1.0, 2, 3, 4]}))
+
+
+def test_cross_fitted_lens_round_trips_through_a_folder(small, cross_lens, tmp_path):
+    cross_lens.save(tmp_path / "lens")
+    back = RadiomicLens.load(tmp_path / "lens")
+    for name in ("fold_of_case_", "fold_weight_", "fold_bias_", "fold_x_mean_", "fold_x_scale_"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(cross_lens, name))
+    pd.testing.assert_frame_equal(back.fold_history_, cross_lens.fold_history_, check_dtype=False)
+    kw = dict(test=small.test, n_bootstrap=5, n_permutations=5)
+    _assert_reports_equal(back.compare(small.X_pre, small.X_ft, small.R, **kw),
+                          cross_lens.compare(small.X_pre, small.X_ft, small.R, **kw))

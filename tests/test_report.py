@@ -225,7 +225,7 @@ def test_rankings_in_page_and_summary_match_the_reports(written, study):
         assert float(row[3]) == pytest.approx(imp["delta_I"], rel=1e-3)
         assert facts["n_features"] == len(report.importance)
         assert facts["overall"]["r2_ft"] == pytest.approx(
-            report.scores.query("stage == 'ft' and level == 'overall'")["r2"].item()
+            report.scores.query("encoder == 'ft' and level == 'overall'")["r2"].item()
         )
 
 
@@ -323,7 +323,7 @@ def test_empty_study_and_rewrite(tmp_path):
 @pytest.fixture(scope="module")
 def real_reports():
     from radiolens.lens import RadiomicLens
-    from radiolens.simulate import planted_shift
+    from radiolens.lens.simulation import planted_shift
 
     reports = {}
     for seed, task in enumerate(("pirads", "volume")):

@@ -107,7 +107,7 @@ def make_report(seed: int = 0, n_cases: int = 40, intervals: bool = True) -> Fak
             for group, cols in members.items():
                 true, pred = observed[cols].to_numpy(), decoded[cols].to_numpy()
                 rows.append(
-                    {"stage": stage, "level": level, "group": group, "r2": _r2(true, pred),
+                    {"encoder": stage, "level": level, "group": group, "r2": _r2(true, pred),
                      "mse": float(((true - pred) ** 2).mean())}
                 )
     scores = pd.DataFrame(rows)
@@ -202,7 +202,7 @@ def test_table1_matches_scores_and_tests(report):
     assert families == ["firstorder", "glcm", "gldm", "glrlm", "glszm", "ngtdm"]  # the paper's order
     assert list(table.loc[table["level"] == "image_type", "group"]) == ["Original", "Wavelet"]
     assert table["level"].iloc[-1] == "overall"
-    scores = report.scores.set_index(["stage", "level", "group"])
+    scores = report.scores.set_index(["encoder", "level", "group"])
     for row in table.itertuples():
         assert row.r2_pre == pytest.approx(scores.loc[("pre", row.level, row.group), "r2"])
         assert row.mse_ft == pytest.approx(scores.loc[("ft", row.level, row.group), "mse"])

@@ -1,4 +1,4 @@
-"""Tests of radiolens.simulate: the planted truth must be what it claims to be."""
+"""Tests of radiolens.lens.simulation: the planted truth must be what it claims to be."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from radiolens.naming import parse_columns
-from radiolens.simulate import (
+from radiolens.lens.simulation import (
     RELIABILITY_METHODS,
     ols_reliability_table,
     planted_shift,
     pyradiomics_columns,
     recovery_precision,
 )
+from radiolens.naming import parse_columns
 
 
 def test_planted_shift_shapes_names_and_labels():
@@ -81,8 +81,8 @@ def test_reliability_table_shape():
                                   n_per_modality=5)
     assert list(table.columns) == ["protocol", "method", "hidden_dim", "n_cases", "precision_gained",
                                    "precision_lost", "decoder_used"]
-    assert len(table) == 2 * 2 * len(RELIABILITY_METHODS)
-    assert set(table["protocol"]) == {"paper", "held-out decoders"}
+    assert len(table) == 3 * 2 * len(RELIABILITY_METHODS)
+    assert set(table["protocol"]) == {"paper", "cross-fit", "held-out decoders"}
     assert set(table["method"]) == {m[0] for m in RELIABILITY_METHODS}
     assert table[["precision_gained", "precision_lost"]].stack().between(0, 1).all()
     # hidden 30 >= 60 training cases / 2 is fine for OLS; both widths ran their own lens

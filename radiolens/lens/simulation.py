@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from radiolens.lens.estimator import RadiomicLens
+
 __all__ = [
     "PYRADIOMICS_FEATURES",
     "PlantedShift",
@@ -131,6 +133,40 @@ TRUTH_LABELS: tuple[str, ...] = ("gained", "lost", "kept", "unencoded")
 
 
 @dataclass
+class PlantedModel:
+    """The generator behind a :class:`PlantedShift`: mixing directions, nuisance and scaling.
+
+    :meth:`sample` draws more cases from the *same* encoders and radiomics, e.g. a very large
+    fresh sample on which the true change of every feature can be computed.
+    """
+
+    columns: list[str]
+    A_pre: np.ndarray  # (p, d) mixing direction of every radiomic source, pre-trained encoder
+    A_ft: np.ndarray  # (p, d) the same for the fine-tuned encoder
+    N_pre: np.ndarray  # (n_nuisance, d)
+    N_ft: np.ndarray
+    loc: np.ndarray  # (p,) R = loc + scale * source
+    scale: np.ndarray
+    noise: float
+    ft_offset: np.ndarray | float = 0.0  # (d,) added to every fine-tuned embedding
+    ft_gain: float = 1.0  # every fine-tuned embedding is multiplied by it (before the offset)
+
+    def sample(self, n: int, rng: np.random.Generator, prefix: str = "sim", start: int = 0
+               ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """``(X_pre, X_ft, R)`` of ``n`` new cases (ids ``{prefix}{start:05d}``..)."""
+        p, d = self.A_pre.shape
+        S = rng.normal(size=(n, p))
+        F = rng.normal(size=(n, len(self.N_pre)))
+        X_pre = S @ self.A_pre + F @ self.N_pre + self.noise * rng.normal(size=(n, d))
+        X_ft = (S @ self.A_ft + F @ self.N_ft + self.noise * rng.normal(size=(n, d))) * self.ft_gain + self.ft_offset
+        R = self.loc + self.scale * S
+        ids = pd.Index([f"{prefix}{i:05d}" for i in range(start, start + n)], name="case_id")
+        emb_cols = [f"emb_{j:03d}" for j in range(d)]
+        return (pd.DataFrame(X_pre, index=ids, columns=emb_cols), pd.DataFrame(X_ft, index=ids, columns=emb_cols),
+                pd.DataFrame(R, index=ids, columns=self.columns))
+
+
+@dataclass
 class PlantedShift:
     """Simulated pre/ft embeddings and radiomics with known encoding.
 
@@ -144,6 +180,8 @@ class PlantedShift:
         Indexed by radiomic column, column ``truth`` in ``gained, lost, kept, unencoded``.
     X_pre_test, X_ft_test, R_test : DataFrame or None
         Held-out cases from the same model (``None`` when ``n_test == 0``).
+    model : PlantedModel or None
+        The generator, to draw more cases from it.
     """
 
     X_pre: pd.DataFrame
@@ -153,6 +191,7 @@ class PlantedShift:
     X_pre_test: pd.DataFrame | None = None
     X_ft_test: pd.DataFrame | None = None
     R_test: pd.DataFrame | None = None
+    model: PlantedModel | None = None
 
     @property
     def test(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
@@ -183,6 +222,8 @@ def planted_shift(
     n_nuisance: int = 16,
     noise: float = 1.0,
     drift: float = 0.3,
+    ft_offset: float = 0.0,
+    ft_gain: float = 1.0,
     n_test: int = 0,
     seed: int = 0,
 ) -> PlantedShift:
@@ -207,6 +248,12 @@ def planted_shift(
         Standard deviation of isotropic embedding noise (signal variance per dim is 1).
     drift
         Rotation (radians) of the ``kept`` directions between pre and ft.
+    ft_offset, ft_gain
+        Fine-tuning that also moves and rescales the embedding wholesale, as the built-in
+        study's fine-tuned encoders do: every fine-tuned embedding is multiplied by ``ft_gain``
+        and each dimension shifted by its own ``N(0, ft_offset^2)`` offset (in units of the
+        pre-trained embedding's spread, about 1.4 per dimension). Neither changes what is
+        encoded; the defaults (0, 1) leave the embeddings as they were.
     n_test
         Extra held-out cases from the same model.
     seed
@@ -251,22 +298,14 @@ def planted_shift(
 
     loc = rng.uniform(-5.0, 50.0, size=p)
     scale = rng.lognormal(0.0, 1.0, size=p)
-    total = n_cases + n_test
-    S = rng.normal(size=(total, p))
-    F = rng.normal(size=(total, n_nuisance))
-    X_pre = S @ A_pre + F @ N_pre + noise * rng.normal(size=(total, d))
-    X_ft = S @ A_ft + F @ N_ft + noise * rng.normal(size=(total, d))
-    R = loc + scale * S
-
-    ids = pd.Index([f"sim{i:05d}" for i in range(total)], name="case_id")
-    emb_cols = [f"emb_{j:03d}" for j in range(d)]
-    Xp = pd.DataFrame(X_pre, index=ids, columns=emb_cols)
-    Xf = pd.DataFrame(X_ft, index=ids, columns=emb_cols)
-    Rd = pd.DataFrame(R, index=ids, columns=columns)
+    offset = ft_offset * np.sqrt(1.0 + noise**2) * rng.normal(size=d) if ft_offset else 0.0
+    model = PlantedModel(columns, A_pre, A_ft, N_pre, N_ft, loc, scale, float(noise), offset, float(ft_gain))
+    Xp, Xf, Rd = model.sample(n_cases + n_test, rng)
+    ids = Rd.index
     tr, te = ids[:n_cases], ids[n_cases:]
     if n_test:
-        return PlantedShift(Xp.loc[tr], Xf.loc[tr], Rd.loc[tr], truth, Xp.loc[te], Xf.loc[te], Rd.loc[te])
-    return PlantedShift(Xp, Xf, Rd, truth)
+        return PlantedShift(Xp.loc[tr], Xf.loc[tr], Rd.loc[tr], truth, Xp.loc[te], Xf.loc[te], Rd.loc[te], model)
+    return PlantedShift(Xp, Xf, Rd, truth, model=model)
 
 
 def recovery_precision(score: pd.Series, truth: pd.DataFrame) -> tuple[float, float]:
@@ -289,10 +328,13 @@ RELIABILITY_METHODS: tuple[tuple[str, str, str, str], ...] = (
     ("ols delta_I (paper)", "ols", "paper", "delta_I"),
     ("ols rel_delta_I (paper)", "ols", "paper", "rel_delta_I"),
     ("ols delta_I (standardized Z)", "ols", "standardized", "delta_I"),
+    ("ols delta_I (whitened Z)", "ols", "whitened", "delta_I"),
     ("ols delta_r2", "ols", "paper", "delta_r2"),
     ("ridge delta_I", "ridge", "standardized", "delta_I"),
     ("ridge delta_r2", "ridge", "standardized", "delta_r2"),
 )
+#: Protocols compared by :func:`ols_reliability_table`.
+RELIABILITY_PROTOCOLS: tuple[str, ...] = ("paper", "cross-fit", "held-out decoders")
 
 
 def ols_reliability_table(
@@ -302,18 +344,21 @@ def ols_reliability_table(
     n_test: int = 500,
     epochs: int = 200,
     seed: int = 0,
-    protocols: Sequence[str] = ("paper", "held-out decoders"),
+    protocols: Sequence[str] = RELIABILITY_PROTOCOLS,
     **sim_params,
 ) -> pd.DataFrame:
     """How well each importance measure recovers planted gains and losses.
 
     For every (hidden width, number of training cases) a lens is fitted on a fresh
-    :func:`planted_shift` (same ``seed``), then compared with the OLS decoder (paper and
-    standardised scale) and the ridge decoder, under each protocol:
+    :func:`planted_shift` (same ``seed``), then compared with the OLS decoder (paper,
+    standardised and whitened scale) and the ridge decoder, under each protocol:
 
     ``"paper"``
         decoders fitted on the training cases stage 1 was trained on, scored on the
         ``n_test`` held-out cases;
+    ``"cross-fit"``
+        radiolens's default: every training case decoded through the stage-1 projection trained
+        on the other half of the training cases, scored on the ``n_test`` held-out cases;
     ``"held-out decoders"``
         decoders fitted on the ``n_test`` held-out cases (never seen by stage 1), scored by
         exact leave-one-out on them.
@@ -324,9 +369,7 @@ def ols_reliability_table(
         ``protocol, method, hidden_dim, n_cases, precision_gained, precision_lost,
         decoder_used`` (``decoder_used`` says whether OLS fell back to ridge).
     """
-    from radiolens.lens import RadiomicLens
-
-    unknown = set(protocols) - {"paper", "held-out decoders"}
+    unknown = set(protocols) - set(RELIABILITY_PROTOCOLS)
     if unknown:
         raise ValueError(f"unknown protocols {sorted(unknown)}")
     rows = []
@@ -334,19 +377,24 @@ def ols_reliability_table(
         sim = planted_shift(n_cases=n, d=d, n_test=n_test, seed=seed, **sim_params)
         for h in hidden_dims:
             logger.info("reliability: n_cases=%d hidden_dim=%d", n, h)
+            reports = {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the unreliable-regime warnings are the point here
-                lens = RadiomicLens(hidden_dim=h, epochs=epochs, random_state=seed).fit(sim.X_pre, sim.R)
-                reports = {}
+                lenses = {}
                 for protocol in protocols:
+                    kind = "cross-fit" if protocol == "cross-fit" else "paper"
+                    if kind not in lenses:
+                        lenses[kind] = RadiomicLens(protocol=kind, hidden_dim=h, epochs=epochs,
+                                                    random_state=seed).fit(sim.X_pre, sim.R)
+                    lens = lenses[kind]
                     for _name, decoder, scale, _col in RELIABILITY_METHODS:
                         if (protocol, decoder, scale) in reports:
                             continue
                         lens.set_params(decoder=decoder)
-                        if protocol == "paper":
-                            rep = lens.compare(sim.X_pre, sim.X_ft, sim.R, test=sim.test, scale=scale)
-                        else:
+                        if protocol == "held-out decoders":
                             rep = lens.compare(sim.X_pre_test, sim.X_ft_test, sim.R_test, scale=scale)
+                        else:
+                            rep = lens.compare(sim.X_pre, sim.X_ft, sim.R, test=sim.test, scale=scale)
                         reports[protocol, decoder, scale] = rep
             for protocol in protocols:
                 for name, decoder, scale, col in RELIABILITY_METHODS:
