@@ -233,7 +233,7 @@ def test_modality_chart_uses_modality_scores(report):
     expected = report.scores[report.scores["level"] == "modality"]
     assert len(data) == len(expected) == 6
     dwi_ft = data[(data["modality"] == "DWI") & (data["encoder"] == "fine-tuned")]["r2"].item()
-    assert dwi_ft == pytest.approx(expected[(expected["group"] == "DWI") & (expected["stage"] == "ft")]["r2"].item())
+    assert dwi_ft == pytest.approx(expected[(expected["group"] == "DWI") & (expected["encoder"] == "ft")]["r2"].item())
     assert "<svg" in _compiles(chart)
 
 
