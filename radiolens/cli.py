@@ -6,9 +6,11 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from radiolens import __version__
+from radiolens.errors import UserError
 
 __all__ = ["main"]
 
@@ -80,9 +82,24 @@ def _run_book(quick: bool, cache_dir, only=None, html=True, root=None, student=F
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``radiolens`` console script."""
+    """Entry point of the ``radiolens`` console script.
+
+    A :class:`~radiolens.errors.UserError` (bad configuration, cohort table, file, too few cases)
+    prints one message naming what to fix and returns that error's exit code; ``--verbose``
+    adds the traceback. Any other exception is a bug in radiolens and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"radiolens {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "config":
         from radiolens.config import describe_defaults
@@ -100,14 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "book":
         return _run_book(args.quick, args.cache_dir, only=args.chapter, html=not args.no_html, root=args.root, student=args.student)
 
-    from radiolens.config import ConfigError, load_config
+    from radiolens.config import load_config
     from radiolens.pipeline import run_study
 
-    try:
-        config = load_config(args.config, quick=args.quick, jobs=args.jobs, cache_dir=args.cache_dir, out=args.out, device=args.device)
-    except ConfigError as err:
-        print(f"radiolens run: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, quick=args.quick, jobs=args.jobs, cache_dir=args.cache_dir, out=args.out, device=args.device)
     start = time.perf_counter()
     result = run_study(config, progress=not args.no_progress)
     print(f"report written in {time.perf_counter() - start:.0f} s: {Path(result.report_path).resolve()}")

@@ -27,14 +27,17 @@ from typing import Any
 
 import yaml
 
+from radiolens.errors import EXIT_CODES, UserError
 from radiolens.naming import MODALITIES
 from radiolens.tasks import REGIMES, TASKS
 
 __all__ = ["ConfigError", "DEFAULTS", "QUICK", "describe_defaults", "load_config", "merge"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+    exit_code = EXIT_CODES["config"]
 
 
 #: Every parameter of a run with its default. Comments in DOCS below explain each.

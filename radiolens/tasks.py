@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radiolens.errors import EXIT_CODES, UserError
 from radiolens.naming import MODALITIES
 
 __all__ = ["KINDS", "REGIMES", "TASKS", "MissingLabelsError", "Task", "get_task", "register_task"]
@@ -32,7 +33,7 @@ REGIMES: tuple[str, ...] = ("frozen", "full")
 KINDS: tuple[str, ...] = ("classification", "segmentation", "regression")
 
 
-class MissingLabelsError(ValueError):
+class MissingLabelsError(UserError, ValueError):
     """A task's labels are absent from the cohort (the study skips the task with a warning).
 
     Attributes
@@ -40,6 +41,8 @@ class MissingLabelsError(ValueError):
     task, column
         The task and the manifest column (or mask key) it needs.
     """
+
+    exit_code = EXIT_CODES["cohort"]
 
     def __init__(self, task: str, column: str, detail: str = ""):
         self.task, self.column = task, column

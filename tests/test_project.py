@@ -109,7 +109,7 @@ PACKAGE = REPO / "radiolens"
 #: own layer or layers below. Layer 0 is what every step shares (defined once, imported
 #: everywhere); then the steps in the order data flows; then what runs or shows them all.
 LAYERS: dict[str, int] = {
-    "_utils": 0, "naming": 0, "cache": 0, "tasks": 0, "glossary": 0, "config": 0,
+    "_utils": 0, "errors": 0, "naming": 0, "cache": 0, "tasks": 0, "glossary": 0, "config": 0,
     "data": 1,
     "radiomics": 2,
     "models": 3,

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radiolens.errors import EXIT_CODES, UserError
 from radiolens.naming import MODALITIES
 
 __all__ = [
@@ -91,7 +92,7 @@ MASK_VALUES: dict[str, frozenset[int]] = {
 
 
 
-class CohortError(ValueError):
+class CohortError(UserError, ValueError):
     """A cohort, a case or a file breaks the contract.
 
     Attributes
@@ -101,6 +102,8 @@ class CohortError(ValueError):
     problems
         All problems found, as ``(case_id, key, path, message)`` tuples.
     """
+
+    exit_code = EXIT_CODES["cohort"]
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radiolens.errors import NotEnoughDataError
 from radiolens.models.inputs import CaseStore
 from radiolens.tasks import Task
 
@@ -21,7 +22,7 @@ __all__ = ["EmptySplitError", "Split", "batches", "load_split", "target_stats"]
 logger = logging.getLogger(__name__)
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(NotEnoughDataError):
     """A split that training needs has no usable case."""
 
     def __init__(self, task: str, split: str, detail: str = ""):

@@ -21,6 +21,7 @@ import numpy as np
 from radiolens._utils import jsonable
 from radiolens.cache import ArtifactCache
 from radiolens.data.image_io import simpleitk
+from radiolens.errors import InputFileError
 from radiolens.naming import MODALITIES
 from radiolens.radiomics.settings import _extractor_for, _quiet_radiomics, radiomics_version
 
@@ -44,15 +45,15 @@ _THREAD_ENV_VARS = (
 )
 
 
-class GeometryMismatchError(ValueError):
+class GeometryMismatchError(InputFileError):
     """Image and mask do not share one voxel grid (size, spacing, origin or direction)."""
 
 
-class EmptyROIError(ValueError):
+class EmptyROIError(InputFileError):
     """The mask has no voxel with the ROI's label."""
 
 
-class InvalidImageError(ValueError):
+class InvalidImageError(InputFileError):
     """The image cannot give meaningful features (NaN/inf voxels, constant intensities)."""
 
 

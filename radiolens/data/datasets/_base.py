@@ -29,6 +29,7 @@ from radiolens.cache import STEP_VERSIONS, atomic_write_text, hash_json
 from radiolens.data.cohort import load_cohort, write_manifest
 from radiolens.data.contract import MASK_KEYS, CohortError
 from radiolens.data.image_io import read_array, resample_to_reference, same_grid, simpleitk, volume_ml, write_image
+from radiolens.errors import EXIT_CODES, UserError
 from radiolens.naming import MODALITIES
 
 __all__ = [
@@ -70,8 +71,10 @@ def fill_doc(func: Callable) -> Callable:
     return func
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed or its content is not what the data set publishes."""
+
+    exit_code = EXIT_CODES["download"]
 
 
 class ChecksumError(DownloadError):
