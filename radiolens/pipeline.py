@@ -616,6 +616,12 @@ class Study:
         out.mkdir(parents=True, exist_ok=True)
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
+        # every user input is read before the slow steps: a bad checkpoint or missing labels
+        # fail in seconds, not after the radiomics
+        self.encoder()
+        for task in self.available_tasks():
+            if task in self.external_tasks:
+                self.task(task)
         for task in self.available_tasks():
             for roi in self.task(task).rois:
                 if roi == "gland" or self.config["radiomics"]["lesion_roi"]:

@@ -695,6 +695,14 @@ def write_report(
     flat = {k: v for k, v in provenance_full.items() if not isinstance(v, Mapping) and not isinstance(v, (list, tuple))}
     if flat:
         page.add(_table_html(pd.DataFrame({"item": list(flat), "value": [_fmt(v) for v in flat.values()]}), "provenance-table"))
+    encoders = provenance_full.get("encoders")
+    if isinstance(encoders, Mapping) and encoders:
+        # where each compared encoder came from: a reader must be able to tell which files
+        # (by content hash) the numbers describe
+        rows = [{"encoder": name, "format": info.get("format"), "path": info.get("path") or info.get("name") or "",
+                 "sha256": info.get("sha256") or info.get("weights_sha256") or ""}
+                for name, info in encoders.items() if isinstance(info, Mapping)]
+        page.add(_table_html(pd.DataFrame(rows), "encoders", "Encoders compared"))
     timings = provenance_full.get("timings_s") or provenance_full.get("timings")
     if isinstance(timings, Mapping) and timings:
         page.add(

@@ -105,8 +105,15 @@ def load_encoder_file(
     try:
         obj = load_torch_file(path, f"{role} checkpoint")
     except (FileNotFoundError, ValueError) as err:
+        cause = str(err.__cause__ or err)
+        why = (
+            "it is not a PyTorch file of tensors (torch.load(weights_only=True) refuses it; radiolens never "
+            "runs pickled code: save a state_dict, or a TorchScript archive)"
+            if "Weights only load failed" in cause or "weights_only" in cause
+            else cause.strip().splitlines()[0][:200]
+        )
         raise InputFileError(
-            f"{role} checkpoint {str(path)!r} cannot be read: {err}; radiolens reads {FORMATS_ACCEPTED}"
+            f"{role} checkpoint {str(path)!r} cannot be read: {why}; radiolens reads {FORMATS_ACCEPTED}"
         ) from err
     try:
         if isinstance(obj, Mapping) and obj.get("format") in _RADIOLENS_FORMATS and obj.get("config") not in (None, "null"):
