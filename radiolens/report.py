@@ -607,6 +607,9 @@ def write_report(
             tables["downstream_table2"] = t2
             page.add(_table_html(t2, "table2", "Downstream test metrics: frozen backbone + trained head vs fully fine-tuned"))
             page.chart(lambda: plotting.downstream_chart(downstream), "Table 2 as a chart.")
+        elif any(str(k).startswith("fine-tuned") for k in (provenance.get("encoders") or {})):
+            page.add('<p class="note">No downstream metrics: the fine-tuned encoder(s) came from elsewhere and '
+                     'radiolens fine-tuned nothing (see "Encoders compared" under Provenance).</p>')
         else:
             page.add('<p class="note">No downstream metrics were recorded.</p>')
         page.add("</section>")
