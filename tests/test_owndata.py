@@ -308,3 +308,17 @@ def test_cli_compare_writes_the_report_with_each_encoders_provenance(folder, che
     # nothing was fine-tuned here: no Table 2
     assert not (out / "tables" / "downstream_table2.csv").exists()
     assert "radiolens fine-tuned nothing" in page
+
+
+def test_a_dicom_folder_in_a_cohort_manifest_is_a_clear_error(folder, tmp_path):
+    from radiolens.data import load_cohort
+
+    table = pd.read_csv(folder)
+    manifest = pd.DataFrame({"case_id": table["study_id"], "split": "train",
+                             "T2W": [str(folder.parent / p) for p in table["t2w"]]})
+    for col in ("DWI", "ADC", "gland", "zones", "lesion", "pirads_group", "gland_volume_ml", "lesion_volume_ml",
+                "source", "site", "scanner"):
+        manifest[col] = ""
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(CohortError, match=r"T2W file .*t2w': is a folder \(a DICOM series\?\).*cohort_from_table"):
+        load_cohort(tmp_path)
