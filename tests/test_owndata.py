@@ -102,7 +102,7 @@ def test_a_download_without_labels_becomes_a_cohort(folder, source, tmp_path, ca
     manifest = cohort.manifest
     assert manifest["pirads_group"].isna().all()
     assert set(manifest["split"]) == {"train", "val", "test"}
-    assert "not stratified" in caplog.text and "resampled onto the T2W grid" in caplog.text
+    assert "stratified by lesion presence" in caplog.text and "resampled onto the T2W grid" in caplog.text
     # T2W converted from DICOM; DWI and ADC moved onto its grid; masks kept
     case_id = cohort.case_ids[0]
     case = cohort.load_case(case_id)
@@ -118,6 +118,10 @@ def test_a_download_without_labels_becomes_a_cohort(folder, source, tmp_path, ca
         np.testing.assert_array_equal(cohort.load_case(c, ["lesion"]).masks["lesion"], (raw != 0).astype(np.uint8))
     assert set(manifest["lesion_rule"].dropna()) == {"value != 0"}
     assert (manifest["gland_volume_ml"] > 0).all()
+    # no labels, but lesion masks: cases with and without a lesion are spread over the splits
+    has_lesion = manifest.index.isin(with_lesion)
+    for split in ("train", "test"):
+        assert 0 < has_lesion[manifest["split"] == split].sum() < (manifest["split"] == split).sum()
 
 
 def test_lesion_threshold_rule(folder, source, tmp_path):

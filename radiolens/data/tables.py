@@ -160,7 +160,8 @@ def cohort_from_table(
         * ``pirads_group`` (0..3 for PI-RADS <3, 3, 4, 5) *or* ``pirads`` (the score 1..5);
         * optional ``gland_volume_ml``, ``lesion_volume_ml`` (measured from the masks when
           empty), ``split`` (assigned 7:1:2 when absent: stratified by PI-RADS group when the
-          table has any, else not stratified), ``source``, ``site``, ``scanner`` and any extra
+          table has any, else by lesion presence when it has lesion masks, else not
+          stratified), ``source``, ``site``, ``scanner`` and any extra
           columns (kept).
 
         Every label is optional: tasks that need a missing label are skipped later, the rest
@@ -225,12 +226,6 @@ def cohort_from_table(
                 None if is_missing(v) else str((base / Path(str(v).strip()).expanduser()).resolve())
                 for v in frame[key]
             ]
-    if "split" not in frame.columns or frame["split"].map(is_missing).all():
-        labelled = "pirads_group" in frame.columns and not frame["pirads_group"].map(is_missing).all()
-        if not labelled:
-            logger.info("table %s has no PI-RADS labels: the split is not stratified", source)
-        ids = frame.assign(case_id=frame["case_id"].astype(str))
-        frame["split"] = split_cases(ids, seed=seed, stratify="pirads_group" if labelled else None).to_numpy()
 
     if out_dir is None:
         key = hash_json({"table": frame.astype(str).to_dict(orient="list"), "resample": resample,
@@ -244,6 +239,7 @@ def cohort_from_table(
     try:
         frame = _convert_dicom(frame, work)
         frame = _binarise_lesions(frame, work, rule_text, rule_value)
+        frame = _assign_split(frame, seed, source)
         frame = _resample_rows(frame, work, resample)
         cohort = write_manifest(frame, work, fmt=fmt, check_pixels=True, fill_volumes=True,
                                 split_seed=seed, progress=progress)
@@ -309,6 +305,25 @@ def _canonical_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame
 
 
+def _assign_split(frame: pd.DataFrame, seed: int, source: str) -> pd.DataFrame:
+    """The 7:1:2 split when the table has none, stratified by what the table has: PI-RADS groups
+    when any case has one, else whether a case's lesion mask holds a lesion, else nothing."""
+    has_lesion = frame.pop("_has_lesion") if "_has_lesion" in frame.columns else None
+    if "split" in frame.columns and not frame["split"].map(is_missing).all():
+        return frame
+    ids = frame.assign(case_id=frame["case_id"].astype(str))
+    if "pirads_group" in frame.columns and not frame["pirads_group"].map(is_missing).all():
+        stratify = "pirads_group"
+    elif has_lesion is not None and has_lesion.notna().any():
+        ids["_has_lesion"], stratify = has_lesion.to_numpy(), "_has_lesion"
+        logger.info("table %s has no PI-RADS labels: the split is stratified by lesion presence", source)
+    else:
+        stratify = None
+        logger.info("table %s has no PI-RADS labels or lesion masks: the split is not stratified", source)
+    frame["split"] = split_cases(ids, seed=seed, stratify=stratify).to_numpy()
+    return frame
+
+
 def _convert_dicom(frame: pd.DataFrame, work: Path) -> pd.DataFrame:
     """DICOM series folders -> NIfTI files in the cohort folder (read once; later steps,
     hashing and radiomics included, see ordinary files)."""
@@ -338,6 +353,7 @@ def _binarise_lesions(frame: pd.DataFrame, work: Path, rule_text: str, rule_valu
     frame = frame.copy()
     frame["lesion_rule"] = None
     frame["lesion_source"] = None
+    frame["_has_lesion"] = None  # for the split (popped before the manifest is written)
     for row in frame.index:
         value = frame.at[row, "lesion"]
         if is_missing(value):
@@ -354,9 +370,10 @@ def _binarise_lesions(frame: pd.DataFrame, work: Path, rule_text: str, rule_valu
                                "threshold it into a label mask first")
         frame.at[row, "lesion_rule"] = rule_text
         values = set(np.unique(array).tolist())
+        binary = (array != 0) if rule_value is None else (array >= rule_value)
+        frame.at[row, "_has_lesion"] = bool(binary.any())
         if rule_value is None and values <= {0, 1}:
             continue  # already binary: used as it is
-        binary = (array != 0) if rule_value is None else (array >= rule_value)
         image = read_image(path)
         out = simpleitk().GetImageFromArray(binary.astype(np.uint8))
         out.CopyInformation(image)
