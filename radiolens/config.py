@@ -146,8 +146,8 @@ DOCS: dict[str, str] = {
     "radiomics.settings": "PyRadiomics parameter file (YAML); null = the paper's defaults",
     "radiomics.lesion_roi": "also extract lesion-ROI radiomics for the segmentation task",
     "encoder.weights": "shipped weights name, 'pretrain', or a checkpoint file: ProFound, radiolens (encoder or "
-    "fine-tuned) or a TorchScript module (any encoder); its sha256 goes into the report",
-    "encoder.in_chans": "input channels of a TorchScript encoder (null: 3 = T2W, DWI, ADC)",
+    "fine-tuned) or a torch.export/TorchScript archive (any encoder); its sha256 goes into the report",
+    "encoder.in_chans": "input channels of an encoder archive (torch.export/TorchScript; null: 3 = T2W, DWI, ADC)",
     "encoder.preset": "ConvNeXt V2 size preset (micro, atto, ..., tiny, ...)",
     "encoder.pretrain_epochs": "epochs of masked pre-training when weights = pretrain",
     "finetune.tasks": "downstream tasks (radiolens.tasks) radiolens fine-tunes: " + ", ".join(TASKS)

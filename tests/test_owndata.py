@@ -227,6 +227,15 @@ def test_every_checkpoint_format_loads_with_its_provenance(checkpoints, tmp_path
     enc3, info3 = models.load_encoder_file(tmp_path / "plain.pt")
     assert info3["format"] == "torchscript"
     assert enc3(torch.zeros(1, 3, 16, 16, 16)).shape == (1, 6)
+    dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO, 4: torch.export.Dim.AUTO}
+    program = torch.export.export(_Plain(), (torch.zeros(2, 3, 16, 16, 16),), dynamic_shapes=(dims,))
+    torch.export.save(program, tmp_path / "plain.pt2")
+    enc4, info4 = models.load_encoder_file(tmp_path / "plain.pt2")
+    assert info4["format"] == "torch.export"
+    enc4.train()
+    enc4.eval()  # an exported graph has no modes: radiolens's holder keeps them
+    assert enc4(torch.zeros(3, 3, 8, 12, 20)).shape == (3, 6)
+    assert models.encoder_hash(enc4) != models.encoder_hash(models.as_encoder(_Plain(), in_chans=3))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputFileError, match=r"junk\.pt' cannot be read: .*; radiolens reads a ProFound checkpoint") as info:
         models.load_encoder_file(tmp_path / "junk.pt")

@@ -6,9 +6,11 @@
   (:func:`radiolens.finetune.save_finetuned`): the encoder inside;
 * a ProFound checkpoint, pre-training (FCMAE) or fine-tuned (:func:`~radiolens.models.load_profound`;
   the size and the input channels are read from the file);
-* a TorchScript archive (``torch.jit.save(torch.jit.script(module), path)``): *any*
-  ``torch.nn.Module`` encoder, wrapped with :func:`~radiolens.models.as_encoder` (the adapter
-  protocol: ``(B, C, D, H, W)`` in, ``(B, d)`` or a feature map out).
+* a ``torch.export`` archive (``torch.export.save(torch.export.export(model, (x,),
+  dynamic_shapes=...), "encoder.pt2")``, with the batch and spatial sizes dynamic, e.g.
+  ``Dim.AUTO``) or a TorchScript archive (``torch.jit.save(torch.jit.script(model), path)``):
+  *any* ``torch.nn.Module`` encoder, wrapped with :func:`~radiolens.models.as_encoder` (the
+  adapter protocol: ``(B, C, D, H, W)`` in, ``(B, d)`` or a feature map out).
 
 and returns the encoder with its provenance (path, SHA-256, format) for the report. Anything
 else is an :class:`~radiolens.errors.InputFileError` naming the file and the formats accepted.
@@ -44,17 +46,41 @@ logger = logging.getLogger(__name__)
 #: What :func:`load_encoder_file` reads, as error messages list it.
 FORMATS_ACCEPTED = (
     "a ProFound checkpoint (pre-training or fine-tuned), a radiolens encoder or fine-tuned checkpoint, "
-    "or a TorchScript archive of any encoder (torch.jit.save(torch.jit.script(model), path))"
+    "or an archive of any encoder (torch.export.save, or torch.jit.save(torch.jit.script(model), path))"
 )
 _RADIOLENS_FORMATS = ("radiolens-encoder-v1", "radiolens-finetuned-v1")
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives hold compiled code (``<name>/code/``); torch.save files do not."""
+def _archive_kind(path: Path) -> str | None:
+    """``"torchscript"`` (compiled code under ``<name>/code/``), ``"export"`` (a
+    ``torch.export`` program: ``<name>/models/`` and ``archive_format``) or None (e.g. a
+    ``torch.save`` file, which is a zip archive too)."""
     if not zipfile.is_zipfile(path):
-        return False
+        return None
     with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist()[:200])
+        names = archive.namelist()[:500]
+    if any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names):
+        return "export"
+    if any("/code/" in n for n in names):
+        return "torchscript"
+    return None
+
+
+class _Exported(nn.Module):
+    """An exported program's module, whose ``train()``/``eval()`` raise: radiolens switches modes
+    around inference, so this holder keeps the mode itself (an exported graph has none) while the
+    weights stay visible to ``state_dict`` (the embeddings' cache key hashes them)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> _Exported:
+        self.training = bool(mode)
+        return self
+
+    def forward(self, x: torch.Tensor):
+        return self.module(x)
 
 
 def load_encoder_file(
@@ -94,13 +120,18 @@ def load_encoder_file(
     if not path.is_file():
         raise InputFileError(f"{role} checkpoint {str(path)!r} does not exist: give the path of {FORMATS_ACCEPTED}")
     provenance: dict[str, Any] = {"role": role, "path": str(path), "sha256": hash_file(path)}
-    if _is_torchscript(path):
+    kind = _archive_kind(path)
+    if kind is not None:
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            if kind == "export":
+                module = _Exported(torch.export.load(str(path)).module())
+            else:
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:  # a damaged archive: name the file
-            raise InputFileError(f"{role} checkpoint {str(path)!r} is a damaged TorchScript archive: {err}") from err
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise InputFileError(f"{role} checkpoint {str(path)!r} is a damaged {kind} archive: {first}") from err
         encoder = as_encoder(module, in_chans=int(in_chans or 3))
-        provenance.update(format="torchscript", in_chans=int(in_chans or 3))
+        provenance.update(format="torch.export" if kind == "export" else "torchscript", in_chans=int(in_chans or 3))
         return encoder.eval(), provenance
     try:
         obj = load_torch_file(path, f"{role} checkpoint")
