@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser(
         "compare", help="compare a pre-trained and a fine-tuned encoder on your cases (no fine-tuning here)",
         description="Compare two encoders on a cohort with the lens and write the report: PRE is the pre-trained "
-        "encoder, FT the fine-tuned one (ProFound or radiolens checkpoints, or TorchScript archives of any encoder). "
+        "encoder, FT the fine-tuned one (ProFound or radiolens checkpoints, or torch.export/TorchScript archives of any "
+        "encoder). "
         "No labels are needed.",
     )
     compare.add_argument("pre", help="pre-trained encoder checkpoint")
