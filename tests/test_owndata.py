@@ -5,6 +5,7 @@ a command line that answers mistakes with one message and an exit code."""
 from __future__ import annotations
 
 import json
+import locale
 import os
 import shutil
 
@@ -70,7 +71,9 @@ def test_dicom_series_reads_back_on_its_grid(tmp_path):
     image = sitk.GetImageFromArray(values)
     image.SetSpacing((0.5, 0.6, 3.0))
     image.SetOrigin((10.0, -4.0, 2.0))
+    encoding = locale.getpreferredencoding(False)
     write_dicom_series(image, tmp_path / "t2")
+    assert locale.getpreferredencoding(False) == encoding  # GDCM's locale switch is undone
     back = read_image(tmp_path / "t2")
     assert back.GetSize() == image.GetSize()
     np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), rtol=1e-5)

@@ -10,6 +10,7 @@ of :mod:`radiolens.data.image_io`) reads a folder holding one DICOM series.
 
 from __future__ import annotations
 
+import locale
 import os
 import shutil
 import tempfile
@@ -84,6 +85,9 @@ def write_dicom_series(
     date, clock = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # GDCM switches the process's C locale to "C" to format the rescale slope and leaves it
+    # there, which turns Python's default text encoding into ASCII: put it back afterwards
+    saved_locale = locale.setlocale(locale.LC_ALL)
     try:
         writer = itk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
@@ -105,6 +109,8 @@ def write_dicom_series(
             writer.Execute(piece)
         os.replace(tmp, folder)
     finally:
+        if locale.setlocale(locale.LC_ALL) != saved_locale:
+            locale.setlocale(locale.LC_ALL, saved_locale)
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
