@@ -128,21 +128,24 @@ class Study:
                 out_dir=self.cache_root / "cohorts" / ("synthetic-" + hash_json(params)[:16]),
                 n_jobs=self.config["jobs"],
                 show_progress=self.progress,
+                cache_dir=self.cache_root,
             )
         elif source == "folder":
-            cohort = data.load_cohort(spec["path"])
+            cohort = data.load_cohort(spec["path"], cache_dir=self.cache_root)
         elif source == "table":
             key = "table-" + hash_json({"path": spec["path"], "seed": self.seed})[:16]
-            cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed)
+            cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed,
+                                            cache_dir=self.cache_root)
         else:
             from radiolens.data.datasets import FETCHERS
 
-            cohort = FETCHERS[source](data_dir=spec["path"], progress=self.progress)
+            cohort = FETCHERS[source](data_dir=spec["path"], progress=self.progress, cache_dir=self.cache_root)
         if self.config["preprocess"]["enabled"]:
             from radiolens.data.preprocess import preprocess
 
             pre = self.config["preprocess"]
-            cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None)
+            cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None,
+                                cache_dir=self.cache_root)
         counts = cohort.manifest["split"].value_counts().to_dict()
         for split in ("train", "val", "test"):
             if counts.get(split, 0) == 0:

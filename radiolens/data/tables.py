@@ -23,7 +23,9 @@ from radiolens.data.contract import (
     FILE_KEYS,
     MASK_KEYS,
     CohortError,
+    check_case_ids,
     cohort_error,
+    inside,
     is_missing,
     pirads_group,
     split_cases,
@@ -82,6 +84,7 @@ def cohort_from_table(
     resample: bool = False,
     fmt: str = "csv",
     progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Make a cohort from a table of your own NIfTI / NRRD / MHA files and labels.
 
@@ -118,6 +121,9 @@ def cohort_from_table(
         Manifest format, ``"csv"`` or ``"parquet"``.
     progress
         Progress bar for the voxel checks.
+    cache_dir
+        The radiolens cache (default :func:`radiolens.cache.default_cache_dir`): the default
+        ``out_dir`` and the record of passed voxel checks live there.
 
     Returns
     -------
@@ -145,6 +151,11 @@ def cohort_from_table(
     frame = frame.rename(columns=rename)
     if "case_id" not in frame.columns:
         raise CohortError(f"table {source} has no case_id column (columns: {list(frame.columns)})")
+    # ids name output files (resampled images): unsafe ones stop before anything is written
+    frame["case_id"] = check_case_ids(
+        [c if is_missing(c) else str(c).strip() for c in frame["case_id"]],
+        [f"row {i + 2} of {source}" for i in range(len(frame))],
+    )
     if not any(k in frame.columns for k in MODALITIES):
         raise CohortError(f"table {source} has none of the image columns {list(MODALITIES)}")
     if "pirads" in frame.columns:
@@ -170,13 +181,13 @@ def cohort_from_table(
 
     if out_dir is None:
         key = hash_json({"table": frame.astype(str).to_dict(orient="list"), "resample": resample})[:16]
-        out_dir = default_cache_dir() / "cohorts" / f"table-{key}"
+        out_dir = default_cache_dir(cache_dir) / "cohorts" / f"table-{key}"
     out_dir = Path(out_dir).expanduser().resolve()
 
     if resample:
         frame = _resample_rows(frame, out_dir)
     return write_manifest(frame, out_dir, fmt=fmt, check_pixels=True, fill_volumes=True,
-                          split_seed=seed, progress=progress)
+                          split_seed=seed, progress=progress, cache_dir=cache_dir)
 
 
 def _resample_rows(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
@@ -208,7 +219,7 @@ def _resample_rows(frame: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
             if reference is None:
                 reference = read_image(ref_path)
             moved = resample_to_reference(read_image(path), reference, is_mask=key in MASK_KEYS)
-            target = out_dir / "resampled" / f"{case_id}_{key}.nii.gz"
+            target = inside(out_dir / "resampled", f"{case_id}_{key}.nii.gz")
             write_image(moved, target)
             logger.info("case %r: %s resampled onto the %s grid", case_id, key, ref_key)
             frame.at[row, key] = str(target)
