@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import re
+import shutil
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,7 @@ import pandas as pd
 
 from radiolens import __version__
 from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
+from radiolens.errors import NotEnoughDataError, UserError
 from radiolens.tasks import MissingLabelsError, get_task
 
 __all__ = ["Study", "StudyResult", "parse_report_name", "report_name", "run_study"]
@@ -149,11 +154,40 @@ class Study:
         counts = cohort.manifest["split"].value_counts().to_dict()
         for split in ("train", "val", "test"):
             if counts.get(split, 0) == 0:
-                raise ValueError(
+                raise NotEnoughDataError(
                     f"cohort {cohort.root} has no {split!r} cases (splits: {counts}); the lens is fitted on "
-                    "train, its penalties chosen on val and scored on test"
+                    "train, its penalties chosen on val and scored on test: add cases or fill the split column"
                 )
+        self._check_modalities(cohort)
         return cohort
+
+    def _check_modalities(self, cohort) -> None:
+        """Stop before any work when ``radiomics.modalities`` names images the cohort lacks."""
+        from radiolens.data.contract import is_missing
+
+        wanted = list(self.config["radiomics"]["modalities"])
+        present = [m for m in wanted if not cohort.manifest[m].map(is_missing).all()]
+        absent = [m for m in wanted if m not in present]
+        if absent:
+            held = [m for m in ("T2W", "DWI", "ADC") if not cohort.manifest[m].map(is_missing).all()]
+            from radiolens.config import ConfigError
+
+            raise ConfigError(
+                f"config key 'radiomics.modalities' lists {absent}, but no case of the cohort in {cohort.root} has "
+                f"such an image (it holds {held}); set radiomics.modalities to {held or 'the images you have'}"
+            )
+
+    def _missing_channels(self, task: str) -> str | None:
+        """Why the cohort cannot feed a task's input channels, or None."""
+        from radiolens.data.contract import is_missing
+
+        manifest = self.cohort().manifest
+        lacking = {m: int(manifest[m].map(is_missing).sum()) for m in get_task(task).channels}
+        lacking = {m: n for m, n in lacking.items() if n}
+        if not lacking:
+            return None
+        parts = ", ".join(f"{m} in {n} of {len(manifest)} cases" for m, n in lacking.items())
+        return f"its input channels {list(get_task(task).channels)} are missing ({parts})"
 
     # ------------------------------------------------------------------------------------
     # step 2: radiomics
@@ -290,12 +324,18 @@ class Study:
         runs.sort(key=lambda run: (get_task(run[0]).kind != "segmentation", run[1] != "full"))
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         # a pool of our own: its workers, and the cases they hold in memory, end with the phase
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs)
+        try:
             futures = {run: pool.submit(_finetune_job, self.config, *run) for run in runs}
             for (task, regime), future in futures.items():
                 wall, cpu = future.result()
                 self.timings[f"fine-tune {task}/{regime} (in a worker)"] = wall
                 self.cpu_timings[f"fine-tune {task}/{regime} (in a worker)"] = cpu
+        except BaseException:
+            # interrupted or failed: end the workers now instead of waiting for their runs
+            pool.shutdown(wait=True, kill_workers=True)
+            raise
+        pool.shutdown(wait=True)
         self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
         self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
 
@@ -304,6 +344,10 @@ class Study:
         if "available_tasks" not in self._memo:
             ok = []
             for task in self.tasks:
+                missing = self._missing_channels(task)
+                if missing:
+                    self._warn(f"task {task!r} skipped: {missing}")
+                    continue
                 try:
                     get_task(task).check_labels(self.cohort())
                     ok.append(task)
@@ -496,11 +540,30 @@ class Study:
         }
 
     def run(self, out_dir: str | Path | None = None) -> StudyResult:
-        """Run (or resume) every step and write the report folder."""
-        from radiolens.report import write_report
+        """Run (or resume) every step and write the report folder.
 
+        The folder never holds a report that claims to be this run's when it is not: an
+        earlier report is moved to ``previous/`` first, ``RUNNING.txt`` marks a run in
+        progress (and stays behind if the process is killed), and a failed run leaves
+        ``FAILED.txt`` with the error instead of a report.
+        """
         out = Path(out_dir or self.config["out"])
         out.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_worker_files()
+        _begin_run(out)
+        try:
+            result = self._run(out)
+        except BaseException as err:
+            _fail_run(out, err)
+            if isinstance(err, KeyboardInterrupt):
+                _stop_worker_pools()
+            raise
+        _finish_run(out)
+        return result
+
+    def _run(self, out: Path) -> StudyResult:
+        from radiolens.report import write_report
+
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
         for task in self.available_tasks():
@@ -520,6 +583,106 @@ class Study:
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings),
                            dict(self.cpu_timings))
+
+
+# --------------------------------------------------------------------------------------------
+# an honest output folder, and workers that end with the run
+# --------------------------------------------------------------------------------------------
+#: What a run's outcome markers are called in its output folder.
+RUNNING_MARK, FAILED_MARK, PREVIOUS_DIR = "RUNNING.txt", "FAILED.txt", "previous"
+
+
+def _begin_run(out: Path) -> None:
+    """Move an earlier report (page, summary and the files it lists) to ``previous/`` and mark
+    the folder as holding a run in progress."""
+    (out / FAILED_MARK).unlink(missing_ok=True)
+    summary = out / "summary.json"
+    if summary.exists() or (out / "report.html").exists():
+        previous = out / PREVIOUS_DIR
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        try:
+            listed = json.loads(summary.read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            listed = ["report.html", "summary.json"]
+        for name in {*listed, "report.html", "summary.json"}:
+            if not isinstance(name, str):
+                continue
+            source = (out / name.rstrip("/")).resolve()
+            if out.resolve() not in source.parents or not source.exists():
+                continue  # never anything outside the output folder
+            target = previous / source.relative_to(out.resolve())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+    atomic_write_text(out / RUNNING_MARK, f"a radiolens run started here at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                      f"(process {os.getpid()}) and has not finished; no report here is current until it does\n")
+
+
+def _fail_run(out: Path, err: BaseException) -> None:
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+    lines = [f"the radiolens run of {time.strftime('%Y-%m-%d %H:%M:%S')} failed: {what}",
+             "no report in this folder is current; the last complete report, if any, is in previous/"]
+    if not isinstance(err, (UserError, KeyboardInterrupt)):
+        lines += ["", "".join(traceback.format_exception(type(err), err, err.__traceback__))]
+    try:
+        atomic_write_text(out / FAILED_MARK, "\n".join(lines) + "\n")
+        (out / RUNNING_MARK).unlink(missing_ok=True)
+    except OSError:  # pragma: no cover - the original error matters more
+        logger.exception("could not mark %s as failed", out)
+
+
+def _finish_run(out: Path) -> None:
+    (out / RUNNING_MARK).unlink(missing_ok=True)
+    shutil.rmtree(out / PREVIOUS_DIR, ignore_errors=True)
+
+
+def _stop_worker_pools() -> None:
+    """End joblib's reusable loky workers (radiomics) now, not at interpreter exit."""
+    try:
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    except Exception:  # noqa: BLE001 - best effort while an interruption propagates
+        logger.debug("could not stop the loky workers", exc_info=True)
+
+
+_STALE_NAMES = re.compile(r"^(?:sem\.loky-(\d+)-|joblib_memmapping_folder_(\d+)_)")
+
+
+def _sweep_stale_worker_files(shm: str | Path = "/dev/shm") -> list[Path]:
+    """Remove loky semaphores and joblib memory-map folders left in ``shm`` by processes of
+    this user that no longer exist (a run killed with SIGKILL cannot clean up after itself).
+
+    Entries of live processes and of other users are never touched. Returns what was removed.
+    """
+    removed = []
+    folder = Path(shm)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _STALE_NAMES.match(entry.name)
+        if not match:
+            continue
+        try:
+            if entry.lstat().st_uid != os.getuid() or _alive(int(match.group(1) or match.group(2))):
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    if removed:
+        logger.info("removed %d worker file(s) left in %s by ended processes", len(removed), folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 @contextmanager
