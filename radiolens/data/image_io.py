@@ -13,6 +13,7 @@ relative, origin :data:`ORIGIN_VOXEL_FRACTION` of the smallest voxel side, direc
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import tempfile
 import zlib
@@ -164,7 +165,8 @@ def _nifti_image(path: Path, content: bytes):
         image = klass.from_bytes(content)
     except Exception as err:  # a damaged header: nibabel's own words
         raise DamagedImageError(f"{str(path)!r} is not a readable NIfTI file: {err}") from err
-    header = image.header
+    # the header as stored (the image's copy has its offset reset to 0 by from_bytes)
+    header = klass.header_class.from_fileobj(io.BytesIO(content))
     need = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if len(content) < need:
         raise DamagedImageError(
