@@ -168,9 +168,9 @@ def test_an_intact_image_reads_back_exactly(image_file):
 
 
 def test_radiomics_workers_refuse_a_truncated_image(tmp_path):
-    from _radiomics_helpers import REDUCED_SETTINGS, make_cohort
-
     from radiolens import radiomics
+
+    from _radiomics_helpers import REDUCED_SETTINGS, make_cohort
 
     cohort = make_cohort(tmp_path / "c", 2)
     bad = Path(cohort.path("case01", "T2W"))
@@ -235,9 +235,9 @@ def test_flipped_byte_in_cached_parquet_embeddings(tiny, tmp_path):
 
 
 def test_flipped_byte_in_cached_json_radiomics(tmp_path):
-    from _radiomics_helpers import REDUCED_SETTINGS, make_cohort
-
     from radiolens import radiomics
+
+    from _radiomics_helpers import REDUCED_SETTINGS, make_cohort
 
     cohort = make_cohort(tmp_path / "c", 2)
     kw = dict(rois=("gland",), modalities=("T2W",), settings=REDUCED_SETTINGS, cache_dir=tmp_path / "cache", progress=False)
@@ -346,12 +346,13 @@ def test_a_damaged_sidecar_means_recompute(tmp_path):
 # 3. one cache root: nothing written under HOME when --cache-dir is given
 # ============================================================================================
 def test_every_helper_honours_the_cache_root(tiny, tmp_path, monkeypatch):
-    from _radiomics_helpers import REDUCED_SETTINGS
     from test_embeddings import small_encoder
 
     from radiolens import embeddings, radiomics
     from radiolens.data import cohort_from_table, make_synthetic_cohort
     from radiolens.data.preprocess import preprocess
+
+    from _radiomics_helpers import REDUCED_SETTINGS
 
     home = tmp_path / "home"
     home.mkdir()
