@@ -5,7 +5,7 @@ One row per case; the image columns are the modalities of :data:`radiolens.namin
 Manifest columns (see ``CONTRIBUTING.md``):
 
 ========================  ==================================================================
-``case_id``               unique string
+``case_id``               unique string following :data:`CASE_ID_RULE`
 ``split``                 ``train``, ``val`` or ``test``
 ``T2W``, ``DWI``, ``ADC`` image paths, relative to the manifest's folder or absolute; empty =
                           missing
