@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,9 @@ class Rule:
         A list or string must not be empty.
     unique
         A list's items must differ.
+    pattern
+        A regular expression a string must match in full, with ``pattern_text`` saying it in
+        words.
     """
 
     kind: str
@@ -212,6 +216,8 @@ class Rule:
     length: int | None = None
     non_empty: bool = False
     unique: bool = False
+    pattern: str | None = None
+    pattern_text: str | None = None
 
     def allowed(self) -> str:
         """The rule in words, for error messages."""
@@ -221,6 +227,8 @@ class Rule:
             text = size + (" (no repeats)" if self.unique else "") + (f", each {self.item.allowed()}" if self.item else "")
         elif self.choices:
             text = "one of " + ", ".join(map(str, self.choices))
+        elif self.pattern_text:
+            text = self.pattern_text
         else:
             text = {"int": "an integer", "float": "a finite number", "bool": "true or false",
                     "str": "a non-empty string" if self.non_empty else "a string"}[self.kind]
@@ -258,7 +266,7 @@ def _list(item: Rule, length: int | None = None, unique: bool = False) -> Rule:
 RULES: dict[str, Rule] = {
     "seed": _int(0),
     "jobs": _int(1),
-    "device": Rule("str", non_empty=True),
+    "device": Rule("str", pattern=r"cpu|mps|cuda(:\d+)?", pattern_text="cpu, mps, cuda or cuda:N"),
     "cache_dir": Rule("str", non_empty=True, none=True),
     "out": Rule("str", non_empty=True),
     "cohort.source": _choice("synthetic", "table", "folder", "msd", "picai", "prostate158"),
@@ -346,6 +354,8 @@ def _problem(rule: Rule, value: Any) -> tuple[str | None, Any]:
             return "is not an allowed value", value
         if rule.non_empty and not value.strip():
             return "is empty", value
+        if rule.pattern and not re.fullmatch(rule.pattern, value):
+            return "is not an allowed value", value
         return None, value
     if rule.kind == "list":
         if not isinstance(value, list):

@@ -408,6 +408,7 @@ def test_every_helper_honours_the_cache_root(tiny, tmp_path, monkeypatch):
         ({"finetune": {"tasks": ["pirads", "pirads"]}}, "finetune.tasks"),
         ({"preprocess": {"enabled": "yes"}}, "preprocess.enabled"),
         ({"out": ""}, "out"),
+        ({"device": "gpu"}, "device"),
     ],
 )
 def test_a_bad_value_is_refused_naming_key_value_and_what_is_allowed(override, key):
