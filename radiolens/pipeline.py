@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import re
-import shutil
 import time
-import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +30,23 @@ import pandas as pd
 
 from radiolens import __version__
 from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
-from radiolens.errors import NotEnoughDataError, UserError
-from radiolens.tasks import MissingLabelsError, get_task
+from radiolens.naming import MODALITIES
+from radiolens.tasks import MissingLabelsError, Task, get_task
 
 __all__ = ["Study", "StudyResult", "parse_report_name", "report_name", "run_study"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExternalFineTuned:
+    """An encoder fine-tuned outside radiolens (config ``finetune.checkpoints``): compared with
+    the pre-trained encoder as it is, never trained here."""
+
+    task: str
+    encoder: Any
+    provenance: dict = field(default_factory=dict)
+    regime: str = "full"
 
 
 @dataclass
@@ -64,6 +71,12 @@ class Study:
         A complete configuration from :func:`radiolens.config.load_config`.
     progress
         Show progress bars.
+    encoder
+        A pre-trained encoder (any ``torch.nn.Module`` following the adapter protocol, see
+        :func:`radiolens.models.as_encoder`) used instead of ``encoder.weights``.
+    finetuned
+        ``{task name: fine-tuned encoder}`` modules used as they are, like
+        ``finetune.checkpoints`` files (any task name; no labels needed).
 
     Examples
     --------
@@ -72,9 +85,13 @@ class Study:
     >>> report = study.compare("pirads")                 # computes or loads every step  # doctest: +SKIP
     """
 
-    def __init__(self, config: dict, progress: bool = True) -> None:
+    def __init__(self, config: dict, progress: bool = True, encoder=None, finetuned: dict | None = None) -> None:
         self.config = config
         self.progress = progress
+        self._encoder_override = encoder
+        self._finetuned_override = dict(finetuned or {})
+        #: Where each encoder came from (path, sha256, format), for the report.
+        self.encoder_provenance: dict[str, dict] = {}
         self.cache_root = default_cache_dir(config.get("cache_dir"))
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
@@ -106,7 +123,36 @@ class Study:
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.config["finetune"]["tasks"])
+        """The tasks radiolens fine-tunes itself (``finetune.tasks`` without the external ones)."""
+        return [t for t in self.config["finetune"]["tasks"] if t not in self.external_tasks]
+
+    @property
+    def external_tasks(self) -> list[str]:
+        """Tasks whose fine-tuned encoder comes from elsewhere (``finetune.checkpoints`` or the
+        ``finetuned`` argument), in that order."""
+        names = list(self.config["finetune"].get("checkpoints") or {})
+        return names + [t for t in self._finetuned_override if t not in names]
+
+    def task(self, name: str) -> Task:
+        """The :class:`~radiolens.tasks.Task` of a name; an external task sees the channels its
+        fine-tuned encoder takes (1: T2W, else every modality) and keeps a registered task's
+        radiomics ROIs."""
+        if name not in self.external_tasks:
+            return get_task(name)
+        from radiolens.models.heads import encoder_in_chans
+
+        registered = get_task(name) if name in _registered_tasks() else None
+        n = encoder_in_chans(self.finetuned(name).encoder)
+        channels = MODALITIES[:1] if n == 1 else MODALITIES
+        if len(channels) != n:
+            from radiolens.errors import InputFileError
+
+            raise InputFileError(
+                f"fine-tuned encoder for task {name!r} takes {n} input channels; radiolens feeds 1 (T2W) or "
+                f"{len(MODALITIES)} ({', '.join(MODALITIES)})"
+            )
+        return Task(name=name, channels=channels, rois=registered.rois if registered else ("gland",),
+                    title=(registered.title if registered else name) + " (fine-tuned elsewhere)")
 
     # ------------------------------------------------------------------------------------
     # step 1: cohort
@@ -138,9 +184,10 @@ class Study:
         elif source == "folder":
             cohort = data.load_cohort(spec["path"], cache_dir=self.cache_root)
         elif source == "table":
-            key = "table-" + hash_json({"path": spec["path"], "seed": self.seed})[:16]
+            options = {"resample": spec["resample"], "lesion_threshold": spec["lesion_threshold"] or "nonzero"}
+            key = "table-" + hash_json({"path": spec["path"], "seed": self.seed, **options})[:16]
             cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed,
-                                            cache_dir=self.cache_root)
+                                            progress=self.progress, cache_dir=self.cache_root, **options)
         else:
             from radiolens.data.datasets import FETCHERS
 
@@ -151,13 +198,13 @@ class Study:
             pre = self.config["preprocess"]
             cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None,
                                 cache_dir=self.cache_root)
-        counts = cohort.manifest["split"].value_counts().to_dict()
-        for split in ("train", "val", "test"):
-            if counts.get(split, 0) == 0:
-                raise NotEnoughDataError(
-                    f"cohort {cohort.root} has no {split!r} cases (splits: {counts}); the lens is fitted on "
-                    "train, its penalties chosen on val and scored on test: add cases or fill the split column"
-                )
+        from radiolens.lens.requirements import check_cases_per_split
+
+        # before any slow step: the lens is fitted on train, its penalties chosen on val and
+        # scored on test, and each needs a minimum (radiolens.lens.requirements)
+        lens = self.config["lens"]
+        where = f"table {spec['path']!r}" if source == "table" else f"cohort {str(cohort.root)!r}"
+        check_cases_per_split(cohort.manifest["split"].value_counts().to_dict(), lens["n_folds"], lens["protocol"], where)
         self._check_modalities(cohort)
         return cohort
 
@@ -237,7 +284,14 @@ class Study:
 
         spec = self.config["encoder"]
         weights = spec["weights"]
+        if self._encoder_override is not None:
+            encoder = models.as_encoder(self._encoder_override, in_chans=spec["in_chans"] or len(MODALITIES))
+            self.encoder_provenance["pre-trained"] = {"format": "python object", "class": type(self._encoder_override).__name__,
+                                                      "weights_sha256": models.encoder_hash(encoder)}
+            return encoder
         if weights == "pretrain":
+            self.encoder_provenance["pre-trained"] = {"format": "pre-trained here", "preset": spec["preset"],
+                                                      "epochs": spec["pretrain_epochs"]}
             key = step_key("pretrain", {"cohort": self.cohort().fingerprint, "preset": spec["preset"],
                                         "epochs": spec["pretrain_epochs"], "seed": self.seed})
 
@@ -250,10 +304,14 @@ class Study:
 
             return self._cache("encoders").cached(key, pretrain, models.save_encoder, models.load_encoder, ext="pt")
         if Path(weights).suffix in (".pt", ".pth", ".ckpt") or Path(weights).exists():
-            encoder, report = models.load_profound(weights, in_chans=3, preset=spec["preset"])
-            if report.missing:
-                self._warn(f"encoder checkpoint {weights}: {len(report.missing)} missing key(s), e.g. {report.missing[:3]}")
+            encoder, info = models.load_encoder_file(weights, "pre-trained encoder", preset=spec["preset"],
+                                                     in_chans=spec["in_chans"])
+            if info.get("missing"):
+                self._warn(f"encoder checkpoint {weights}: {info['missing']} encoder parameter(s) missing from the file")
+            self.encoder_provenance["pre-trained"] = info
             return encoder
+        card = models.weight_card(weights) if weights in models.profound.SHIPPED_WEIGHTS else {}
+        self.encoder_provenance["pre-trained"] = {"format": "shipped", "name": weights, "sha256": card.get("sha256")}
         return models.load_pretrained(weights)
 
     def case_store(self):
@@ -280,10 +338,34 @@ class Study:
         )
 
     def finetuned(self, task: str, regime: str = "full"):
-        """A fine-tuned encoder and its test metrics for one task and regime (cached)."""
+        """A fine-tuned encoder and its test metrics for one task and regime (cached); for an
+        external task, its encoder as given (:class:`ExternalFineTuned`, regime ``full`` only)."""
+        if task in self.external_tasks:
+            return self._external(task, regime)
         key = ("finetuned", task, regime)
         if key not in self._memo:
             self._memo[key] = self._timed(f"fine-tune {task}/{regime}", self._finetune, task, regime)
+        return self._memo[key]
+
+    def _external(self, task: str, regime: str) -> ExternalFineTuned:
+        if regime != "full":
+            raise ValueError(f"task {task!r} was fine-tuned elsewhere: only its fine-tuned encoder (regime 'full') exists")
+        key = ("external", task)
+        if key not in self._memo:
+            from radiolens import models
+
+            role = f"fine-tuned encoder for task {task!r}"
+            if task in self._finetuned_override:
+                module = self._finetuned_override[task]
+                encoder = models.as_encoder(module, in_chans=getattr(module, "in_chans", None) or len(MODALITIES))
+                info = {"format": "python object", "class": type(module).__name__,
+                        "weights_sha256": models.encoder_hash(encoder)}
+            else:
+                encoder, info = models.load_encoder_file(self.config["finetune"]["checkpoints"][task], role,
+                                                         preset=self.config["encoder"]["preset"],
+                                                         in_chans=self.config["encoder"]["in_chans"])
+            self.encoder_provenance[f"fine-tuned ({task})"] = info
+            self._memo[key] = ExternalFineTuned(task, encoder, info)
         return self._memo[key]
 
     def _finetune_key(self, task: str, regime: str) -> str:
@@ -313,7 +395,7 @@ class Study:
         """Fine-tune every available task and regime not in the cache yet, ``jobs`` runs at a time
         in worker processes (each run on one thread), longest first; later calls of
         :meth:`finetuned` read the results from the cache."""
-        runs = [(task, regime) for task in self.available_tasks() for regime in self.config["finetune"]["regimes"]
+        runs = [(task, regime) for task in self.trainable_tasks() for regime in self.config["finetune"]["regimes"]
                 if self._cache("finetuned").get_file(self._finetune_key(task, regime), "pt") is None]
         jobs = min(int(self.config["jobs"]), len(runs))
         if jobs < 2:
@@ -339,9 +421,10 @@ class Study:
         self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
         self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
 
-    def available_tasks(self) -> list[str]:
-        """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
-        if "available_tasks" not in self._memo:
+    def trainable_tasks(self) -> list[str]:
+        """Configured tasks radiolens fine-tunes whose labels exist in the cohort; the others are
+        skipped with one warning each (the lens still runs on the rest)."""
+        if "trainable_tasks" not in self._memo:
             ok = []
             for task in self.tasks:
                 missing = self._missing_channels(task)
@@ -352,15 +435,35 @@ class Study:
                     get_task(task).check_labels(self.cohort())
                     ok.append(task)
                 except MissingLabelsError as err:
-                    self._warn(f"task {task!r} skipped: {err}")
-            self._memo["available_tasks"] = ok
-        return self._memo["available_tasks"]
+                    self._warn(f"task {task!r} skipped: {err}; add that label to the table to fine-tune on it, "
+                               f"or give finetune.checkpoints: {{{task}: file}} to compare an encoder fine-tuned elsewhere")
+            self._memo["trainable_tasks"] = ok
+        return self._memo["trainable_tasks"]
+
+    def available_tasks(self) -> list[str]:
+        """The tasks the lens compares: the trainable ones with labels, then the external ones.
+
+        Raises
+        ------
+        MissingLabelsError
+            No task is left (every configured task lacks its labels and no encoder fine-tuned
+            elsewhere was given).
+        """
+        tasks = self.trainable_tasks() + self.external_tasks
+        if not tasks:
+            wanted = list(self.config["finetune"]["tasks"])
+            raise MissingLabelsError(
+                ", ".join(wanted) or "-", ", ".join(get_task(t).label or "-" for t in wanted) or "-",
+                "so no encoder can be fine-tuned and there is nothing to compare; add labels to the table, or give "
+                "the fine-tuned encoder(s) with finetune.checkpoints: {task: file} (or `radiolens compare PRE FT`)",
+            )
+        return tasks
 
     def downstream_table(self) -> pd.DataFrame:
         """Our Table 2: (task, regime, metric, value) for every available task and regime."""
         self.finetune_all()
         frames = []
-        for task in self.available_tasks():
+        for task in self.trainable_tasks():
             for regime in self.config["finetune"]["regimes"]:
                 table = self.finetuned(task, regime).metrics_table()
                 frames.append(table)
@@ -378,9 +481,10 @@ class Study:
             from radiolens import embeddings
             from radiolens.models import encoder_for_task
 
-            pre_encoder = encoder_for_task(self.encoder(), task)
+            spec = self.task(task)
+            pre_encoder = encoder_for_task(self.encoder(), spec)
             ft_encoder = self.finetuned(task, "full").encoder
-            kwargs = dict(channels=get_task(task).channels, device=self.config["device"], cache_dir=self.cache_root,
+            kwargs = dict(channels=spec.channels, device=self.config["device"], cache_dir=self.cache_root,
                           progress=self.progress, store=self.case_store())
             x_pre = self._timed("embeddings", embeddings.extract, pre_encoder, self.cohort(), **kwargs)
             x_ft = self._timed("embeddings", embeddings.extract, ft_encoder, self.cohort(), **kwargs)
@@ -400,6 +504,11 @@ class Study:
         for name in ("train", "val", "test"):
             chosen = [c for c in ids if split[c] == name]
             parts[name] = (x_pre.loc[chosen], x_ft.loc[chosen], radiomics.loc[chosen])
+        from radiolens.lens.requirements import check_cases_per_split
+
+        lens = self.config["lens"]
+        check_cases_per_split({k: len(v[2]) for k, v in parts.items()}, lens["n_folds"], lens["protocol"],
+                              f"the set of cases with {roi}-ROI radiomics")
         return parts
 
     def _lens_params(self) -> dict:
@@ -481,7 +590,7 @@ class Study:
         ``"lesion (lesion ROI)"``."""
         out = {}
         for task in self.available_tasks():
-            for roi in get_task(task).rois:
+            for roi in self.task(task).rois:
                 if roi == "lesion" and not self.config["radiomics"]["lesion_roi"]:
                     continue
                 name = report_name(task, roi)
@@ -536,6 +645,7 @@ class Study:
             "seed": self.seed,
             "cohort": None if cohort is None else {"root": str(cohort.root), "fingerprint": cohort.fingerprint,
                                                    "n_cases": len(cohort.case_ids)},
+            "encoders": dict(self.encoder_provenance),
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -549,16 +659,18 @@ class Study:
         """
         out = Path(out_dir or self.config["out"])
         out.mkdir(parents=True, exist_ok=True)
-        _sweep_stale_worker_files()
-        _begin_run(out)
+        from radiolens import run_folder
+
+        run_folder.sweep_stale_worker_files()
+        run_folder.begin_run(out)
         try:
             result = self._run(out)
         except BaseException as err:
-            _fail_run(out, err)
+            run_folder.fail_run(out, err)
             if isinstance(err, KeyboardInterrupt):
-                _stop_worker_pools()
+                run_folder.stop_worker_pools()
             raise
-        _finish_run(out)
+        run_folder.finish_run(out)
         return result
 
     def _run(self, out: Path) -> StudyResult:
@@ -566,8 +678,14 @@ class Study:
 
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
+        # every user input is read before the slow steps: a bad checkpoint or missing labels
+        # fail in seconds, not after the radiomics
+        self.encoder()
         for task in self.available_tasks():
-            for roi in get_task(task).rois:
+            if task in self.external_tasks:
+                self.task(task)
+        for task in self.available_tasks():
+            for roi in self.task(task).rois:
                 if roi == "gland" or self.config["radiomics"]["lesion_roi"]:
                     self.radiomics(roi)
         downstream = self.downstream_table()
@@ -583,106 +701,6 @@ class Study:
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings),
                            dict(self.cpu_timings))
-
-
-# --------------------------------------------------------------------------------------------
-# an honest output folder, and workers that end with the run
-# --------------------------------------------------------------------------------------------
-#: What a run's outcome markers are called in its output folder.
-RUNNING_MARK, FAILED_MARK, PREVIOUS_DIR = "RUNNING.txt", "FAILED.txt", "previous"
-
-
-def _begin_run(out: Path) -> None:
-    """Move an earlier report (page, summary and the files it lists) to ``previous/`` and mark
-    the folder as holding a run in progress."""
-    (out / FAILED_MARK).unlink(missing_ok=True)
-    summary = out / "summary.json"
-    if summary.exists() or (out / "report.html").exists():
-        previous = out / PREVIOUS_DIR
-        shutil.rmtree(previous, ignore_errors=True)
-        previous.mkdir()
-        try:
-            listed = json.loads(summary.read_text(encoding="utf-8")).get("files", [])
-        except (OSError, ValueError, AttributeError):
-            listed = ["report.html", "summary.json"]
-        for name in {*listed, "report.html", "summary.json"}:
-            if not isinstance(name, str):
-                continue
-            source = (out / name.rstrip("/")).resolve()
-            if out.resolve() not in source.parents or not source.exists():
-                continue  # never anything outside the output folder
-            target = previous / source.relative_to(out.resolve())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source.rename(target)
-    atomic_write_text(out / RUNNING_MARK, f"a radiolens run started here at {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                      f"(process {os.getpid()}) and has not finished; no report here is current until it does\n")
-
-
-def _fail_run(out: Path, err: BaseException) -> None:
-    what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-    lines = [f"the radiolens run of {time.strftime('%Y-%m-%d %H:%M:%S')} failed: {what}",
-             "no report in this folder is current; the last complete report, if any, is in previous/"]
-    if not isinstance(err, (UserError, KeyboardInterrupt)):
-        lines += ["", "".join(traceback.format_exception(type(err), err, err.__traceback__))]
-    try:
-        atomic_write_text(out / FAILED_MARK, "\n".join(lines) + "\n")
-        (out / RUNNING_MARK).unlink(missing_ok=True)
-    except OSError:  # pragma: no cover - the original error matters more
-        logger.exception("could not mark %s as failed", out)
-
-
-def _finish_run(out: Path) -> None:
-    (out / RUNNING_MARK).unlink(missing_ok=True)
-    shutil.rmtree(out / PREVIOUS_DIR, ignore_errors=True)
-
-
-def _stop_worker_pools() -> None:
-    """End joblib's reusable loky workers (radiomics) now, not at interpreter exit."""
-    try:
-        from joblib.externals.loky import get_reusable_executor
-
-        get_reusable_executor().shutdown(wait=True, kill_workers=True)
-    except Exception:  # noqa: BLE001 - best effort while an interruption propagates
-        logger.debug("could not stop the loky workers", exc_info=True)
-
-
-_STALE_NAMES = re.compile(r"^(?:sem\.loky-(\d+)-|joblib_memmapping_folder_(\d+)_)")
-
-
-def _sweep_stale_worker_files(shm: str | Path = "/dev/shm") -> list[Path]:
-    """Remove loky semaphores and joblib memory-map folders left in ``shm`` by processes of
-    this user that no longer exist (a run killed with SIGKILL cannot clean up after itself).
-
-    Entries of live processes and of other users are never touched. Returns what was removed.
-    """
-    removed = []
-    folder = Path(shm)
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
-        match = _STALE_NAMES.match(entry.name)
-        if not match:
-            continue
-        try:
-            if entry.lstat().st_uid != os.getuid() or _alive(int(match.group(1) or match.group(2))):
-                continue
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            removed.append(entry)
-        except OSError:  # gone meanwhile, or not ours to remove
-            continue
-    if removed:
-        logger.info("removed %d worker file(s) left in %s by ended processes", len(removed), folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
 
 
 @contextmanager
@@ -756,6 +774,12 @@ def parse_report_name(name: str) -> tuple[str, str]:
     if not task or not roi or "(" in task or ")" in task:
         raise ValueError(f"{name!r} is not a report name ('task' or 'task (roi ROI)')")
     return task, roi
+
+
+def _registered_tasks() -> tuple[str, ...]:
+    from radiolens.tasks import TASKS
+
+    return tuple(TASKS)
 
 
 def _lens_key(lens) -> str:

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from radiolens.cache import ArtifactCache, hash_file
-from radiolens.config import DEFAULTS, RULES, ConfigError, load_config
+from radiolens.config import CHECKED_TOGETHER, DEFAULTS, RULES, ConfigError, load_config
 from radiolens.data import load_cohort, write_image
 from radiolens.data.contract import CASE_ID_MAX_LENGTH, CohortError, check_case_id, inside
 from radiolens.data.image_io import DamagedImageError, read_array, read_image
@@ -409,13 +409,17 @@ def test_every_helper_honours_the_cache_root(tiny, tmp_path, monkeypatch):
         ({"preprocess": {"enabled": "yes"}}, "preprocess.enabled"),
         ({"out": ""}, "out"),
         ({"device": "gpu"}, "device"),
+        ({"cohort": {"resample": "sometimes"}}, "cohort.resample"),
+        ({"cohort": {"lesion_threshold": math.nan}}, "cohort.lesion_threshold"),
+        ({"encoder": {"in_chans": 2}}, "encoder.in_chans"),
+        ({"finetune": {"tasks": []}}, "finetune.tasks"),
     ],
 )
 def test_a_bad_value_is_refused_naming_key_value_and_what_is_allowed(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(**override)
     message = str(err.value)
-    assert repr(key) in message and "allowed" in message
+    assert repr(key) in message and ("allowed" in message or "must" in message)
 
 
 def test_every_rule_names_a_real_key_and_every_key_has_a_rule_or_a_typed_default():
@@ -428,7 +432,8 @@ def test_every_rule_names_a_real_key_and_every_key_has_a_rule_or_a_typed_default
 
     keys = dict(leaves(DEFAULTS))
     assert not set(RULES) - set(keys), "rules for keys that do not exist"
-    untyped = [k for k, v in keys.items() if k not in RULES and v is None]
+    assert not set(CHECKED_TOGETHER) - set(keys), "CHECKED_TOGETHER names keys that do not exist"
+    untyped = [k for k, v in keys.items() if k not in RULES and k not in CHECKED_TOGETHER and v is None]
     assert not untyped, f"give {untyped} a rule in radiolens.config.RULES (a None default says nothing)"
 
 
@@ -511,10 +516,11 @@ def _t2w_only_cohort(tiny, folder: Path):
     return folder
 
 
-def test_a_t2w_only_cohort_is_refused_before_radiomics(tiny, tmp_path):
+def test_a_t2w_only_cohort_is_refused_before_radiomics(tmp_path):
     from radiolens.pipeline import Study
 
-    folder = _t2w_only_cohort(tiny, tmp_path / "t2w")
+    source = make_tiny_cohort(tmp_path / "src", n_cases=8, seed=2, splits=["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+    folder = _t2w_only_cohort(source, tmp_path / "t2w")
     config = load_config(cohort={"source": "folder", "path": str(folder)}, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"radiomics.modalities.*\['DWI', 'ADC'\].*\['T2W'\]"):
         Study(config, progress=False).cohort()
@@ -523,7 +529,7 @@ def test_a_t2w_only_cohort_is_refused_before_radiomics(tiny, tmp_path):
                          cache_dir=str(tmp_path / "cache"))
     study = Study(config, progress=False)
     assert study.available_tasks() == ["volume"]
-    assert any("'pirads' skipped" in w and "DWI in 6 of 6 cases" in w for w in study.warnings)
+    assert any("'pirads' skipped" in w and "DWI in 8 of 8 cases" in w for w in study.warnings)
 
 
 def test_a_random_file_as_checkpoint_gets_a_radiolens_message(tmp_path):
@@ -537,7 +543,7 @@ def test_a_random_file_as_checkpoint_gets_a_radiolens_message(tmp_path):
 
 
 def test_stale_worker_files_of_ended_processes_are_swept(tmp_path):
-    from radiolens.pipeline import _sweep_stale_worker_files
+    from radiolens.run_folder import sweep_stale_worker_files
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -546,7 +552,7 @@ def test_stale_worker_files_of_ended_processes_are_swept(tmp_path):
     (tmp_path / f"joblib_memmapping_folder_{dead}_x_y").mkdir()
     (tmp_path / f"sem.loky-{alive}-def").write_text("")
     (tmp_path / "unrelated").write_text("")
-    removed = _sweep_stale_worker_files(tmp_path)
+    removed = sweep_stale_worker_files(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f"sem.loky-{dead}-abc", f"joblib_memmapping_folder_{dead}_x_y"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"sem.loky-{alive}-def", "unrelated"])
 
