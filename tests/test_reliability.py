@@ -503,6 +503,27 @@ def test_a_run_whose_tasks_were_all_skipped_reports_so(tmp_path):
     assert "No task produced a lens report" in path.read_text()
 
 
+def test_a_run_whose_tasks_all_lack_labels_stops_with_one_message_and_failed_txt(tmp_path):
+    import shutil
+
+    from radiolens.pipeline import Study
+    from radiolens.tasks import MissingLabelsError
+
+    source = make_tiny_cohort(tmp_path / "src", n_cases=8, seed=4, splits=["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+    folder = tmp_path / "nolabels"
+    shutil.copytree(source.root, folder)
+    frame = pd.read_csv(source.manifest_path, dtype=str, keep_default_na=False).assign(pirads_group="")
+    frame.to_csv(folder / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    _earlier_report(out)
+    config = load_config(cohort={"source": "folder", "path": str(folder)}, finetune={"tasks": ["pirads"]},
+                         cache_dir=str(tmp_path / "cache"), out=str(out))
+    with pytest.raises(MissingLabelsError, match="pirads_group") as err:
+        Study(config, progress=False).run()
+    assert isinstance(err.value, UserError)
+    assert "pirads_group" in (out / "FAILED.txt").read_text() and not (out / "report.html").exists()
+
+
 def _t2w_only_cohort(tiny, folder: Path):
     import shutil
 
