@@ -398,3 +398,12 @@ def test_cohort_from_table_default_folder_is_the_cache(tiny):
     cohort = cohort_from_table(table[["case_id", "T2W", "gland", "pirads_group"]])
     assert Path(os.environ["RADIOLENS_CACHE"]) in cohort.root.parents
     assert cohort.path("case00", "DWI") is None
+
+
+def test_split_by_an_absent_label_is_a_user_error_naming_the_column():
+    from radiolens.data.contract import CohortError, split_cases
+
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(10)]})
+    with pytest.raises(CohortError, match="'pirads_group'.*stratify=None"):
+        split_cases(table)
+    assert split_cases(table, stratify=None).value_counts().to_dict() == {"train": 7, "test": 2, "val": 1}
