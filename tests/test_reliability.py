@@ -578,6 +578,26 @@ def test_stale_worker_files_of_ended_processes_are_swept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"sem.loky-{alive}-def", "unrelated"])
 
 
+def test_an_interrupted_run_ends_its_loky_workers(tmp_path, monkeypatch):
+    from joblib.externals.loky import get_reusable_executor
+
+    from radiolens.pipeline import Study
+    from radiolens.run_folder import _alive
+
+    executor = get_reusable_executor(max_workers=1)
+    worker = executor.submit(os.getpid).result()
+    assert _alive(worker)
+
+    def interrupted(self, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Study, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Study(load_config(cache_dir=str(tmp_path / "cache"))).run(tmp_path / "out")
+    assert not _alive(worker)
+    assert "interrupted" in (tmp_path / "out" / "FAILED.txt").read_text()
+
+
 def test_sigterm_marks_the_run_failed_and_exits_cleanly(tmp_path):
     out = tmp_path / "out"
     _earlier_report(out)
