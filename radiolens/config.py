@@ -1,8 +1,10 @@
 """Configuration of a radiolens study: a small YAML file, validated on load.
 
 Every key has a documented default (``radiolens config --show`` prints them); a config file
-only names what it changes. Unknown keys and wrong types are errors that name the key, so a
-typo never silently falls back to a default.
+only names what it changes. The whole configuration is checked before any work: unknown keys,
+and every value against its rule in :data:`RULES` (type, range, choices, null, list length,
+finite numbers), then files that must exist and keys checked together. Each error names the
+key, the value and what is allowed, so a typo never silently falls back to a default.
 
 Example
 -------
