@@ -59,7 +59,7 @@ CACHE_ENV_VAR = "RADIOLENS_CACHE"
 #: so its old entries are never used again, and the steps after it follow through their
 #: inputs' content hashes.
 STEP_VERSIONS: dict[str, int] = {
-    "cohort_checks": 1,  # data.cohort: remembered voxel checks of a cohort's files
+    "cohort_checks": 2,  # data.cohort: remembered voxel checks (2: the checked reader, gzip CRC and length)
     "preprocess": 1,  # data.preprocess: resampled and cropped cohorts
     "datasets": 1,  # data.datasets: public data sets converted to cohorts
     "radiomics": 1,  # radiomics: one PyRadiomics work unit

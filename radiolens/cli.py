@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # a polite kill (SIGTERM) unwinds like Ctrl-C: the run marks its folder failed and ends
+    # its worker processes instead of leaving them and their semaphores behind
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (e.g. called from a notebook's worker thread)
+        previous = None
     try:
         return _dispatch(args)
     except UserError as err:
@@ -119,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"radiolens {args.command}: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print(f"radiolens {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    raise KeyboardInterrupt
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """Configuration of a radiolens study: a small YAML file, validated on load.
 
 Every key has a documented default (``radiolens config --show`` prints them); a config file
-only names what it changes. Unknown keys and wrong types are errors that name the key, so a
-typo never silently falls back to a default.
+only names what it changes. The whole configuration is checked before any work: unknown keys,
+and every value against its rule in :data:`RULES` (type, range, choices, null, list length,
+finite numbers), then files that must exist and keys checked together. Each error names the
+key, the value and what is allowed, so a typo never silently falls back to a default.
 
 Example
 -------
@@ -23,7 +25,10 @@ Example
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ from radiolens.errors import EXIT_CODES, UserError
 from radiolens.naming import MODALITIES
 from radiolens.tasks import REGIMES, TASKS
 
-__all__ = ["ConfigError", "DEFAULTS", "QUICK", "describe_defaults", "load_config", "merge"]
+__all__ = ["ConfigError", "DEFAULTS", "QUICK", "RULES", "Rule", "check_value", "describe_defaults", "load_config", "merge"]
 
 
 class ConfigError(UserError, ValueError):
@@ -187,21 +192,237 @@ DOCS: dict[str, str] = {
     "lens.top_k": "features per ranking in the report",
 }
 
-_CHOICES: dict[str, tuple] = {
-    "cohort.source": ("synthetic", "table", "folder", "msd", "picai", "prostate158"),
-    "lens.decoder": ("ols", "ridge"),
-    "lens.protocol": ("cross-fit", "paper"),
-    "lens.permutation_stat": ("combined", "delta_r2", "delta_I"),
+# --------------------------------------------------------------------------------------------
+# one rule per key
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """What one configuration key accepts; :func:`check_value` applies it.
+
+    Attributes
+    ----------
+    kind
+        ``"int"``, ``"float"`` (ints accepted), ``"bool"``, ``"str"`` or ``"list"``.
+    low, high
+        Inclusive bounds of a number (of each item of a list of numbers); None = unbounded.
+    above
+        Exclusive lower bound (e.g. 0 for a learning rate or a spacing).
+    choices
+        The allowed strings (of each item of a list).
+    none
+        None (YAML ``null``) is allowed.
+    item
+        The rule of each item of a list.
+    length
+        The exact length of a list.
+    non_empty
+        A list or string must not be empty.
+    unique
+        A list's items must differ.
+    pattern
+        A regular expression a string must match in full, with ``pattern_text`` saying it in
+        words.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    choices: tuple | None = None
+    none: bool = False
+    item: Rule | None = None
+    length: int | None = None
+    non_empty: bool = False
+    unique: bool = False
+    pattern: str | None = None
+    pattern_text: str | None = None
+
+    def allowed(self) -> str:
+        """The rule in words, for error messages."""
+        if self.kind == "list":
+            size = f"a list of {self.length} items" if self.length else (
+                "a non-empty list" if self.non_empty else "a list")
+            text = size + (" (no repeats)" if self.unique else "") + (f", each {self.item.allowed()}" if self.item else "")
+        elif self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.pattern_text:
+            text = self.pattern_text
+        else:
+            text = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+                    "str": "a non-empty string" if self.non_empty else "a string"}[self.kind]
+            bounds = []
+            if self.above is not None:
+                bounds.append(f"> {self.above:g}")
+            if self.low is not None:
+                bounds.append(f">= {self.low:g}")
+            if self.high is not None:
+                bounds.append(f"<= {self.high:g}")
+            if bounds:
+                text += " " + " and ".join(bounds)
+        return text + (", or null" if self.none else "")
+
+
+def _int(low: float | None = None, high: float | None = None, none: bool = False) -> Rule:
+    return Rule("int", low=low, high=high, none=none)
+
+
+def _positive(kind: str = "float") -> Rule:
+    return Rule(kind, above=0)
+
+
+def _choice(*choices: str, none: bool = False) -> Rule:
+    return Rule("str", choices=choices, none=none)
+
+
+def _list(item: Rule, length: int | None = None, unique: bool = False) -> Rule:
+    return Rule("list", item=item, length=length, non_empty=True, unique=unique)
+
+
+#: The rule of every key that needs more than its default's type. A key without an entry is
+#: checked against its default's type (an int default takes integers, a list default lists,
+#: a None default anything); to constrain a new key, add one line here.
+RULES: dict[str, Rule] = {
+    "seed": _int(0),
+    "jobs": _int(1),
+    "device": Rule("str", pattern=r"cpu|mps|cuda(:\d+)?", pattern_text="cpu, mps, cuda or cuda:N"),
+    "cache_dir": Rule("str", non_empty=True, none=True),
+    "out": Rule("str", non_empty=True),
+    "cohort.source": _choice("synthetic", "table", "folder", "msd", "picai", "prostate158"),
+    "cohort.path": Rule("str", non_empty=True, none=True),
+    # the 7:1:2 split needs about ten cases before the validation split gets one
+    "cohort.n_cases": _int(10),
+    "cohort.shape": _list(_int(16), length=3),
+    "cohort.spacing": _list(_positive(), length=3),
+    "cohort.seed": _int(0),
+    "cohort.resample": Rule("bool", none=True),
+    "preprocess.enabled": Rule("bool"),
+    "preprocess.spacing": _list(_positive(), length=3),
+    "preprocess.crop_shape": _list(_int(1), length=3),
+    "radiomics.modalities": _list(_choice(*MODALITIES), unique=True),
+    "radiomics.settings": Rule("str", non_empty=True, none=True),
+    "radiomics.lesion_roi": Rule("bool"),
+    "encoder.preset": Rule("str", non_empty=True),
+    "encoder.pretrain_epochs": _int(1),
+    "encoder.in_chans": _int(1, 3, none=True),  # 2 is refused with the other cross-checks
+    # may be empty when finetune.checkpoints names encoders fine-tuned elsewhere (checked below)
+    "finetune.tasks": Rule("list", item=_choice(*TASKS), unique=True),
+    "finetune.regimes": _list(_choice(*REGIMES), unique=True),
+    "finetune.epochs": _int(1),
+    "finetune.lr": _positive(),
+    "finetune.batch_size": _int(1),
+    "finetune.patience": _int(1),
+    "finetune.decoder_channels": _int(1),
+    "finetune.decoder_pool_scales": _list(_int(1), unique=True),
+    "finetune.frozen_views": _int(0),
+    "lens.protocol": _choice("cross-fit", "paper"),
+    "lens.n_folds": _int(1),
+    "lens.hidden_dim": _int(1, none=True),
+    "lens.epochs": _int(1),
+    "lens.lr": _positive(),
+    "lens.batch_size": _int(1),
+    "lens.decoder": _choice("ols", "ridge"),
+    "lens.fit_intercept": Rule("bool"),
+    "lens.match_ft_moments": Rule("bool", none=True),
+    "lens.scale": _choice("paper", "standardized", "whitened", none=True),
+    "lens.permutation_stat": _choice("combined", "delta_r2", "delta_I"),
+    "lens.l1_grid": _list(Rule("float", low=0), unique=True),
+    "lens.l2_grid": _list(Rule("float", low=0), unique=True),
+    "lens.n_bootstrap": _int(0),
+    "lens.n_permutations": _int(0),
+    "lens.top_k": _int(1),
 }
-_LIST_CHOICES: dict[str, tuple] = {
-    "finetune.tasks": tuple(TASKS),
-    "finetune.regimes": REGIMES,
-    "radiomics.modalities": MODALITIES,
-}
+
+
+#: Keys checked in :func:`_validate_paths` instead of by a rule: a mapping, or a value of
+#: mixed type (``"nonzero"`` or a number).
+CHECKED_TOGETHER: tuple[str, ...] = ("cohort.lesion_threshold", "finetune.checkpoints")
+
+
+def _rule_from_default(default: Any) -> Rule | None:
+    if default is None or isinstance(default, dict):
+        return None
+    if isinstance(default, bool):
+        return Rule("bool")
+    if isinstance(default, int):
+        return Rule("int")
+    if isinstance(default, float):
+        return Rule("float")
+    if isinstance(default, list):
+        return Rule("list", item=_rule_from_default(default[0]) if default else None)
+    return Rule("str")
+
+
+def _problem(rule: Rule, value: Any) -> tuple[str | None, Any]:
+    """(what is wrong or None, the value converted: ints stay ints, floats become floats)."""
+    if value is None:
+        return (None if rule.none else "must not be null"), value
+    if rule.kind == "bool":
+        return (None if isinstance(value, bool) else "is not true or false"), value
+    if rule.kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "is not a number", value
+        if not math.isfinite(value):
+            return "is not finite", value
+        if rule.kind == "int":
+            if not float(value).is_integer():
+                return "is not an integer", value
+            value = int(value)
+        else:
+            value = float(value)
+        if (rule.above is not None and not value > rule.above) or (rule.low is not None and value < rule.low) \
+                or (rule.high is not None and value > rule.high):
+            return "is out of range", value
+        return None, value
+    if rule.kind == "str":
+        if not isinstance(value, str):
+            return "is not a string", value
+        if rule.choices and value not in rule.choices:
+            return "is not an allowed value", value
+        if rule.non_empty and not value.strip():
+            return "is empty", value
+        if rule.pattern and not re.fullmatch(rule.pattern, value):
+            return "is not an allowed value", value
+        return None, value
+    if rule.kind == "list":
+        if not isinstance(value, list):
+            return "is not a list", value
+        if rule.non_empty and not value:
+            return "is empty", value
+        if rule.length is not None and len(value) != rule.length:
+            return f"has {len(value)} items", value
+        items = []
+        for i, item in enumerate(value):
+            problem, item = _problem(rule.item, item) if rule.item else (None, item)
+            if problem:
+                return f"item {i} ({item!r}) {problem}", value
+            items.append(item)
+        if rule.unique and len({repr(v) for v in items}) != len(items):
+            return "repeats a value", value
+        return None, items
+    raise ValueError(f"unknown rule kind {rule.kind!r}")  # pragma: no cover - a bug in RULES
+
+
+def check_value(name: str, default: Any, value: Any) -> Any:
+    """``value`` checked against the key's :data:`RULES` entry (else its default's type).
+
+    Returns the value converted (an integer-valued float for an int key becomes an int).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the value and what is allowed.
+    """
+    rule = RULES.get(name) or _rule_from_default(default)
+    if rule is None:
+        return value
+    problem, converted = _problem(rule, value)
+    if problem:
+        raise ConfigError(f"config key {name!r}: {value!r} {problem}; allowed: {rule.allowed()}")
+    return converted
 
 
 def merge(base: dict, override: dict, _prefix: str = "") -> dict:
-    """Deep-merge ``override`` into a copy of ``base``, rejecting unknown keys and bad types."""
+    """Deep-merge ``override`` into a copy of ``base``, rejecting unknown keys and bad values."""
     result = copy.deepcopy(base)
     for key, value in (override or {}).items():
         name = f"{_prefix}{key}"
@@ -214,40 +435,8 @@ def merge(base: dict, override: dict, _prefix: str = "") -> dict:
                 raise ConfigError(f"config key {name!r} must be a mapping, got {value!r}")
             result[key] = merge(default, value, f"{name}.")
             continue
-        result[key] = _check_value(name, default, value)
+        result[key] = check_value(name, default, value)
     return result
-
-
-def _check_value(name: str, default: Any, value: Any) -> Any:
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
-    elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
-        if isinstance(default, int):
-            if not float(value).is_integer():
-                raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-    elif isinstance(default, list):
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {name!r} must be a list, got {value!r}")
-        allowed = _LIST_CHOICES.get(name)
-        if allowed:
-            bad = [v for v in value if v not in allowed]
-            if bad:
-                raise ConfigError(f"config key {name!r}: unknown value(s) {bad}; allowed {list(allowed)}")
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
-        allowed = _CHOICES.get(name)
-        if allowed and value not in allowed:
-            raise ConfigError(f"config key {name!r} must be one of {list(allowed)}, got {value!r}")
-    return value
 
 
 def _validate_paths(config: dict, base_dir: Path) -> dict:
@@ -258,16 +447,20 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
         path = Path(cohort["path"]).expanduser()
         if not path.is_absolute():
             path = base_dir / path
+        want = "a cohort folder or manifest" if cohort["source"] == "folder" else "a CSV or Parquet table"
         if not path.exists():
-            raise ConfigError(f"config key 'cohort.path': {path} does not exist")
+            raise ConfigError(f"config key 'cohort.path': {str(path)!r} does not exist; allowed: {want}")
+        if cohort["source"] == "table" and not path.is_file():
+            raise ConfigError(f"config key 'cohort.path': {str(path)!r} is not a file; allowed: {want}")
         cohort["path"] = str(path)
     settings = config["radiomics"]["settings"]
     if settings:
         path = Path(settings).expanduser()
         if not path.is_absolute():
             path = base_dir / path
-        if not path.exists():
-            raise ConfigError(f"config key 'radiomics.settings': {path} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"config key 'radiomics.settings': {str(path)!r} is not an existing file; "
+                              "allowed: a PyRadiomics parameter file (YAML), or null for the paper's settings")
         config["radiomics"]["settings"] = str(path)
     weights = config["encoder"]["weights"]
     if weights and (os.sep in weights or weights.endswith((".pt", ".pth", ".ckpt"))):
@@ -277,25 +470,12 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
         if not path.exists():
             raise ConfigError(f"config key 'encoder.weights': checkpoint {path} does not exist")
         config["encoder"]["weights"] = str(path)
-    for key in ("shape", "spacing"):
-        if len(cohort[key]) != 3:
-            raise ConfigError(f"config key 'cohort.{key}' must have 3 numbers, got {cohort[key]!r}")
     if any(int(s) % 16 for s in cohort["shape"]):
-        raise ConfigError(f"config key 'cohort.shape' must be multiples of 16 (the encoder's stride), got {cohort['shape']!r}")
-    if config["finetune"]["decoder_channels"] < 1:
-        raise ConfigError(f"config key 'finetune.decoder_channels' must be >= 1, got {config['finetune']['decoder_channels']!r}")
-    if config["finetune"]["frozen_views"] < 0:
-        raise ConfigError(f"config key 'finetune.frozen_views' must be >= 0, got {config['finetune']['frozen_views']!r}")
-    scales = config["finetune"]["decoder_pool_scales"]
-    if not scales or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in scales):
-        raise ConfigError(f"config key 'finetune.decoder_pool_scales' must be positive integers, got {scales!r}")
+        raise ConfigError(f"config key 'cohort.shape': {cohort['shape']!r} is not allowed; allowed: "
+                          "multiples of 16 (the encoder's total stride)")
     lens = config["lens"]
     if lens["protocol"] == "cross-fit" and lens["n_folds"] < 2:
-        raise ConfigError(f"config key 'lens.n_folds' must be >= 2 for protocol cross-fit, got {lens['n_folds']!r}")
-    if lens["scale"] not in (None, "paper", "standardized", "whitened"):
-        raise ConfigError(f"config key 'lens.scale' must be null, paper, standardized or whitened, got {lens['scale']!r}")
-    if lens["match_ft_moments"] not in (None, True, False):
-        raise ConfigError(f"config key 'lens.match_ft_moments' must be null, true or false, got {lens['match_ft_moments']!r}")
+        raise ConfigError(f"config key 'lens.n_folds': {lens['n_folds']!r} is not allowed; allowed: >= 2 for protocol cross-fit")
     checkpoints = config["finetune"]["checkpoints"]
     if checkpoints is not None:
         if not isinstance(checkpoints, dict) or not all(isinstance(k, str) and k for k in checkpoints):
@@ -317,14 +497,12 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
     threshold = cohort["lesion_threshold"]
     if threshold is not None and not (
         (isinstance(threshold, str) and threshold.strip().lower() in ("nonzero", "non-zero"))
-        or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool))
+        or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold))
     ):
         raise ConfigError(
             "config key 'cohort.lesion_threshold' must be null or 'nonzero' (any non-zero voxel is lesion) or a "
             f"number t (voxels >= t are lesion, e.g. 2 for ISUP >= 2), got {threshold!r}"
         )
-    if cohort["resample"] not in (None, True, False):
-        raise ConfigError(f"config key 'cohort.resample' must be null, true or false, got {cohort['resample']!r}")
     if config["encoder"]["in_chans"] is not None and config["encoder"]["in_chans"] not in (1, len(MODALITIES)):
         raise ConfigError(
             f"config key 'encoder.in_chans' must be null, 1 (T2W) or {len(MODALITIES)} ({', '.join(MODALITIES)}), "

@@ -184,12 +184,20 @@ def extract(
             },
             length=32,
         )
-        cache = ArtifactCache(cache_dir, "embeddings")
-        hit = cache.get_frame(key)
-        if hit is not None:
-            logger.info("embeddings: cache hit %s (%d cases)", key, len(hit))
-            return hit
+        # the cohort's cache unless told otherwise: one cache root for the whole study
+        cache = ArtifactCache(cache_dir if cache_dir is not None else cohort.cache_dir, "embeddings")
 
+    def compute() -> pd.DataFrame:
+        return _embed_all(encoder, cohort, ids, channels, stages, stride, int(batch_size), device, progress, store)
+
+    if cache is None:
+        return compute()
+    # the one verify-or-recompute path: a corrupt or unreadable entry is recomputed
+    return cache.cached_frame(key, compute, meta={"n_cases": len(ids), "stages": list(stages), "channels": list(channels)})
+
+
+def _embed_all(encoder, cohort, ids, channels, stages, stride, batch_size, device, progress, store) -> pd.DataFrame:
+    """Every case's embedding (the uncached body of :func:`extract`)."""
     if store is None:
         store = CaseStore(cohort, pad_multiple=stride, cache_mb=0)
     elif (store.pad_multiple or 1) != stride:
@@ -200,7 +208,7 @@ def extract(
     done: list[str] = []
     try:
         with progress_bar(total=len(ids), desc="embeddings", progress=progress) as bar:
-            for batch_ids, batch in store.batches(ids, channels, int(batch_size)):
+            for batch_ids, batch in store.batches(ids, channels, batch_size):
                 x = torch.from_numpy(batch).to(device)
                 if x.device.type == "cpu":
                     # oneDNN's 3D convolutions run about 1.4x faster on channels-last inputs on CPU
@@ -220,7 +228,4 @@ def extract(
         prefix = "" if len(stages) == 1 else f"{stage}_"
         columns = [f"{prefix}emb_{i:03d}" for i in range(values.shape[1])]
         frames.append(pd.DataFrame(values, index=pd.Index(done, name="case_id"), columns=columns))
-    frame = pd.concat(frames, axis=1) if len(frames) > 1 else frames[0]
-    if cache is not None:
-        cache.put_frame(key, frame, meta={"n_cases": len(frame), "stages": list(stages), "channels": list(channels)})
-    return frame
+    return pd.concat(frames, axis=1) if len(frames) > 1 else frames[0]

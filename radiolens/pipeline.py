@@ -179,23 +179,25 @@ class Study:
                 out_dir=self.cache_root / "cohorts" / ("synthetic-" + hash_json(params)[:16]),
                 n_jobs=self.config["jobs"],
                 show_progress=self.progress,
+                cache_dir=self.cache_root,
             )
         elif source == "folder":
-            cohort = data.load_cohort(spec["path"])
+            cohort = data.load_cohort(spec["path"], cache_dir=self.cache_root)
         elif source == "table":
             options = {"resample": spec["resample"], "lesion_threshold": spec["lesion_threshold"] or "nonzero"}
             key = "table-" + hash_json({"path": spec["path"], "seed": self.seed, **options})[:16]
             cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed,
-                                            progress=self.progress, **options)
+                                            progress=self.progress, cache_dir=self.cache_root, **options)
         else:
             from radiolens.data.datasets import FETCHERS
 
-            cohort = FETCHERS[source](data_dir=spec["path"], progress=self.progress)
+            cohort = FETCHERS[source](data_dir=spec["path"], progress=self.progress, cache_dir=self.cache_root)
         if self.config["preprocess"]["enabled"]:
             from radiolens.data.preprocess import preprocess
 
             pre = self.config["preprocess"]
-            cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None)
+            cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None,
+                                cache_dir=self.cache_root)
         from radiolens.lens.requirements import check_cases_per_split
 
         # before any slow step: the lens is fitted on train, its penalties chosen on val and
@@ -203,7 +205,36 @@ class Study:
         lens = self.config["lens"]
         where = f"table {spec['path']!r}" if source == "table" else f"cohort {str(cohort.root)!r}"
         check_cases_per_split(cohort.manifest["split"].value_counts().to_dict(), lens["n_folds"], lens["protocol"], where)
+        self._check_modalities(cohort)
         return cohort
+
+    def _check_modalities(self, cohort) -> None:
+        """Stop before any work when ``radiomics.modalities`` names images the cohort lacks."""
+        from radiolens.data.contract import is_missing
+
+        wanted = list(self.config["radiomics"]["modalities"])
+        present = [m for m in wanted if not cohort.manifest[m].map(is_missing).all()]
+        absent = [m for m in wanted if m not in present]
+        if absent:
+            held = [m for m in ("T2W", "DWI", "ADC") if not cohort.manifest[m].map(is_missing).all()]
+            from radiolens.config import ConfigError
+
+            raise ConfigError(
+                f"config key 'radiomics.modalities' lists {absent}, but no case of the cohort in {cohort.root} has "
+                f"such an image (it holds {held}); set radiomics.modalities to {held or 'the images you have'}"
+            )
+
+    def _missing_channels(self, task: str) -> str | None:
+        """Why the cohort cannot feed a task's input channels, or None."""
+        from radiolens.data.contract import is_missing
+
+        manifest = self.cohort().manifest
+        lacking = {m: int(manifest[m].map(is_missing).sum()) for m in get_task(task).channels}
+        lacking = {m: n for m, n in lacking.items() if n}
+        if not lacking:
+            return None
+        parts = ", ".join(f"{m} in {n} of {len(manifest)} cases" for m, n in lacking.items())
+        return f"its input channels {list(get_task(task).channels)} are missing ({parts})"
 
     # ------------------------------------------------------------------------------------
     # step 2: radiomics
@@ -375,12 +406,18 @@ class Study:
         runs.sort(key=lambda run: (get_task(run[0]).kind != "segmentation", run[1] != "full"))
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         # a pool of our own: its workers, and the cases they hold in memory, end with the phase
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs)
+        try:
             futures = {run: pool.submit(_finetune_job, self.config, *run) for run in runs}
             for (task, regime), future in futures.items():
                 wall, cpu = future.result()
                 self.timings[f"fine-tune {task}/{regime} (in a worker)"] = wall
                 self.cpu_timings[f"fine-tune {task}/{regime} (in a worker)"] = cpu
+        except BaseException:
+            # interrupted or failed: end the workers now instead of waiting for their runs
+            pool.shutdown(wait=True, kill_workers=True)
+            raise
+        pool.shutdown(wait=True)
         self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
         self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
 
@@ -390,6 +427,10 @@ class Study:
         if "trainable_tasks" not in self._memo:
             ok = []
             for task in self.tasks:
+                missing = self._missing_channels(task)
+                if missing:
+                    self._warn(f"task {task!r} skipped: {missing}")
+                    continue
                 try:
                     get_task(task).check_labels(self.cohort())
                     ok.append(task)
@@ -609,11 +650,32 @@ class Study:
         }
 
     def run(self, out_dir: str | Path | None = None) -> StudyResult:
-        """Run (or resume) every step and write the report folder."""
-        from radiolens.report import write_report
+        """Run (or resume) every step and write the report folder.
 
+        The folder never holds a report that claims to be this run's when it is not: an
+        earlier report is moved to ``previous/`` first, ``RUNNING.txt`` marks a run in
+        progress (and stays behind if the process is killed), and a failed run leaves
+        ``FAILED.txt`` with the error instead of a report.
+        """
         out = Path(out_dir or self.config["out"])
         out.mkdir(parents=True, exist_ok=True)
+        from radiolens import run_folder
+
+        run_folder.sweep_stale_worker_files()
+        run_folder.begin_run(out)
+        try:
+            result = self._run(out)
+        except BaseException as err:
+            run_folder.fail_run(out, err)
+            if isinstance(err, KeyboardInterrupt):
+                run_folder.stop_worker_pools()
+            raise
+        run_folder.finish_run(out)
+        return result
+
+    def _run(self, out: Path) -> StudyResult:
+        from radiolens.report import write_report
+
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
         # every user input is read before the slow steps: a bad checkpoint or missing labels

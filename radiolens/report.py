@@ -561,6 +561,8 @@ def write_report(
     if top_k is None:
         top_k = int(facts["lens"].get("top_k") or 10)
     run_warnings = [str(w) for w in (warnings or [])]
+    if sweeps is not None and len(sweeps) == 0:
+        sweeps = None  # every task skipped: no sweep to show, and the page says why
 
     page = _Page()
     tables: dict[str, pd.DataFrame] = {}
@@ -571,6 +573,8 @@ def write_report(
         "synthetic": facts["synthetic"],
         "top_k": top_k,
         "tasks": {},
+        # says plainly whether the lens ran at all (e.g. every task skipped for missing labels)
+        "status": "complete" if task_reports else "no lens report: every task was skipped (see warnings)",
     }
 
     page.add(_header_box(title, facts, data_description))

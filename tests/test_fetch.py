@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pooch
 import pytest
 import SimpleITK as sitk
 
+from radiolens.cache import default_cache_dir
 from radiolens.data.cohort import load_cohort
 from radiolens.data.datasets import (
     ChecksumError,
@@ -84,10 +84,12 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     assert resolve_data_dir() == env and env.is_dir()
     monkeypatch.delenv("RADIOLENS_DATA")
     cache = resolve_data_dir()
-    assert cache == Path(pooch.os_cache("radiolens")) / "datasets"
+    # one cache root: the data sets live in the radiolens cache unless told otherwise
+    assert cache == default_cache_dir() / "datasets"
     assert cache.is_dir()
     # the test isolation points the user cache into the temporary home
     assert str(cache).startswith(str(Path.home()))
+    assert resolve_data_dir(cache_dir=tmp_path / "mine") == tmp_path / "mine" / "datasets"
 
 
 def test_fetch_without_data_dir_uses_env_folder(web, msd_archive, monkeypatch, tmp_path):

@@ -476,7 +476,7 @@ def test_convnext_checkpoint_loads_without_a_template(tmp_path):
     assert _same_state(_state(load_encoder(path)), _state(res.encoder))
     # a corrupted file is a clear error
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint radiolens can read"):
         load_finetuned(path)
 
 

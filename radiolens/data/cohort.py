@@ -194,6 +194,10 @@ class Cohort:
         The manifest, indexed by ``case_id`` (as made by :func:`load_cohort`).
     manifest_path
         Where the manifest lives, if it was read from / written to disk.
+    cache_dir
+        The radiolens cache that remembers passed voxel checks
+        (:func:`radiolens.cache.default_cache_dir` when None); steps that derive a cohort
+        from this one (e.g. :func:`radiolens.data.preprocess`) default to it as well.
 
     Attributes
     ----------
@@ -207,10 +211,12 @@ class Cohort:
         root: str | os.PathLike,
         manifest: pd.DataFrame,
         manifest_path: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.manifest = manifest
         self.manifest_path = None if manifest_path is None else Path(manifest_path)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
 
     # -- basic access ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -265,7 +271,7 @@ class Cohort:
         case_ids = [str(c) for c in case_ids]
         for case_id in case_ids:
             self._row(case_id)
-        return Cohort(self.root, self.manifest.loc[case_ids].copy(), None)
+        return Cohort(self.root, self.manifest.loc[case_ids].copy(), None, self.cache_dir)
 
     # -- reading -----------------------------------------------------------------------------
     def read_image(self, case_id: str, key: str):
@@ -437,11 +443,13 @@ class Cohort:
         return self
 
     def _validate_pixels(self, files, progress: bool) -> None:
+        # the record is keyed by every file's path, size and modification time (ns): a file
+        # changed, replaced or truncated since its check changes the key and is checked again
         stats = []
         for case_id, key, path in files:
             st = path.stat()
             stats.append((case_id, key, str(path.resolve()), st.st_size, st.st_mtime_ns))
-        cache = ArtifactCache(namespace="cohort_checks")
+        cache = ArtifactCache(self.cache_dir, "cohort_checks")
         check_key = step_key("cohort_checks", {"files": stats})
         if cache.get_json(check_key) is not None:
             logger.debug("pixel checks of %d files remembered from an earlier load", len(files))
@@ -459,7 +467,7 @@ class Cohort:
                 problems.append((case_id, key, path, problem))
         if problems:
             raise combine_problems(problems, "cohort")
-        cache.put_json(check_key, {"n_files": len(files)})
+        cache.put_json(check_key, {"n_files": len(files), "files": stats})
 
     # -- content hash ------------------------------------------------------------------------
     @cached_property
@@ -496,6 +504,7 @@ def load_cohort(
     path: str | os.PathLike,
     check_pixels: bool = True,
     progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Load and validate a cohort.
 
@@ -510,6 +519,9 @@ def load_cohort(
         :meth:`Cohort.load_case` still checks each case's voxels when it reads them.
     progress
         Show a progress bar for the voxel checks.
+    cache_dir
+        The radiolens cache remembering passed voxel checks (default
+        :func:`radiolens.cache.default_cache_dir`); kept as the cohort's ``cache_dir``.
 
     Returns
     -------
@@ -529,7 +541,7 @@ def load_cohort(
     manifest_path = _find_manifest(path)
     frame = _read_manifest_file(manifest_path)
     manifest = normalise_manifest(frame, repr(str(manifest_path)))
-    cohort = Cohort(manifest_path.parent, manifest, manifest_path)
+    cohort = Cohort(manifest_path.parent, manifest, manifest_path, cache_dir)
     cohort.validate(check_pixels=check_pixels, progress=progress)
     logger.info("loaded %r", cohort)
     return cohort
@@ -556,6 +568,7 @@ def write_manifest(
     fill_volumes: bool = True,
     split_seed: int = 0,
     progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Validate a manifest table and write it atomically into the cohort folder.
 
@@ -585,6 +598,8 @@ def write_manifest(
         Seed for filling missing splits.
     progress
         Progress bar for the voxel checks.
+    cache_dir
+        The radiolens cache (see :func:`load_cohort`).
 
     Returns
     -------
@@ -609,7 +624,7 @@ def write_manifest(
         if key in frame.columns:
             frame[key] = [_relative(v, out_dir) for v in frame[key]]
     manifest = normalise_manifest(frame, "table")
-    cohort = Cohort(out_dir, manifest, None)
+    cohort = Cohort(out_dir, manifest, None, cache_dir)
     cohort.validate(check_pixels=check_pixels, progress=progress)
 
     if fill_volumes:

@@ -5,7 +5,7 @@ One row per case; the image columns are the modalities of :data:`radiolens.namin
 Manifest columns (see ``CONTRIBUTING.md``):
 
 ========================  ==================================================================
-``case_id``               unique string
+``case_id``               unique string following :data:`CASE_ID_RULE`
 ``split``                 ``train``, ``val`` or ``test``
 ``T2W``, ``DWI``, ``ADC`` image paths, relative to the manifest's folder or absolute; empty =
                           missing
@@ -29,6 +29,7 @@ every problem is a :class:`CohortError` naming the case, the column or file and 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radiolens.errors import EXIT_CODES, UserError
+from radiolens.errors import EXIT_CODES, UnsafeNameError, UserError
 from radiolens.naming import MODALITIES
 
 __all__ = [
@@ -48,7 +49,13 @@ __all__ = [
     "PIRADS_GROUPS",
     "PROVENANCE_COLUMNS",
     "SPLITS",
+    "CASE_ID_MAX_LENGTH",
+    "CASE_ID_RULE",
     "CohortError",
+    "case_id_problem",
+    "check_case_id",
+    "check_case_ids",
+    "inside",
     "is_missing",
     "normalise_manifest",
     "pirads_group",
@@ -82,6 +89,89 @@ def pirads_group(score: int) -> int:
     if not 1 <= int(score) <= 5 or int(score) != score:
         raise ValueError(f"PI-RADS score {score!r} is not an integer 1..5")
     return max(0, int(score) - 2)
+
+# --------------------------------------------------------------------------------------------
+# case ids and the paths made from them
+# --------------------------------------------------------------------------------------------
+#: Longest case id accepted (file names built from it stay well below the 255-byte limit).
+CASE_ID_MAX_LENGTH = 128
+# A case id becomes part of file names (``<case_id>_<key>.nii.gz``, ``cases/<case_id>/``), so
+# it may only hold characters that mean nothing to a file system or a shell; the first one is
+# a letter or digit, which rules out ".", "..", hidden files and option-like names.
+_CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: The rule, as error messages state it.
+CASE_ID_RULE = (
+    f"a case id is 1..{CASE_ID_MAX_LENGTH} characters of letters, digits, '.', '_' and '-', "
+    "starting with a letter or digit (no '/', '\\', spaces, '..' or absolute paths)"
+)
+
+
+def case_id_problem(case_id: Any) -> str | None:
+    """Why ``case_id`` breaks :data:`CASE_ID_RULE`, or None when it is safe."""
+    text = str(case_id)
+    if len(text) > CASE_ID_MAX_LENGTH:
+        return f"longer than {CASE_ID_MAX_LENGTH} characters"
+    if not _CASE_ID_PATTERN.fullmatch(text):
+        return "holds characters outside the rule" if text else "is empty"
+    return None
+
+
+def check_case_id(case_id: Any, where: str) -> str:
+    """``case_id`` as a string, or :class:`~radiolens.errors.UnsafeNameError` naming ``where``.
+
+    Parameters
+    ----------
+    case_id
+        The id.
+    where
+        The file, table row or data set it came from (for the message).
+    """
+    return check_case_ids([case_id], [where])[0]
+
+
+def check_case_ids(case_ids: Sequence[Any], where: Sequence[str] | str) -> list[str]:
+    """Check many ids at once; one :class:`~radiolens.errors.UnsafeNameError` lists every bad one.
+
+    Parameters
+    ----------
+    case_ids
+        The ids.
+    where
+        One description per id (e.g. ``"row 5 of 'cases.csv'"``) or one for all.
+    """
+    places = [where] * len(case_ids) if isinstance(where, str) else list(where)
+    bad = []
+    for case_id, place in zip(case_ids, places):
+        problem = case_id_problem(case_id)
+        if problem:
+            bad.append(f"{place}: case id {str(case_id)!r} {problem}")
+    if bad:
+        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise UnsafeNameError(
+            f"{len(bad)} unsafe case id(s); {CASE_ID_RULE}. Rename them in the table:\n  {shown}"
+        )
+    return [str(c) for c in case_ids]
+
+
+def inside(folder: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``folder / relative``, checked to resolve inside ``folder`` (links followed).
+
+    Every output path built from a case id or another name from a table goes through here,
+    so a hostile name can never create or overwrite a file elsewhere.
+
+    Raises
+    ------
+    UnsafeNameError
+        ``relative`` is absolute or climbs out of ``folder``.
+    """
+    root = Path(folder).expanduser().resolve()
+    target = (root / relative).resolve()
+    if Path(relative).is_absolute() or (target != root and root not in target.parents):
+        raise UnsafeNameError(
+            f"output path {str(relative)!r} would be written outside {str(root)!r}; {CASE_ID_RULE}"
+        )
+    return target
+
 
 #: Allowed voxel values per mask.
 MASK_VALUES: dict[str, frozenset[int]] = {
@@ -181,6 +271,9 @@ def normalise_manifest(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             if text.endswith(".0") and isinstance(value, float):
                 text = text[:-2]
             ids.append(text)
+    # unsafe ids stop here, before any path is made from them
+    named = [(row, c) for row, c in enumerate(ids) if not c.startswith("<row ")]
+    check_case_ids([c for _, c in named], [f"row {row + 2} of {source}" for row, _ in named])
     frame["case_id"] = pd.array(ids, dtype=object)
     counts = pd.Series(ids).value_counts()
     for dup in counts[counts > 1].index:

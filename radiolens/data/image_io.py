@@ -14,8 +14,11 @@ relative, origin :data:`ORIGIN_VOXEL_FRACTION` of the smallest voxel side, direc
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from radiolens._utils import optional_import
-from radiolens.errors import EXIT_CODES, UserError
+from radiolens.errors import EXIT_CODES, InputFileError, UserError
 
 __all__ = [
     "DIRECTION_ATOL",
@@ -31,6 +34,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ORIGIN_VOXEL_FRACTION",
     "SPACING_RTOL",
+    "DamagedImageError",
+    "check_complete",
     "error_text",
     "geometry",
     "geometry_mismatch",
@@ -197,6 +202,59 @@ class _ImageHeader:
         return self._image.GetNumberOfComponentsPerPixel()
 
 
+class DamagedImageError(InputFileError, RuntimeError):
+    """An image file that is truncated or corrupt (a short read, a bad gzip checksum).
+
+    Also a ``RuntimeError``, like ITK's own read errors, so every caller that reports an
+    unreadable image reports this one the same way.
+    """
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The file's content, decompressed when gzipped; gzip's CRC and length are checked."""
+    raw = path.read_bytes()
+    if not raw.startswith(b"\x1f\x8b"):
+        return raw
+    try:
+        # reading to the end makes gzip compare the stream's CRC-32 and length with its trailer
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as err:
+        raise DamagedImageError(f"{str(path)!r} is truncated or corrupt (compressed data: {err})") from err
+
+
+def _nifti_image(path: Path, content: bytes):
+    """A nibabel image of a NIfTI file's bytes, checked to hold every voxel its header promises."""
+    nib = optional_import("nibabel", "reading NIfTI voxels")
+    # sizeof_hdr is 348 for NIfTI-1 and 540 for NIfTI-2, in either byte order
+    nifti2 = content[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+    klass = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    try:
+        image = klass.from_bytes(content)
+    except Exception as err:  # a damaged header: nibabel's own words
+        raise DamagedImageError(f"{str(path)!r} is not a readable NIfTI file: {err}") from err
+    # the header as stored (the image's copy has its offset reset to 0 by from_bytes)
+    header = klass.header_class.from_fileobj(io.BytesIO(content))
+    need = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if len(content) < need:
+        raise DamagedImageError(
+            f"{str(path)!r} is truncated: its header describes {need} bytes, the file holds {len(content)}"
+        )
+    return image
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Raise :class:`DamagedImageError` when an image file is truncated or corrupt.
+
+    ITK fills the voxels missing from a short file with zeros without a word; this check
+    decompresses a gzipped file to its end (CRC-32 and length checked) and, for NIfTI,
+    compares the bytes present with what the header describes.
+    """
+    path = Path(path)
+    content = _file_bytes(path)
+    if _is_nifti(path):
+        _nifti_image(path, content)
+
+
 def read_header(path: str | os.PathLike):
     """A ``SimpleITK.ImageFileReader`` that has read ``path``'s header only (no voxels).
 
@@ -210,9 +268,14 @@ def read_header(path: str | os.PathLike):
 
 
 def read_image(path: str | os.PathLike):
-    """The whole image as a ``SimpleITK.Image``; a folder is read as one DICOM series."""
+    """The whole image as a ``SimpleITK.Image``, checked to be complete (:func:`check_complete`);
+    a folder is read as one DICOM series.
+
+    The one reader of whole images in radiolens (radiomics workers included).
+    """
     if is_dicom_series(path):
         return _read_dicom_series(Path(path))
+    check_complete(path)
     return simpleitk().ReadImage(str(path))
 
 
@@ -230,8 +293,11 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if _is_nifti(path):
-        nib = optional_import("nibabel", "reading NIfTI voxels")
-        array = np.asarray(nib.load(str(path)).dataobj)
+        image = _nifti_image(path, _file_bytes(path))
+        try:
+            array = np.asarray(image.dataobj)
+        except (OSError, ValueError) as err:  # nibabel's short-read error
+            raise DamagedImageError(f"{str(path)!r} is truncated or corrupt: {err}") from err
         return array.transpose(tuple(range(array.ndim))[::-1])
     itk = simpleitk()
     return itk.GetArrayFromImage(read_image(path))

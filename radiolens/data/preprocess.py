@@ -25,7 +25,7 @@ import numpy as np
 from radiolens._utils import progress_bar
 from radiolens.cache import atomic_write_text, default_cache_dir, step_key
 from radiolens.data.cohort import Cohort, load_cohort, write_manifest
-from radiolens.data.contract import FILE_KEYS, MASK_KEYS
+from radiolens.data.contract import FILE_KEYS, MASK_KEYS, inside
 from radiolens.data.image_io import resample_to_reference, simpleitk, write_image
 
 __all__ = ["crop_grid", "preprocess", "resample_to_spacing"]
@@ -109,7 +109,7 @@ def _preprocess_case(cohort: Cohort, case_id: str, spacing, crop_shape, out: Pat
         out_img = resample_to_reference(image, box, is_mask)
         out_img = itk.Cast(out_img, itk.sitkUInt8 if is_mask else itk.sitkFloat32)
         rel = f"images/{case_id}_{key}.nii.gz"
-        write_image(out_img, out / rel)
+        write_image(out_img, inside(out, rel))
         paths[key] = rel
     return paths
 
@@ -121,6 +121,7 @@ def preprocess(
     out_dir: str | os.PathLike | None = None,
     n_jobs: int = 1,
     progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Resample every case to ``spacing`` and crop a ``crop_shape`` box centred on the gland.
 
@@ -141,6 +142,9 @@ def preprocess(
         Worker processes (joblib).
     progress
         Progress bar.
+    cache_dir
+        The radiolens cache (default: the source cohort's, else
+        :func:`radiolens.cache.default_cache_dir`).
 
     Returns
     -------
@@ -157,13 +161,15 @@ def preprocess(
         raise ValueError(f"crop_shape must be three positive voxel counts (D, H, W), got {crop_shape}")
     settings = {"cohort": cohort.fingerprint, "spacing": spacing, "crop_shape": crop_shape}
     cache_key = step_key("preprocess", settings, length=16)
-    out = Path(out_dir) if out_dir is not None else default_cache_dir() / "preprocessed" / cache_key
+    cache_dir = cache_dir if cache_dir is not None else cohort.cache_dir
+    out = Path(out_dir) if out_dir is not None else default_cache_dir(cache_dir) / "preprocessed" / cache_key
     out = out.expanduser().resolve()
     stamp = out / "preprocess.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == cache_key:
         try:
             logger.info("reusing preprocessed cohort in %s", out)
-            return load_cohort(out, check_pixels=False)  # voxels checked by load_case
+            # voxels checked again only for files changed since their last check
+            return load_cohort(out, check_pixels=True, cache_dir=cache_dir)
         except Exception as err:  # an incomplete or damaged folder: rebuild it
             logger.warning("stored preprocessed cohort in %s unusable (%s); rebuilding", out, err)
     for name in ("manifest.csv", "manifest.parquet", "preprocess.json"):
@@ -185,7 +191,7 @@ def preprocess(
     frame = cohort.manifest.copy()
     for key in FILE_KEYS:
         frame[key] = [r.get(key) for r in results]
-    new = write_manifest(frame.reset_index(), out, check_pixels=False, fill_volumes=False)
+    new = write_manifest(frame.reset_index(), out, check_pixels=False, fill_volumes=False, cache_dir=cache_dir)
     atomic_write_text(stamp, json.dumps({"key": cache_key, "settings": settings}, indent=1))
     return new
 

@@ -46,7 +46,7 @@ import pandas as pd
 
 from radiolens.cache import atomic_write_text, default_cache_dir, hash_json
 from radiolens.data.cohort import Cohort, load_cohort, write_manifest
-from radiolens.data.contract import MANIFEST_COLUMNS, CohortError, split_cases
+from radiolens.data.contract import MANIFEST_COLUMNS, CohortError, inside, split_cases
 from radiolens.data.image_io import write_image
 
 __all__ = [
@@ -574,7 +574,7 @@ def _generate_one(index: int, latent: dict, shape, spacing, seed: int, out_dir: 
     paths = {}
     for key, array in (*images.items(), *masks.items()):
         rel = f"images/{case_id}_{key}.nii.gz"
-        write_image(array, Path(out_dir) / rel, spacing=spacing, origin=origin)
+        write_image(array, inside(out_dir, rel), spacing=spacing, origin=origin)
         paths[key] = rel
     voxel_ml = sx * sy * sz / 1000.0
     return {
@@ -602,6 +602,7 @@ def make_synthetic_cohort(
     pirads_shares: Sequence[float] = PIRADS_SHARES,
     overwrite: bool = False,
     show_progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Generate (or reuse) the built-in synthetic prostate mpMRI cohort.
 
@@ -633,6 +634,9 @@ def make_synthetic_cohort(
         to write into a folder that holds a different cohort.
     show_progress
         Progress bar.
+    cache_dir
+        The radiolens cache (default :func:`radiolens.cache.default_cache_dir`): the default
+        ``out_dir`` and the record of passed voxel checks live there.
 
     Returns
     -------
@@ -664,7 +668,7 @@ def make_synthetic_cohort(
         "sites": SITES,
     }
     key = hash_json(settings)[:16]
-    out = Path(out_dir) if out_dir is not None else default_cache_dir() / "synthetic" / key
+    out = Path(out_dir) if out_dir is not None else default_cache_dir(cache_dir) / "synthetic" / key
     out = out.expanduser().resolve()
     stamp = out / "synthetic.json"
     has_manifest = (out / "manifest.csv").exists() or (out / "manifest.parquet").exists()
@@ -672,13 +676,17 @@ def make_synthetic_cohort(
         same = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
         if same:
             logger.info("reusing synthetic cohort in %s", out)
-            # made by this generator: headers and table are checked here, voxels whenever
-            # load_case reads them
-            return load_cohort(out, check_pixels=False)
-        raise CohortError(
-            f"{str(out)!r} already holds a different cohort; pass overwrite=True to replace it",
-            path=out,
-        )
+            try:
+                # voxels are checked again for every file changed since its last check
+                return load_cohort(out, check_pixels=True, cache_dir=cache_dir)
+            except CohortError as err:  # a damaged file of ours: the seed makes it again
+                logger.warning("synthetic cohort in %s is damaged (%s); regenerating it", out, err)
+                overwrite = True
+        else:
+            raise CohortError(
+                f"{str(out)!r} already holds a different cohort; pass overwrite=True to replace it",
+                path=out,
+            )
     if has_manifest:
         for name in ("manifest.csv", "manifest.parquet", "synthetic.json"):
             (out / name).unlink(missing_ok=True)
@@ -710,6 +718,6 @@ def make_synthetic_cohort(
     frame = frame[[*MANIFEST_COLUMNS, *extras]]
     # pixel checks are skipped: the generator's arrays are checked by construction, and
     # load_case checks voxels on every read anyway
-    cohort = write_manifest(frame, out, check_pixels=False, fill_volumes=False)
+    cohort = write_manifest(frame, out, check_pixels=False, fill_volumes=False, cache_dir=cache_dir)
     atomic_write_text(stamp, json.dumps({"key": key, "settings": settings}, indent=1, default=str))
     return cohort

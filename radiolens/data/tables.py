@@ -27,7 +27,9 @@ from radiolens.data.contract import (
     FILE_KEYS,
     MASK_KEYS,
     CohortError,
+    check_case_ids,
     cohort_error,
+    inside,
     is_missing,
     pirads_group,
     split_cases,
@@ -143,6 +145,7 @@ def cohort_from_table(
     fmt: str = "csv",
     progress: bool = False,
     lesion_threshold: str | float | None = DEFAULT_LESION_RULE,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Make a cohort from a table of your own image files (or DICOM folders) and labels.
 
@@ -192,6 +195,9 @@ def cohort_from_table(
         are already 0/1 are used as they are under ``"nonzero"``. The rule is recorded per
         case in the manifest's ``lesion_rule`` column (and the original file in
         ``lesion_source``).
+    cache_dir
+        The radiolens cache (default :func:`radiolens.cache.default_cache_dir`): the default
+        ``out_dir`` and the record of passed voxel checks live there.
 
     Returns
     -------
@@ -230,7 +236,7 @@ def cohort_from_table(
     if out_dir is None:
         key = hash_json({"table": frame.astype(str).to_dict(orient="list"), "resample": resample,
                          "lesion": rule_text})[:16]
-        out_dir = default_cache_dir() / "cohorts" / f"table-{key}"
+        out_dir = default_cache_dir(cache_dir) / "cohorts" / f"table-{key}"
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # everything is written into a fresh folder next to out_dir and renamed at the end, so a
@@ -242,7 +248,7 @@ def cohort_from_table(
         frame = _assign_split(frame, seed, source)
         frame = _resample_rows(frame, work, resample)
         cohort = write_manifest(frame, work, fmt=fmt, check_pixels=True, fill_volumes=True,
-                                split_seed=seed, progress=progress)
+                                split_seed=seed, progress=progress, cache_dir=cache_dir)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.replace(out_dir, old / "cohort")
@@ -254,7 +260,7 @@ def cohort_from_table(
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     # files written above are stored relative to the folder, so they moved with it
-    moved = Cohort(out_dir, cohort.manifest, out_dir / cohort.manifest_path.name)
+    moved = Cohort(out_dir, cohort.manifest, out_dir / cohort.manifest_path.name, cache_dir)
     moved._geometry = getattr(cohort, "_geometry", None)
     return moved
 
@@ -295,6 +301,12 @@ def _canonical_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             f"table {source} has no case_id column (columns: {list(frame.columns)}); name the column that "
             "identifies each case 'case_id' (or study_id, ProxID, ...)", key="case_id",
         )
+    # the contract's one case-id rule, at the door: nothing is read or written for a table
+    # holding an id that could name a path
+    frame["case_id"] = check_case_ids(
+        [c if is_missing(c) else str(c).strip() for c in frame["case_id"]],
+        [f"row {i + 2} of {source}" for i in range(len(frame))],
+    )
     if not any(k in frame.columns for k in MODALITIES):
         raise CohortError(
             f"table {source} has none of the image columns {list(MODALITIES)} (columns: {list(frame.columns)}); "
@@ -340,7 +352,7 @@ def _convert_dicom(frame: pd.DataFrame, work: Path) -> pd.DataFrame:
                 raise cohort_error(case_id, key, value, str(err)) from err
             except RuntimeError as err:
                 raise cohort_error(case_id, key, value, f"cannot read the DICOM series: {error_text(err)}") from err
-            target = work / "converted" / f"{_safe_stem(case_id)}_{key}.nii.gz"
+            target = inside(work, f"converted/{_safe_stem(case_id)}_{key}.nii.gz")
             write_image(image, target)
             logger.info("case %r: %s DICOM series %s converted to %s", case_id, key, value, target.name)
             frame.at[row, key] = str(target)
@@ -377,7 +389,7 @@ def _binarise_lesions(frame: pd.DataFrame, work: Path, rule_text: str, rule_valu
         image = read_image(path)
         out = simpleitk().GetImageFromArray(binary.astype(np.uint8))
         out.CopyInformation(image)
-        target = work / "lesion" / f"{_safe_stem(case_id)}_lesion.nii.gz"
+        target = inside(work, f"lesion/{_safe_stem(case_id)}_lesion.nii.gz")
         write_image(out, target)
         logger.info("case %r: lesion mask with values %s made binary by the rule %s", case_id,
                     sorted(values)[:6], rule_text)
@@ -426,7 +438,7 @@ def _resample_rows(frame: pd.DataFrame, out_dir: Path, resample: bool | None) ->
             if reference is None:
                 reference = read_image(ref_path)
             moved = resample_to_reference(read_image(path), reference, is_mask=key in MASK_KEYS)
-            target = out_dir / "resampled" / f"{_safe_stem(case_id)}_{key}.nii.gz"
+            target = inside(out_dir, f"resampled/{_safe_stem(case_id)}_{key}.nii.gz")
             write_image(moved, target)
             logger.info("case %r: %s resampled onto the %s grid (%s)", case_id, key, ref_key, mismatch)
             frame.at[row, key] = str(target)

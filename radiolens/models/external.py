@@ -140,7 +140,7 @@ def load_encoder_file(
         why = (
             "it is not a PyTorch file of tensors (torch.load(weights_only=True) refuses it; radiolens never "
             "runs pickled code: save a state_dict, or a TorchScript archive)"
-            if "Weights only load failed" in cause or "weights_only" in cause
+            if "Weights only load failed" in cause or "weights_only" in cause or "not a PyTorch checkpoint" in cause
             else cause.strip().splitlines()[0][:200]
         )
         raise InputFileError(

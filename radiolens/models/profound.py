@@ -46,6 +46,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ import torch
 from torch import nn
 
 from radiolens.cache import atomic_write_bytes, hash_file
+from radiolens.errors import InputFileError
 from radiolens.models.convnext import PRESETS, ConvNeXtV2Encoder3D
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "load_pretrained",
     "weight_card",
     "load_profound",
+    "CheckpointError",
     "load_torch_file",
     "read_checkpoint",
     "remap_profound_state_dict",
@@ -128,6 +131,14 @@ class LoadReport:
 # --------------------------------------------------------------------------------------------
 # reading files
 # --------------------------------------------------------------------------------------------
+class CheckpointError(InputFileError):
+    """A checkpoint that is not a readable PyTorch file or holds more than tensors."""
+
+
+class _MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file (still a ``FileNotFoundError`` for callers)."""
+
+
 def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", hint: str = ""):
     """``torch.load`` a file safely: tensors and plain containers only, never pickled code.
 
@@ -139,12 +150,24 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", hint: str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise _MissingCheckpointError(f"{what} {path} does not exist")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"could not read {what} {path} with torch.load(weights_only=True): {err}.{hint}") from err
+        # torch's own message advises weights_only=False, i.e. running the file's code: never
+        # pass that on; say what the file is instead
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            name = f" ({found.group(1)})" if found else ""
+            message = (f"{what} {str(path)!r} holds pickled Python objects other than tensors{name}; radiolens "
+                       "reads checkpoints with torch.load(weights_only=True) and never runs code from one. "
+                       "Re-save the weights as a plain state dict: torch.save(model.state_dict(), path).")
+        else:
+            message = (f"{what} {str(path)!r} is not a PyTorch checkpoint radiolens can read (truncated, corrupt "
+                       f"or another format; {type(err).__name__}). Pass the .pt/.pth file the model was saved to.")
+        raise CheckpointError(message + hint) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -168,8 +168,10 @@ def extract_detailed(
     if isinstance(cohort, (str, os.PathLike)):
         from radiolens.data import load_cohort
 
-        cohort = load_cohort(cohort)
+        cohort = load_cohort(cohort, cache_dir=None if cache_dir is False else cache_dir)
     units = make_units(cohort, rois=rois, modalities=modalities)
+    if cache_dir is None:  # the cohort's cache: one cache root for the whole study
+        cache_dir = getattr(cohort, "cache_dir", None)
     result = extract_units(
         units,
         settings=settings,

@@ -20,7 +20,7 @@ import numpy as np
 
 from radiolens._utils import jsonable
 from radiolens.cache import ArtifactCache
-from radiolens.data.image_io import simpleitk
+from radiolens.data.image_io import read_image, simpleitk
 from radiolens.errors import InputFileError
 from radiolens.naming import MODALITIES
 from radiolens.radiomics.settings import _extractor_for, _quiet_radiomics, radiomics_version
@@ -179,8 +179,9 @@ def _extract_one_checked(unit: WorkUnit, params: dict, params_hash: str, resampl
     sitk = simpleitk()
 
     where = unit.describe()
-    image = sitk.ReadImage(unit.image)
-    mask = sitk.ReadImage(unit.mask)
+    # the checked reader: a truncated file is an error here, never a zero-filled image
+    image = read_image(unit.image)
+    mask = read_image(unit.mask)
     setting = params.get("setting") or {}
     label = unit.label if unit.label is not None else int(setting.get("label", 1))
 

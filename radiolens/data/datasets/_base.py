@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from radiolens._utils import optional_import
-from radiolens.cache import STEP_VERSIONS, atomic_write_text, hash_json
+from radiolens.cache import STEP_VERSIONS, atomic_write_text, default_cache_dir, hash_json
 from radiolens.data.cohort import load_cohort, write_manifest
-from radiolens.data.contract import MASK_KEYS, CohortError
+from radiolens.data.contract import MASK_KEYS, CohortError, check_case_id, inside
 from radiolens.data.image_io import read_array, resample_to_reference, same_grid, simpleitk, volume_ml, write_image
 from radiolens.errors import EXIT_CODES, UserError
 from radiolens.naming import MODALITIES
@@ -57,6 +57,9 @@ DOCS: dict[str, str] = {
         Rebuild the cohort even if a valid one exists (downloads are still reused).""",
     "progress": """progress
         Show download and conversion progress.""",
+    "cache_dir": """cache_dir
+        The radiolens cache (default :func:`radiolens.cache.default_cache_dir`): the default
+        ``data_dir`` and the record of passed voxel checks live there.""",
     "returns": """Returns
     -------
     radiolens.data.cohort.Cohort
@@ -81,29 +84,31 @@ class ChecksumError(DownloadError):
     """A downloaded file does not match its published checksum (nothing is kept)."""
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Resolve the folder for downloaded data sets.
 
     Parameters
     ----------
     data_dir
         Explicit folder; wins over everything else.
+    cache_dir
+        The radiolens cache whose ``datasets`` subfolder is the default.
 
     Returns
     -------
     pathlib.Path
-        ``data_dir`` if given, else ``$RADIOLENS_DATA`` if set, else
-        ``pooch.os_cache("radiolens") / "datasets"`` in the user cache folder. Created if
-        needed.
+        ``data_dir`` if given, else ``$RADIOLENS_DATA`` if set, else ``datasets`` in the
+        radiolens cache (:func:`radiolens.cache.default_cache_dir` of ``cache_dir``). Created
+        if needed.
     """
     if data_dir is not None:
         path = Path(data_dir)
     elif os.environ.get(DATA_ENV_VAR):
         path = Path(os.environ[DATA_ENV_VAR])
     else:
-        # a subfolder keeps data sets apart from the artifact cache, which also lives in
-        # the user cache folder's "radiolens" (radiolens.cache.default_cache_dir)
-        path = Path(_pooch().os_cache("radiolens")) / "datasets"
+        # one cache root for everything radiolens writes; the subfolder keeps data sets
+        # apart from the step artifacts
+        path = default_cache_dir(cache_dir) / "datasets"
     path = path.expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -293,6 +298,8 @@ def write_case(
     stays missing in the manifest.
     """
     reference = images["T2W"]
+    # ids come from archive member names: they name folders, so they obey the contract's rule
+    case_id = check_case_id(case_id, f"data set folder {str(cohort_dir)!r}")
     row: dict[str, Any] = {"case_id": case_id}
     folder = Path("cases") / case_id
     # images in the pixel type they came in, put on the reference grid; masks as they are
@@ -302,7 +309,7 @@ def write_case(
         row[key] = None
         if key in files:
             rel = folder / f"{key}.nii.gz"
-            write_image(files[key], cohort_dir / rel)
+            write_image(files[key], inside(cohort_dir, rel))
             row[key] = rel.as_posix()
     for key in ("gland", "lesion"):
         mask = masks.get(key)
@@ -324,7 +331,7 @@ def scanner_from_header(image) -> str | None:
 # ============================================================================================
 # building a cohort atomically, reusing a valid one
 # ============================================================================================
-def _existing_cohort(cohort_dir: Path, settings: dict[str, Any]):
+def _existing_cohort(cohort_dir: Path, settings: dict[str, Any], cache_dir=None):
     info_path = cohort_dir / "fetch.json"
     if not info_path.exists():
         return None
@@ -336,17 +343,16 @@ def _existing_cohort(cohort_dir: Path, settings: dict[str, Any]):
         logger.info("%s was made with other settings; rebuilding it", cohort_dir)
         return None
     try:
-        # Headers, table and files are checked; the voxels were checked when the cohort was
-        # written, and Cohort.load_case checks them again whenever it reads a case.
-        return load_cohort(cohort_dir, check_pixels=False)
+        # voxels are checked again for every file changed since its last check
+        return load_cohort(cohort_dir, check_pixels=True, cache_dir=cache_dir)
     except (CohortError, OSError) as err:
         logger.warning("existing cohort %s is not valid (%s); rebuilding it", cohort_dir, err)
         return None
 
 
-def dataset_folder(data_dir: str | os.PathLike | None, dataset: str) -> Path:
+def dataset_folder(data_dir: str | os.PathLike | None, dataset: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """``<data_dir>/<dataset>`` (see :func:`resolve_data_dir`): its ``raw/`` and ``cohort/``."""
-    return resolve_data_dir(data_dir) / dataset
+    return resolve_data_dir(data_dir, cache_dir) / dataset
 
 
 def build_cohort(
@@ -356,6 +362,7 @@ def build_cohort(
     convert: Callable[[Path, Path], tuple[pd.DataFrame, dict[str, str]]],
     seed: int,
     force: bool,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """Reuse ``dataset_dir/cohort`` if valid for ``settings``, else build it atomically.
 
@@ -372,15 +379,15 @@ def build_cohort(
     """
     settings = {"dataset": dataset_dir.name, **settings, "format": STEP_VERSIONS["datasets"], "seed": seed}
     try:
-        return _build(dataset_dir, title, settings, convert, seed, force)
+        return _build(dataset_dir, title, settings, convert, seed, force, cache_dir)
     except CohortError as err:
         raise DownloadError(f"converted {title} data failed validation: {err}") from err
 
 
-def _build(dataset_dir, title, settings, convert, seed, force):
+def _build(dataset_dir, title, settings, convert, seed, force, cache_dir=None):
     cohort_dir = dataset_dir / "cohort"
     if not force:
-        existing = _existing_cohort(cohort_dir, settings)
+        existing = _existing_cohort(cohort_dir, settings, cache_dir)
         if existing is not None:
             logger.info("using the existing cohort %s", cohort_dir)
             return existing
@@ -397,7 +404,7 @@ def _build(dataset_dir, title, settings, convert, seed, force):
         if table.empty:
             raise DownloadError(f"no case of {settings['dataset']} could be converted: {skipped}")
         zone_check = _check_zone_convention(tmp, table, settings["dataset"])
-        write_manifest(table, tmp, split_seed=seed)
+        write_manifest(table, tmp, split_seed=seed, cache_dir=cache_dir)
         info = {
             "dataset": settings["dataset"],
             "settings": settings,
@@ -415,7 +422,7 @@ def _build(dataset_dir, title, settings, convert, seed, force):
             if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
     # write_manifest has just checked every voxel; the rename changed no file
-    return load_cohort(cohort_dir, check_pixels=False)
+    return load_cohort(cohort_dir, check_pixels=False, cache_dir=cache_dir)
 
 
 def _rim_fractions(zones: np.ndarray) -> tuple[float, float]:

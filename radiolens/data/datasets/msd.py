@@ -40,6 +40,7 @@ def fetch_msd_prostate(
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """Download the Medical Segmentation Decathlon prostate task and convert it to a cohort.
 
@@ -58,6 +59,7 @@ def fetch_msd_prostate(
     %(seed)s
     %(force)s
     %(progress)s
+    %(cache_dir)s
 
     %(returns)s
 
@@ -68,7 +70,7 @@ def fetch_msd_prostate(
     DownloadError
         The archive does not have the published layout.
     """
-    dataset_dir = dataset_folder(data_dir, "msd_prostate")
+    dataset_dir = dataset_folder(data_dir, "msd_prostate", cache_dir)
 
     def convert(cohort_tmp: Path, work: Path):
         itk = simpleitk()
@@ -124,6 +126,6 @@ def fetch_msd_prostate(
             rows.append(row)
         return pd.DataFrame(rows), skipped
 
-    return build_cohort(dataset_dir, "MSD prostate", {}, convert, seed, force)
+    return build_cohort(dataset_dir, "MSD prostate", {}, convert, seed, force, cache_dir)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens._utils import progress_bar
-from radiolens.data.contract import pirads_group
+from radiolens.data.contract import check_case_id, pirads_group
 from radiolens.data.datasets._base import (
     DownloadError,
     _pooch,
@@ -122,7 +122,8 @@ def _picai_label_file(
     md5 = registry.get((kind, case))
     if md5 is None:
         return None
-    fname = "marksheet.csv" if kind == "marksheet" else f"{case}.nii.gz"
+    # the registry's case names become file names: they obey the contract's case-id rule
+    fname = "marksheet.csv" if kind == "marksheet" else f"{check_case_id(case, 'PI-CAI label registry')}.nii.gz"
     url = f"{PICAI_LABELS_URL}/{PICAI_LABEL_FOLDERS[kind]}/{fname}"
     # Thousands of small files: one progress bar over cases instead of a log line per file.
     # (A filter, because pooch's logger is not registered with logging, so a changed level
@@ -148,6 +149,7 @@ def fetch_picai(
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """Download the PI-CAI public training set (some folds) and convert it to a cohort.
 
@@ -181,6 +183,7 @@ def fetch_picai(
     %(seed)s
     %(force)s
     %(progress)s
+    %(cache_dir)s
 
     %(returns)s
     """
@@ -190,7 +193,7 @@ def fetch_picai(
         raise ValueError(
             f"folds must be a non-empty subset of {list(PICAI_FOLDS)}, got {bad or folds}"
         )
-    dataset_dir = dataset_folder(data_dir, "picai")
+    dataset_dir = dataset_folder(data_dir, "picai", cache_dir)
     raw_dir = dataset_dir / "raw"
     settings = {"folds": list(folds), "max_cases": max_cases, "labels_commit": PICAI_LABELS_COMMIT}
 
@@ -278,6 +281,6 @@ def fetch_picai(
             shutil.rmtree(work / case_id, ignore_errors=True)
         return pd.DataFrame(rows), skipped
 
-    return build_cohort(dataset_dir, "PI-CAI", settings, convert, seed, force)
+    return build_cohort(dataset_dir, "PI-CAI", settings, convert, seed, force, cache_dir)
 
 

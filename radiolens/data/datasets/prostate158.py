@@ -42,6 +42,7 @@ def fetch_prostate158(
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """Download the Prostate158 training set and convert it to a cohort.
 
@@ -63,10 +64,11 @@ def fetch_prostate158(
     %(seed)s
     %(force)s
     %(progress)s
+    %(cache_dir)s
 
     %(returns)s
     """
-    dataset_dir = dataset_folder(data_dir, "prostate158")
+    dataset_dir = dataset_folder(data_dir, "prostate158", cache_dir)
 
     def convert(cohort_tmp: Path, work: Path):
         itk = simpleitk()
@@ -137,4 +139,4 @@ def fetch_prostate158(
             rows.append(row)
         return pd.DataFrame(rows), skipped
 
-    return build_cohort(dataset_dir, "Prostate158", {}, convert, seed, force)
+    return build_cohort(dataset_dir, "Prostate158", {}, convert, seed, force, cache_dir)
