@@ -59,6 +59,14 @@ class Study:
         A complete configuration from :func:`radiolens.config.load_config`.
     progress
         Show progress bars.
+    use_bundle
+        ``True``: read Table 2, the penalty sweeps, the lens reports and the planted-truth table
+        from the package's results bundle of this configuration (:mod:`radiolens.bundle`) when
+        one matches it, instead of computing them; a folder: look for the bundle there. The
+        book's chapters pass ``True``, so a chapter opened with an empty cache shows the study's
+        results in seconds. ``False`` (default, and ``radiolens run``): compute (or read the
+        cache). Other steps (cohort, radiomics, encoders, embeddings, the fitted lens) are never
+        in a bundle.
 
     Examples
     --------
@@ -67,9 +75,10 @@ class Study:
     >>> report = study.compare("pirads")                 # computes or loads every step  # doctest: +SKIP
     """
 
-    def __init__(self, config: dict, progress: bool = True) -> None:
+    def __init__(self, config: dict, progress: bool = True, use_bundle: bool | str | Path = False) -> None:
         self.config = config
         self.progress = progress
+        self.use_bundle = use_bundle
         self.cache_root = default_cache_dir(config.get("cache_dir"))
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
@@ -94,6 +103,39 @@ class Study:
         logger.warning(message)
         if message not in self.warnings:
             self.warnings.append(message)
+
+    @property
+    def bundle(self):
+        """The verified results bundle this study reads its results from, or None (:mod:`radiolens.bundle`)."""
+        if "bundle" not in self._memo:
+            found = None
+            if self.use_bundle is not False:
+                from radiolens.bundle import find_bundle
+
+                found = find_bundle(self.config, None if self.use_bundle is True else [self.use_bundle])
+                if found is not None:
+                    logger.info("reading results from the bundle %s: %s", found.path, found.note)
+            self._memo["bundle"] = found
+        return self._memo["bundle"]
+
+    def write_bundle(self, path: str | Path | None = None) -> Path:
+        """Write this study's results bundle (computing, or reading from the cache, every step it holds).
+
+        Parameters
+        ----------
+        path
+            The bundle's folder; default ``radiolens/results/<label>`` in the package
+            (:func:`radiolens.bundle.bundle_label`: ``quick``, ``full`` or ``custom-...``).
+        """
+        from radiolens.bundle import PACKAGE_BUNDLES, bundle_label, write_bundle
+
+        if self.bundle is not None:
+            raise ValueError("this study reads its results from a bundle; write bundles from Study(config, use_bundle=False)")
+        reports = self.reports()
+        sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
+        return write_bundle(path or PACKAGE_BUNDLES / bundle_label(self.config), self.config,
+                            downstream=self.downstream_table(), planted=self.planted_truth(), sweeps=sweeps,
+                            reports=reports, n_cases=len(self.cohort().case_ids))
 
     @property
     def seed(self) -> int:
@@ -311,6 +353,8 @@ class Study:
 
     def downstream_table(self) -> pd.DataFrame:
         """Our Table 2: (task, regime, metric, value) for every available task and regime."""
+        if self.bundle is not None:
+            return self.bundle.downstream()
         self.finetune_all()
         frames = []
         for task in self.available_tasks():
@@ -367,6 +411,8 @@ class Study:
     def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
         """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
         key = ("sweep", task, roi)
+        if key not in self._memo and self.bundle is not None and report_name(task, roi) in self.bundle.report_names:
+            self._memo[key] = self.bundle.sweep(report_name(task, roi))
         if key not in self._memo:
             from radiolens.lens import penalty_sweep
 
@@ -404,6 +450,9 @@ class Study:
     def compare(self, task: str, roi: str = "gland"):
         """The lens report for one task (and ROI): pre vs fine-tuned, scored on the test cases."""
         key = ("compare", task, roi)
+        if key not in self._memo and self.bundle is not None and report_name(task, roi) in self.bundle.report_names:
+            self._memo[key] = self.bundle.report(report_name(task, roi))
+            self._report_dirs[key] = self.bundle.report_dir(report_name(task, roi))
         if key not in self._memo:
             from radiolens.lens import LensReport
 
@@ -432,6 +481,8 @@ class Study:
     def reports(self) -> dict[str, Any]:
         """Every lens report, keyed ``"pirads"``, ``"volume"``, ``"lesion"`` (gland ROI) and
         ``"lesion (lesion ROI)"``."""
+        if self.bundle is not None:
+            return {name: self.compare(*parse_report_name(name)) for name in self.bundle.report_names}
         out = {}
         for task in self.available_tasks():
             for roi in get_task(task).rois:
@@ -446,6 +497,8 @@ class Study:
 
     def planted_truth(self) -> pd.DataFrame:
         """How the lens's measures recover a known shift (simulation; see chapter 9)."""
+        if "planted" not in self._memo and self.bundle is not None:
+            self._memo["planted"] = self.bundle.planted()
         if "planted" not in self._memo:
             from radiolens.lens import simulation
 
