@@ -199,7 +199,7 @@ def claim(name: str, holds: bool, statement: str) -> None:
 
         display(Markdown(
             f"> **Note: on this run the text's claim does not hold** - \"{statement}\". "
-            "The text describes the quick study; read the outputs above instead."
+            "That sentence of the text does not describe this run; read the outputs above instead."
         ))
 
 
