@@ -1,8 +1,8 @@
 """Results bundles: a study's tables and lens reports, small enough to ship with the package.
 
 A *results bundle* is a folder holding what a finished study computed that the book and the
-report read - Table 2 (the fine-tuning metrics), every penalty sweep, every lens report and the
-planted-truth table - but no images, embeddings or weights (a few MB in all). :class:`Study
+report read - Table 2 (the fine-tuning metrics), every penalty sweep, every lens report, the
+stage-by-stage tables and the planted-truth table - but no images, embeddings or weights (a few MB in all). :class:`Study
 <radiolens.pipeline.Study>` loads those steps from a matching bundle instead of recomputing them
 (``Study(config, use_bundle=True)``, which the book's chapters use), so a reader who opens one
 chapter, or a Binder session with an empty cache, sees the study's results in seconds.
@@ -149,6 +149,17 @@ class ResultsBundle:
             raise KeyError(f"bundle {self.path} has no penalty sweep for {name!r}; it has {list(self.manifest['sweeps'])}")
         return pd.read_parquet(self.path / self.manifest["sweeps"][name])
 
+    @property
+    def stage_names(self) -> list[str]:
+        """The reports whose stage-by-stage table it holds (:meth:`stages`)."""
+        return list(self.manifest.get("stages", {}))
+
+    def stages(self, name: str) -> pd.DataFrame:
+        """Where in the network fine-tuning acts, for one report (:func:`radiolens.lens.stage_shift_table`)."""
+        if name not in self.manifest.get("stages", {}):
+            raise KeyError(f"bundle {self.path} has no stage table for {name!r}; it has {self.stage_names}")
+        return pd.read_parquet(self.path / self.manifest["stages"][name])
+
     def report_dir(self, name: str) -> Path:
         if name not in self.manifest["reports"]:
             raise KeyError(f"bundle {self.path} has no lens report {name!r}; it has {self.report_names}")
@@ -172,6 +183,7 @@ def write_bundle(
     sweeps: Mapping[str, pd.DataFrame],
     reports: Mapping[str, Any],
     n_cases: int | None = None,
+    stages: Mapping[str, pd.DataFrame] | None = None,
 ) -> Path:
     """Write a results bundle (atomically: the folder appears only when complete).
 
@@ -190,12 +202,17 @@ def write_bundle(
         ``{report name: penalty sweep}`` and ``{report name: LensReport}``.
     n_cases
         Cases in the study's cohort, for the note (default: the configuration's).
+    stages
+        ``{report name: stage-by-stage table}`` (optional; names among ``reports``).
 
     Returns
     -------
     Path
         The bundle's folder.
     """
+    stages = dict(stages or {})
+    if not set(stages) <= set(reports):
+        raise ValueError(f"stage tables {sorted(stages)} name reports that are not in {sorted(reports)}")
     if set(sweeps) != set(reports):
         raise ValueError(f"sweeps {sorted(sweeps)} and reports {sorted(reports)} must name the same reports")
     slugs = {name: _slug(name) for name in reports}
@@ -211,6 +228,8 @@ def write_bundle(
             target = folder / "reports" / slug
             reports[name].to_dir(target)
             (target / "importance.csv").unlink(missing_ok=True)  # the parquet table holds it exactly
+        for name, table in stages.items():
+            atomic_write_bytes(folder / "stages" / f"{slugs[name]}.parquet", table.to_parquet(index=True))
         note = NOTE.format(version=__version__, n_cases=n_cases)
         atomic_write_text(folder / "README.md", f"# radiolens results bundle\n\n{note}\n\nWritten by `radiolens bundle`; "
                           "verified against manifest.json (SHA-256 of every file) before use.\n")
@@ -225,6 +244,7 @@ def write_bundle(
             "note": note,
             "reports": {name: f"reports/{slug}" for name, slug in slugs.items()},
             "sweeps": {name: f"sweeps/{slug}.parquet" for name, slug in slugs.items()},
+            "stages": {name: f"stages/{slugs[name]}.parquet" for name in stages},
             "files": files,
         }
         # not sort_keys: the reports keep the study's order
@@ -276,7 +296,8 @@ def load_bundle(path: str | Path) -> ResultsBundle:
              if p.is_file() and p.name != _MANIFEST and p.resolve() not in listed]
     if extra:
         raise BundleError(f"results bundle {folder}: files not in its manifest: {sorted(extra)[:5]}")
-    needed = [f"{name}.parquet" for name in _FRAMES] + list(manifest.get("sweeps", {}).values())
+    needed = [f"{name}.parquet" for name in _FRAMES] + list(manifest.get("sweeps", {}).values()) \
+        + list(manifest.get("stages", {}).values())
     missing = [name for name in needed if name not in files]
     if missing:
         raise BundleError(f"results bundle {folder}: incomplete, no {missing[:5]}")

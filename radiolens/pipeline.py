@@ -135,7 +135,13 @@ class Study:
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
         return write_bundle(path or PACKAGE_BUNDLES / bundle_label(self.config), self.config,
                             downstream=self.downstream_table(), planted=self.planted_truth(), sweeps=sweeps,
-                            reports=reports, n_cases=len(self.cohort().case_ids))
+                            reports=reports, n_cases=len(self.cohort().case_ids), stages=self.stage_shifts())
+
+    def stage_shifts(self) -> dict[str, pd.DataFrame]:
+        """:meth:`stage_shift` of every gland-ROI report, keyed like :meth:`reports`."""
+        if self.bundle is not None:
+            return {name: self.bundle.stages(name) for name in self.bundle.stage_names}
+        return {report_name(task): self.stage_shift(task) for task in self.available_tasks()}
 
     @property
     def seed(self) -> int:
@@ -389,8 +395,48 @@ class Study:
     # ------------------------------------------------------------------------------------
     def lens_inputs(self, task: str, roi: str = "gland") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
         """``{"train"|"val"|"test": (X_pre, X_ft, R)}`` on the cases that have this ROI's radiomics."""
-        x_pre, x_ft = self.embeddings(task)
-        radiomics = self.radiomics(roi)
+        return self._split(*self.embeddings(task), self.radiomics(roi))
+
+    def stage_inputs(self, task: str, roi: str = "gland") -> dict[str, dict[str, tuple]]:
+        """``{stage: lens_inputs}`` for the pooled output of each ConvNeXt stage (``"stage1"`` ..
+        ``"stage4"``) of the pre-trained and the fully fine-tuned encoder (cached embeddings)."""
+        key = ("stage_inputs", task, roi)
+        if key not in self._memo:
+            from radiolens import embeddings
+            from radiolens.models import encoder_for_task
+
+            stages = ("stage1", "stage2", "stage3", "stage4")
+            kwargs = dict(channels=get_task(task).channels, device=self.config["device"], cache_dir=self.cache_root,
+                          progress=self.progress, store=self.case_store(), stages=stages)
+            x_pre = self._timed("embeddings", embeddings.extract, encoder_for_task(self.encoder(), task), self.cohort(),
+                                **kwargs)
+            x_ft = self._timed("embeddings", embeddings.extract, self.finetuned(task, "full").encoder, self.cohort(),
+                               **kwargs)
+            radiomics = self.radiomics(roi)
+            self._memo[key] = {stage: self._split(embeddings.stage_columns(x_pre, stage),
+                                                  embeddings.stage_columns(x_ft, stage), radiomics)
+                               for stage in stages}
+        return self._memo[key]
+
+    def stage_shift(self, task: str, roi: str = "gland") -> pd.DataFrame:
+        """Where in the network fine-tuning acts: the lens on every stage (:func:`radiolens.lens.stage_shift_table`)."""
+        key = ("stage_shift", task, roi)
+        if key not in self._memo and self.bundle is not None and report_name(task, roi) in self.bundle.stage_names:
+            self._memo[key] = self.bundle.stages(report_name(task, roi))
+        if key not in self._memo:
+            from radiolens.lens import stage_shift_table
+
+            parts = self.stage_inputs(task, roi)
+            params = self._lens_params()
+            ckey = step_key("stage_shift", {
+                "inputs": {stage: {split: [hash_frame(f) for f in frames] for split, frames in p.items() if split != "val"}
+                           for stage, p in parts.items()}, "params": params})
+            self._memo[key] = self._cache("lens").cached_frame(ckey, lambda: self._timed(
+                f"stage shift {task}/{roi}", stage_shift_table,
+                {stage: {"train": p["train"], "test": p["test"]} for stage, p in parts.items()}, params))
+        return self._memo[key]
+
+    def _split(self, x_pre: pd.DataFrame, x_ft: pd.DataFrame, radiomics: pd.DataFrame) -> dict:
         ids = [c for c in radiomics.index if c in x_pre.index]
         split = self.cohort().manifest.loc[ids, "split"]
         parts = {}
@@ -560,11 +606,12 @@ class Study:
         downstream = self.downstream_table()
         reports = self.reports()
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
+        stages = self.stage_shifts()
         planted = self.planted_truth()
         self.timings["total"] = time.perf_counter() - start
         self.cpu_timings["total"] = _cpu_seconds() - cpu_start
         report_path = write_report(
-            out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
+            out, reports, downstream=downstream, sweeps=sweeps, planted=planted, stages=stages,
             provenance=self.provenance(), warnings=self.warnings,
             lens_dirs={name: self._report_dirs[("compare", *parse_report_name(name))] for name in reports},
         )

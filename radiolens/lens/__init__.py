@@ -59,6 +59,7 @@ The package, in the order a lens is used:
 ``sweep``        :func:`penalty_sweep`, the paper's choice of stage-1 penalties
 ``simulation``   planted-truth embeddings where the right answer is known
 ``calibration``  planted-truth runs measuring false positives, coverage and power
+``stages``       the lens stage by stage of the encoder: where in the network fine-tuning acts
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from radiolens.lens.decoders import DEFAULT_RIDGE_ALPHAS
 from radiolens.lens.estimator import RadiomicLens
 from radiolens.lens.inference import adjust_pvalues
 from radiolens.lens.report import IMPORTANCE_COLUMNS, LensReport
+from radiolens.lens.stages import linear_cka, stage_shift_table
 from radiolens.lens.sweep import PAPER_L1_GRID, PAPER_L2_GRID, penalty_sweep
 
 __all__ = [
@@ -77,5 +79,7 @@ __all__ = [
     "PAPER_L2_GRID",
     "RadiomicLens",
     "adjust_pvalues",
+    "linear_cka",
     "penalty_sweep",
+    "stage_shift_table",
 ]
