@@ -64,6 +64,44 @@ NOTE = (
 )
 _MANIFEST = "manifest.json"
 _FRAMES = ("downstream", "planted")
+#: Lens-report tables with a column per radiomic feature: stored transposed (a feature per row),
+#: since Parquet's per-column metadata makes a 2,511-column table ten times its data.
+_WIDE = ("observed", "decoded_pre", "decoded_ft", "decoder_pre", "decoder_ft")
+#: Parquet compression of every bundle table (exact: floats are stored as they are).
+_PARQUET = {"compression": "zstd", "compression_level": 19}
+
+
+def _write_frame(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_bytes(path, frame.to_parquet(index=True, **_PARQUET))
+
+
+def _write_report(report, folder: Path) -> None:
+    """A lens report as tables and JSON (:meth:`LensReport.to_dir`'s content, wide tables transposed)."""
+    from radiolens.lens.report import LensReport
+
+    for name in LensReport.__dataclass_fields__:
+        value = getattr(report, name)
+        if isinstance(value, pd.DataFrame):
+            if name in _WIDE:
+                _write_frame(folder / f"{name}.T.parquet", value.T)
+            else:
+                _write_frame(folder / f"{name}.parquet", value)
+        else:
+            atomic_write_text(folder / f"{name}.json", json.dumps(value, indent=1, sort_keys=True, default=str))
+
+
+def _read_report(folder: Path):
+    from radiolens.lens.report import LensReport
+
+    values: dict[str, Any] = {}
+    for name in LensReport.__dataclass_fields__:
+        if (folder / f"{name}.T.parquet").exists():
+            values[name] = pd.read_parquet(folder / f"{name}.T.parquet").T
+        elif (folder / f"{name}.parquet").exists():
+            values[name] = pd.read_parquet(folder / f"{name}.parquet")
+        elif (folder / f"{name}.json").exists():
+            values[name] = json.loads((folder / f"{name}.json").read_text())
+    return LensReport(**values)
 
 
 class BundleError(CacheIntegrityError):
@@ -167,11 +205,9 @@ class ResultsBundle:
 
     def report(self, name: str):
         """One lens report (:class:`~radiolens.lens.LensReport`), e.g. ``"pirads"``."""
-        from radiolens.lens import LensReport
-
         key = ("report", name)
         if key not in self._loaded:
-            self._loaded[key] = LensReport.from_dir(self.report_dir(name))
+            self._loaded[key] = _read_report(self.report_dir(name))
         return self._loaded[key]
 
 
@@ -221,15 +257,13 @@ def write_bundle(
     n_cases = int(config["cohort"]["n_cases"] if n_cases is None else n_cases)
 
     def save(folder: Path) -> None:
-        atomic_write_bytes(folder / "downstream.parquet", downstream.to_parquet(index=True))
-        atomic_write_bytes(folder / "planted.parquet", planted.to_parquet(index=True))
+        _write_frame(folder / "downstream.parquet", downstream)
+        _write_frame(folder / "planted.parquet", planted)
         for name, slug in slugs.items():
-            atomic_write_bytes(folder / "sweeps" / f"{slug}.parquet", sweeps[name].to_parquet(index=True))
-            target = folder / "reports" / slug
-            reports[name].to_dir(target)
-            (target / "importance.csv").unlink(missing_ok=True)  # the parquet table holds it exactly
+            _write_frame(folder / "sweeps" / f"{slug}.parquet", sweeps[name])
+            _write_report(reports[name], folder / "reports" / slug)
         for name, table in stages.items():
-            atomic_write_bytes(folder / "stages" / f"{slugs[name]}.parquet", table.to_parquet(index=True))
+            _write_frame(folder / "stages" / f"{slugs[name]}.parquet", table)
         note = NOTE.format(version=__version__, n_cases=n_cases)
         atomic_write_text(folder / "README.md", f"# radiolens results bundle\n\n{note}\n\nWritten by `radiolens bundle`; "
                           "verified against manifest.json (SHA-256 of every file) before use.\n")

@@ -49,12 +49,14 @@ def test_a_bundle_round_trips_with_its_note(tmp_path, config, report):
     pd.testing.assert_frame_equal(loaded.planted(), planted)
     pd.testing.assert_frame_equal(loaded.sweep("lesion (lesion ROI)"), sweep)
     again = loaded.report("lesion (lesion ROI)")
-    pd.testing.assert_frame_equal(again.importance, report.importance)
+    for name in ("importance", "scores", "tests", "observed", "decoded_pre", "decoded_ft", "decoder_pre", "decoder_ft"):
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(report, name))  # exact, wide ones too
     assert again.diagnostics == json.loads(json.dumps(report.diagnostics))
+    assert again.params == json.loads(json.dumps(report.params))
     assert "synthetic" in loaded.note and "not the results of Wang et al." in loaded.note
     assert "synthetic" in (path / "README.md").read_text()
     assert loaded.matches(config)
-    assert not (path / "reports" / "pirads" / "importance.csv").exists()  # no duplicate of the parquet table
+    assert (path / "reports" / "pirads" / "decoded_pre.T.parquet").exists()  # wide tables stored transposed
 
 
 def test_an_altered_or_unlisted_file_fails_verification_naming_it(tmp_path, config, report):
