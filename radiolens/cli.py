@@ -1,4 +1,4 @@
-"""Command line: ``radiolens run``, ``radiolens book``, ``radiolens bundle``, ``radiolens config``, ``radiolens synth``."""
+"""Command line: ``radiolens run``, ``compare``, ``book``, ``bundle``, ``config``, ``synth``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ radiolens - a radiomic lens on how fine-tuning changes a foundation model's enco
                             cached, so an interrupted run resumes where it stopped
   radiolens book            execute the book's chapters with papermill and render them
                             (--student: the edition without solutions, for a class)
+  radiolens compare PRE FT --cohort TABLE
+                            compare two encoders you trained (pre-trained, fine-tuned) on
+                            your cases, without fine-tuning in radiolens; same report
   radiolens bundle [CONFIG] write the study's results bundle (tables and lens reports, a few MB)
                             from its cache, for the book to load instead of recomputing
   radiolens config          print every configuration key with its default and meaning
@@ -59,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-html", action="store_true", help="execute only, do not render HTML")
     book.add_argument("--root", default=None, help="repository root holding _toc.yml (default: found from the current folder)")
     book.add_argument("--student", action="store_true", help="write the student edition (no solutions) to _build/student/ instead")
+
+    compare = sub.add_parser(
+        "compare", help="compare a pre-trained and a fine-tuned encoder on your cases (no fine-tuning here)",
+        description="Compare two encoders on a cohort with the lens and write the report: PRE is the pre-trained "
+        "encoder, FT the fine-tuned one (ProFound or radiolens checkpoints, or torch.export/TorchScript archives of any "
+        "encoder). "
+        "No labels are needed.",
+    )
+    compare.add_argument("pre", help="pre-trained encoder checkpoint")
+    compare.add_argument("ft", help="fine-tuned encoder checkpoint")
+    compare.add_argument("--cohort", required=True, help="CSV/Parquet table of your cases (see `radiolens config`, "
+                         "cohort.source table) or a radiolens cohort folder")
+    compare.add_argument("--task", default="finetuned", help="name of the fine-tuning task, for the report (default: finetuned)")
+    compare.add_argument("--config", default=None, help="YAML configuration for everything else (lens, radiomics, cohort options)")
+    _add_common(compare)
+    compare.add_argument("--out", default=None, help="output folder (default radiolens-output)")
+    compare.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")
+    compare.add_argument("--jobs", type=int, default=None, help="parallel processes for radiomics extraction")
+    compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     bundle = sub.add_parser(
         "bundle", help="write the study's results bundle from its cache",
@@ -140,15 +162,40 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"results bundle written: {Path(path).resolve()} ({size / 1e6:.1f} MB)")
         return 0
 
-    config = load_config(args.config, quick=args.quick, jobs=args.jobs, cache_dir=args.cache_dir, out=args.out, device=args.device)
+    if args.command == "compare":
+        config = _compare_config(args)
+    else:
+        config = load_config(args.config, quick=args.quick, jobs=args.jobs, cache_dir=args.cache_dir, out=args.out,
+                             device=args.device)
     start = time.perf_counter()
     result = run_study(config, progress=not args.no_progress)
     print(f"report written in {time.perf_counter() - start:.0f} s: {Path(result.report_path).resolve()}")
     for message in result.warnings:
         print(f"warning: {message}", file=sys.stderr)
-    if args.book:
+    if getattr(args, "book", False):
         return _run_book(args.quick, config["cache_dir"])
     return 0
+
+
+def _compare_config(args: argparse.Namespace) -> dict:
+    """``radiolens compare``'s configuration: the config file (if any), then the command line's
+    cohort and encoders (paths relative to the working folder), and no fine-tuning here."""
+    from radiolens.config import ConfigError, load_config
+
+    cohort = Path(args.cohort).expanduser().resolve()
+    if not cohort.exists():
+        raise ConfigError(f"--cohort {args.cohort!r} does not exist: give your table (CSV/Parquet) or a cohort folder")
+    for flag, value in (("PRE", args.pre), ("FT", args.ft)):
+        if not Path(value).expanduser().is_file():
+            raise ConfigError(f"{flag} checkpoint {value!r} does not exist: give the path of the encoder file")
+    config = load_config(args.config, quick=args.quick, jobs=args.jobs, cache_dir=args.cache_dir, out=args.out,
+                         device=args.device)
+    config["cohort"]["source"] = "folder" if cohort.is_dir() else "table"
+    config["cohort"]["path"] = str(cohort)
+    config["encoder"]["weights"] = str(Path(args.pre).expanduser().resolve())
+    config["finetune"]["tasks"] = []
+    config["finetune"]["checkpoints"] = {args.task: str(Path(args.ft).expanduser().resolve())}
+    return config
 
 
 if __name__ == "__main__":  # pragma: no cover

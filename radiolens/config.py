@@ -16,6 +16,8 @@ Example
       preset: tiny
     finetune:
       epochs: 100
+      checkpoints:             # fine-tuned elsewhere: compared, not re-trained
+        my_task: /data/profound_finetuned.pth
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
         "shape": [32, 96, 96],
         "spacing": [0.8, 0.8, 2.0],
         "seed": 0,
+        "resample": None,
+        "lesion_threshold": None,
     },
     "preprocess": {
         "enabled": False,
@@ -69,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "weights": "micro-synthetic",
         "preset": "micro",
         "pretrain_epochs": 30,
+        "in_chans": None,
     },
     "finetune": {
         "tasks": list(TASKS),
@@ -80,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "decoder_channels": 32,
         "decoder_pool_scales": [1, 2, 3, 6],
         "frozen_views": 4,
+        "checkpoints": None,
     },
     "lens": {
         "protocol": "cross-fit",
@@ -128,16 +134,26 @@ DOCS: dict[str, str] = {
     "cohort.shape": "synthetic volume shape (D, H, W), multiples of 16 (the encoder's total stride)",
     "cohort.spacing": "synthetic voxel spacing (x, y, z) in mm",
     "cohort.seed": "seed of the synthetic generator",
+    "cohort.resample": "source table: images/masks on another grid than the case's first image (DWI and ADC "
+    "next to T2W) are resampled onto it (logged per file); null = on, false = such a case is an error",
+    "cohort.lesion_threshold": "source table: how a lesion mask with label values (PI-CAI's ISUP grades) becomes "
+    "binary: null or 'nonzero' = any non-zero voxel, a number t = voxels >= t (2: ISUP >= 2); recorded in the "
+    "manifest's lesion_rule column",
     "preprocess.enabled": "resample and crop around the gland (real data)",
     "preprocess.spacing": "target spacing (x, y, z) mm; the paper uses 0.5 x 0.5 x 1.0",
     "preprocess.crop_shape": "crop box (D, H, W) around the gland; the paper uses 64 x 224 x 224",
     "radiomics.modalities": "modalities to extract radiomics from",
     "radiomics.settings": "PyRadiomics parameter file (YAML); null = the paper's defaults",
     "radiomics.lesion_roi": "also extract lesion-ROI radiomics for the segmentation task",
-    "encoder.weights": "shipped weights name, a ProFound/radiolens checkpoint path, or 'pretrain'",
+    "encoder.weights": "shipped weights name, 'pretrain', or a checkpoint file: ProFound, radiolens (encoder or "
+    "fine-tuned) or a torch.export/TorchScript archive (any encoder); its sha256 goes into the report",
+    "encoder.in_chans": "input channels of an encoder archive (torch.export/TorchScript; null: 3 = T2W, DWI, ADC)",
     "encoder.preset": "ConvNeXt V2 size preset (micro, atto, ..., tiny, ...)",
     "encoder.pretrain_epochs": "epochs of masked pre-training when weights = pretrain",
-    "finetune.tasks": "downstream tasks (radiolens.tasks): " + ", ".join(TASKS),
+    "finetune.tasks": "downstream tasks (radiolens.tasks) radiolens fine-tunes: " + ", ".join(TASKS)
+    + "; tasks whose labels the cohort lacks are skipped with a warning",
+    "finetune.checkpoints": "encoders fine-tuned elsewhere, {task name: checkpoint file} (any name; same formats "
+    "as encoder.weights): compared with encoder.weights without fine-tuning in radiolens, no labels needed",
     "finetune.regimes": "frozen (head only) and/or full fine-tuning",
     "finetune.epochs": "maximum fine-tuning epochs, early stopping on validation (the paper: 100; "
     "40 keeps the built-in CPU study within its time budget)",
@@ -280,8 +296,45 @@ def _validate_paths(config: dict, base_dir: Path) -> dict:
         raise ConfigError(f"config key 'lens.scale' must be null, paper, standardized or whitened, got {lens['scale']!r}")
     if lens["match_ft_moments"] not in (None, True, False):
         raise ConfigError(f"config key 'lens.match_ft_moments' must be null, true or false, got {lens['match_ft_moments']!r}")
-    if not config["finetune"]["tasks"]:
-        raise ConfigError("config key 'finetune.tasks' must name at least one task")
+    checkpoints = config["finetune"]["checkpoints"]
+    if checkpoints is not None:
+        if not isinstance(checkpoints, dict) or not all(isinstance(k, str) and k for k in checkpoints):
+            raise ConfigError(
+                f"config key 'finetune.checkpoints' must map task names to checkpoint files, e.g. "
+                f"{{mytask: ft.pt}}, got {checkpoints!r}"
+            )
+        resolved = {}
+        for task, value in checkpoints.items():
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"config key 'finetune.checkpoints.{task}' must be a checkpoint file path, got {value!r}")
+            path = Path(value).expanduser()
+            if not path.is_absolute():
+                path = base_dir / path
+            if not path.is_file():
+                raise ConfigError(f"config key 'finetune.checkpoints.{task}': checkpoint {path} does not exist")
+            resolved[task] = str(path)
+        config["finetune"]["checkpoints"] = resolved
+    threshold = cohort["lesion_threshold"]
+    if threshold is not None and not (
+        (isinstance(threshold, str) and threshold.strip().lower() in ("nonzero", "non-zero"))
+        or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool))
+    ):
+        raise ConfigError(
+            "config key 'cohort.lesion_threshold' must be null or 'nonzero' (any non-zero voxel is lesion) or a "
+            f"number t (voxels >= t are lesion, e.g. 2 for ISUP >= 2), got {threshold!r}"
+        )
+    if cohort["resample"] not in (None, True, False):
+        raise ConfigError(f"config key 'cohort.resample' must be null, true or false, got {cohort['resample']!r}")
+    if config["encoder"]["in_chans"] is not None and config["encoder"]["in_chans"] not in (1, len(MODALITIES)):
+        raise ConfigError(
+            f"config key 'encoder.in_chans' must be null, 1 (T2W) or {len(MODALITIES)} ({', '.join(MODALITIES)}), "
+            f"got {config['encoder']['in_chans']!r}"
+        )
+    if not config["finetune"]["tasks"] and not config["finetune"]["checkpoints"]:
+        raise ConfigError(
+            "config key 'finetune.tasks' must name at least one task (or give finetune.checkpoints: "
+            "{task: file} to compare encoders fine-tuned elsewhere)"
+        )
     return config
 
 

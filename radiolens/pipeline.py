@@ -30,11 +30,23 @@ import pandas as pd
 
 from radiolens import __version__
 from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
-from radiolens.tasks import MissingLabelsError, get_task
+from radiolens.naming import MODALITIES
+from radiolens.tasks import MissingLabelsError, Task, get_task
 
 __all__ = ["Study", "StudyResult", "parse_report_name", "report_name", "run_study"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExternalFineTuned:
+    """An encoder fine-tuned outside radiolens (config ``finetune.checkpoints``): compared with
+    the pre-trained encoder as it is, never trained here."""
+
+    task: str
+    encoder: Any
+    provenance: dict = field(default_factory=dict)
+    regime: str = "full"
 
 
 @dataclass
@@ -59,6 +71,12 @@ class Study:
         A complete configuration from :func:`radiolens.config.load_config`.
     progress
         Show progress bars.
+    encoder
+        A pre-trained encoder (any ``torch.nn.Module`` following the adapter protocol, see
+        :func:`radiolens.models.as_encoder`) used instead of ``encoder.weights``.
+    finetuned
+        ``{task name: fine-tuned encoder}`` modules used as they are, like
+        ``finetune.checkpoints`` files (any task name; no labels needed).
     use_bundle
         ``True``: read Table 2, the penalty sweeps, the lens reports and the planted-truth table
         from the package's results bundle of this configuration (:mod:`radiolens.bundle`) when
@@ -75,10 +93,15 @@ class Study:
     >>> report = study.compare("pirads")                 # computes or loads every step  # doctest: +SKIP
     """
 
-    def __init__(self, config: dict, progress: bool = True, use_bundle: bool | str | Path = False) -> None:
+    def __init__(self, config: dict, progress: bool = True, encoder=None, finetuned: dict | None = None,
+                 use_bundle: bool | str | Path = False) -> None:
         self.config = config
         self.progress = progress
         self.use_bundle = use_bundle
+        self._encoder_override = encoder
+        self._finetuned_override = dict(finetuned or {})
+        #: Where each encoder came from (path, sha256, format), for the report.
+        self.encoder_provenance: dict[str, dict] = {}
         self.cache_root = default_cache_dir(config.get("cache_dir"))
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
@@ -141,7 +164,13 @@ class Study:
         """:meth:`stage_shift` of every gland-ROI report, keyed like :meth:`reports`."""
         if self.bundle is not None:
             return {name: self.bundle.stages(name) for name in self.bundle.stage_names}
-        return {report_name(task): self.stage_shift(task) for task in self.available_tasks()}
+        out = {}
+        for task in self.available_tasks():
+            try:
+                out[report_name(task)] = self.stage_shift(task)
+            except ValueError as err:  # e.g. an encoder archive without forward_stages, too few cases
+                self._warn(f"stage-by-stage lens for {task} skipped: {err}")
+        return out
 
     @property
     def seed(self) -> int:
@@ -149,7 +178,36 @@ class Study:
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.config["finetune"]["tasks"])
+        """The tasks radiolens fine-tunes itself (``finetune.tasks`` without the external ones)."""
+        return [t for t in self.config["finetune"]["tasks"] if t not in self.external_tasks]
+
+    @property
+    def external_tasks(self) -> list[str]:
+        """Tasks whose fine-tuned encoder comes from elsewhere (``finetune.checkpoints`` or the
+        ``finetuned`` argument), in that order."""
+        names = list(self.config["finetune"].get("checkpoints") or {})
+        return names + [t for t in self._finetuned_override if t not in names]
+
+    def task(self, name: str) -> Task:
+        """The :class:`~radiolens.tasks.Task` of a name; an external task sees the channels its
+        fine-tuned encoder takes (1: T2W, else every modality) and keeps a registered task's
+        radiomics ROIs."""
+        if name not in self.external_tasks:
+            return get_task(name)
+        from radiolens.models.heads import encoder_in_chans
+
+        registered = get_task(name) if name in _registered_tasks() else None
+        n = encoder_in_chans(self.finetuned(name).encoder)
+        channels = MODALITIES[:1] if n == 1 else MODALITIES
+        if len(channels) != n:
+            from radiolens.errors import InputFileError
+
+            raise InputFileError(
+                f"fine-tuned encoder for task {name!r} takes {n} input channels; radiolens feeds 1 (T2W) or "
+                f"{len(MODALITIES)} ({', '.join(MODALITIES)})"
+            )
+        return Task(name=name, channels=channels, rois=registered.rois if registered else ("gland",),
+                    title=(registered.title if registered else name) + " (fine-tuned elsewhere)")
 
     # ------------------------------------------------------------------------------------
     # step 1: cohort
@@ -180,8 +238,10 @@ class Study:
         elif source == "folder":
             cohort = data.load_cohort(spec["path"])
         elif source == "table":
-            key = "table-" + hash_json({"path": spec["path"], "seed": self.seed})[:16]
-            cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed)
+            options = {"resample": spec["resample"], "lesion_threshold": spec["lesion_threshold"] or "nonzero"}
+            key = "table-" + hash_json({"path": spec["path"], "seed": self.seed, **options})[:16]
+            cohort = data.cohort_from_table(spec["path"], out_dir=self.cache_root / "cohorts" / key, seed=self.seed,
+                                            progress=self.progress, **options)
         else:
             from radiolens.data.datasets import FETCHERS
 
@@ -191,13 +251,13 @@ class Study:
 
             pre = self.config["preprocess"]
             cohort = preprocess(cohort, spacing=tuple(pre["spacing"]), crop_shape=tuple(pre["crop_shape"]), out_dir=None)
-        counts = cohort.manifest["split"].value_counts().to_dict()
-        for split in ("train", "val", "test"):
-            if counts.get(split, 0) == 0:
-                raise ValueError(
-                    f"cohort {cohort.root} has no {split!r} cases (splits: {counts}); the lens is fitted on "
-                    "train, its penalties chosen on val and scored on test"
-                )
+        from radiolens.lens.requirements import check_cases_per_split
+
+        # before any slow step: the lens is fitted on train, its penalties chosen on val and
+        # scored on test, and each needs a minimum (radiolens.lens.requirements)
+        lens = self.config["lens"]
+        where = f"table {spec['path']!r}" if source == "table" else f"cohort {str(cohort.root)!r}"
+        check_cases_per_split(cohort.manifest["split"].value_counts().to_dict(), lens["n_folds"], lens["protocol"], where)
         return cohort
 
     # ------------------------------------------------------------------------------------
@@ -248,7 +308,14 @@ class Study:
 
         spec = self.config["encoder"]
         weights = spec["weights"]
+        if self._encoder_override is not None:
+            encoder = models.as_encoder(self._encoder_override, in_chans=spec["in_chans"] or len(MODALITIES))
+            self.encoder_provenance["pre-trained"] = {"format": "python object", "class": type(self._encoder_override).__name__,
+                                                      "weights_sha256": models.encoder_hash(encoder)}
+            return encoder
         if weights == "pretrain":
+            self.encoder_provenance["pre-trained"] = {"format": "pre-trained here", "preset": spec["preset"],
+                                                      "epochs": spec["pretrain_epochs"]}
             key = step_key("pretrain", {"cohort": self.cohort().fingerprint, "preset": spec["preset"],
                                         "epochs": spec["pretrain_epochs"], "seed": self.seed})
 
@@ -261,10 +328,14 @@ class Study:
 
             return self._cache("encoders").cached(key, pretrain, models.save_encoder, models.load_encoder, ext="pt")
         if Path(weights).suffix in (".pt", ".pth", ".ckpt") or Path(weights).exists():
-            encoder, report = models.load_profound(weights, in_chans=3, preset=spec["preset"])
-            if report.missing:
-                self._warn(f"encoder checkpoint {weights}: {len(report.missing)} missing key(s), e.g. {report.missing[:3]}")
+            encoder, info = models.load_encoder_file(weights, "pre-trained encoder", preset=spec["preset"],
+                                                     in_chans=spec["in_chans"])
+            if info.get("missing"):
+                self._warn(f"encoder checkpoint {weights}: {info['missing']} encoder parameter(s) missing from the file")
+            self.encoder_provenance["pre-trained"] = info
             return encoder
+        card = models.weight_card(weights) if weights in models.profound.SHIPPED_WEIGHTS else {}
+        self.encoder_provenance["pre-trained"] = {"format": "shipped", "name": weights, "sha256": card.get("sha256")}
         return models.load_pretrained(weights)
 
     def case_store(self):
@@ -291,10 +362,34 @@ class Study:
         )
 
     def finetuned(self, task: str, regime: str = "full"):
-        """A fine-tuned encoder and its test metrics for one task and regime (cached)."""
+        """A fine-tuned encoder and its test metrics for one task and regime (cached); for an
+        external task, its encoder as given (:class:`ExternalFineTuned`, regime ``full`` only)."""
+        if task in self.external_tasks:
+            return self._external(task, regime)
         key = ("finetuned", task, regime)
         if key not in self._memo:
             self._memo[key] = self._timed(f"fine-tune {task}/{regime}", self._finetune, task, regime)
+        return self._memo[key]
+
+    def _external(self, task: str, regime: str) -> ExternalFineTuned:
+        if regime != "full":
+            raise ValueError(f"task {task!r} was fine-tuned elsewhere: only its fine-tuned encoder (regime 'full') exists")
+        key = ("external", task)
+        if key not in self._memo:
+            from radiolens import models
+
+            role = f"fine-tuned encoder for task {task!r}"
+            if task in self._finetuned_override:
+                module = self._finetuned_override[task]
+                encoder = models.as_encoder(module, in_chans=getattr(module, "in_chans", None) or len(MODALITIES))
+                info = {"format": "python object", "class": type(module).__name__,
+                        "weights_sha256": models.encoder_hash(encoder)}
+            else:
+                encoder, info = models.load_encoder_file(self.config["finetune"]["checkpoints"][task], role,
+                                                         preset=self.config["encoder"]["preset"],
+                                                         in_chans=self.config["encoder"]["in_chans"])
+            self.encoder_provenance[f"fine-tuned ({task})"] = info
+            self._memo[key] = ExternalFineTuned(task, encoder, info)
         return self._memo[key]
 
     def _finetune_key(self, task: str, regime: str) -> str:
@@ -324,7 +419,7 @@ class Study:
         """Fine-tune every available task and regime not in the cache yet, ``jobs`` runs at a time
         in worker processes (each run on one thread), longest first; later calls of
         :meth:`finetuned` read the results from the cache."""
-        runs = [(task, regime) for task in self.available_tasks() for regime in self.config["finetune"]["regimes"]
+        runs = [(task, regime) for task in self.trainable_tasks() for regime in self.config["finetune"]["regimes"]
                 if self._cache("finetuned").get_file(self._finetune_key(task, regime), "pt") is None]
         jobs = min(int(self.config["jobs"]), len(runs))
         if jobs < 2:
@@ -344,18 +439,39 @@ class Study:
         self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
         self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
 
-    def available_tasks(self) -> list[str]:
-        """Configured tasks whose labels exist in the cohort; others are skipped with a warning."""
-        if "available_tasks" not in self._memo:
+    def trainable_tasks(self) -> list[str]:
+        """Configured tasks radiolens fine-tunes whose labels exist in the cohort; the others are
+        skipped with one warning each (the lens still runs on the rest)."""
+        if "trainable_tasks" not in self._memo:
             ok = []
             for task in self.tasks:
                 try:
                     get_task(task).check_labels(self.cohort())
                     ok.append(task)
                 except MissingLabelsError as err:
-                    self._warn(f"task {task!r} skipped: {err}")
-            self._memo["available_tasks"] = ok
-        return self._memo["available_tasks"]
+                    self._warn(f"task {task!r} skipped: {err}; add that label to the table to fine-tune on it, "
+                               f"or give finetune.checkpoints: {{{task}: file}} to compare an encoder fine-tuned elsewhere")
+            self._memo["trainable_tasks"] = ok
+        return self._memo["trainable_tasks"]
+
+    def available_tasks(self) -> list[str]:
+        """The tasks the lens compares: the trainable ones with labels, then the external ones.
+
+        Raises
+        ------
+        MissingLabelsError
+            No task is left (every configured task lacks its labels and no encoder fine-tuned
+            elsewhere was given).
+        """
+        tasks = self.trainable_tasks() + self.external_tasks
+        if not tasks:
+            wanted = list(self.config["finetune"]["tasks"])
+            raise MissingLabelsError(
+                ", ".join(wanted) or "-", ", ".join(get_task(t).label or "-" for t in wanted) or "-",
+                "so no encoder can be fine-tuned and there is nothing to compare; add labels to the table, or give "
+                "the fine-tuned encoder(s) with finetune.checkpoints: {task: file} (or `radiolens compare PRE FT`)",
+            )
+        return tasks
 
     def downstream_table(self) -> pd.DataFrame:
         """Our Table 2: (task, regime, metric, value) for every available task and regime."""
@@ -363,7 +479,7 @@ class Study:
             return self.bundle.downstream()
         self.finetune_all()
         frames = []
-        for task in self.available_tasks():
+        for task in self.trainable_tasks():
             for regime in self.config["finetune"]["regimes"]:
                 table = self.finetuned(task, regime).metrics_table()
                 frames.append(table)
@@ -381,9 +497,10 @@ class Study:
             from radiolens import embeddings
             from radiolens.models import encoder_for_task
 
-            pre_encoder = encoder_for_task(self.encoder(), task)
+            spec = self.task(task)
+            pre_encoder = encoder_for_task(self.encoder(), spec)
             ft_encoder = self.finetuned(task, "full").encoder
-            kwargs = dict(channels=get_task(task).channels, device=self.config["device"], cache_dir=self.cache_root,
+            kwargs = dict(channels=spec.channels, device=self.config["device"], cache_dir=self.cache_root,
                           progress=self.progress, store=self.case_store())
             x_pre = self._timed("embeddings", embeddings.extract, pre_encoder, self.cohort(), **kwargs)
             x_ft = self._timed("embeddings", embeddings.extract, ft_encoder, self.cohort(), **kwargs)
@@ -395,7 +512,7 @@ class Study:
     # ------------------------------------------------------------------------------------
     def lens_inputs(self, task: str, roi: str = "gland") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
         """``{"train"|"val"|"test": (X_pre, X_ft, R)}`` on the cases that have this ROI's radiomics."""
-        return self._split(*self.embeddings(task), self.radiomics(roi))
+        return self._split(*self.embeddings(task), self.radiomics(roi), roi)
 
     def stage_inputs(self, task: str, roi: str = "gland") -> dict[str, dict[str, tuple]]:
         """``{stage: lens_inputs}`` for the pooled output of each ConvNeXt stage (``"stage1"`` ..
@@ -406,15 +523,16 @@ class Study:
             from radiolens.models import encoder_for_task
 
             stages = ("stage1", "stage2", "stage3", "stage4")
-            kwargs = dict(channels=get_task(task).channels, device=self.config["device"], cache_dir=self.cache_root,
+            spec = self.task(task)
+            kwargs = dict(channels=spec.channels, device=self.config["device"], cache_dir=self.cache_root,
                           progress=self.progress, store=self.case_store(), stages=stages)
-            x_pre = self._timed("embeddings", embeddings.extract, encoder_for_task(self.encoder(), task), self.cohort(),
+            x_pre = self._timed("embeddings", embeddings.extract, encoder_for_task(self.encoder(), spec), self.cohort(),
                                 **kwargs)
             x_ft = self._timed("embeddings", embeddings.extract, self.finetuned(task, "full").encoder, self.cohort(),
                                **kwargs)
             radiomics = self.radiomics(roi)
             self._memo[key] = {stage: self._split(embeddings.stage_columns(x_pre, stage),
-                                                  embeddings.stage_columns(x_ft, stage), radiomics)
+                                                  embeddings.stage_columns(x_ft, stage), radiomics, roi)
                                for stage in stages}
         return self._memo[key]
 
@@ -436,13 +554,18 @@ class Study:
                 {stage: {"train": p["train"], "test": p["test"]} for stage, p in parts.items()}, params))
         return self._memo[key]
 
-    def _split(self, x_pre: pd.DataFrame, x_ft: pd.DataFrame, radiomics: pd.DataFrame) -> dict:
+    def _split(self, x_pre: pd.DataFrame, x_ft: pd.DataFrame, radiomics: pd.DataFrame, roi: str) -> dict:
         ids = [c for c in radiomics.index if c in x_pre.index]
         split = self.cohort().manifest.loc[ids, "split"]
         parts = {}
         for name in ("train", "val", "test"):
             chosen = [c for c in ids if split[c] == name]
             parts[name] = (x_pre.loc[chosen], x_ft.loc[chosen], radiomics.loc[chosen])
+        from radiolens.lens.requirements import check_cases_per_split
+
+        lens = self.config["lens"]
+        check_cases_per_split({k: len(v[2]) for k, v in parts.items()}, lens["n_folds"], lens["protocol"],
+                              f"the set of cases with {roi}-ROI radiomics")
         return parts
 
     def _lens_params(self) -> dict:
@@ -531,7 +654,7 @@ class Study:
             return {name: self.compare(*parse_report_name(name)) for name in self.bundle.report_names}
         out = {}
         for task in self.available_tasks():
-            for roi in get_task(task).rois:
+            for roi in self.task(task).rois:
                 if roi == "lesion" and not self.config["radiomics"]["lesion_roi"]:
                     continue
                 name = report_name(task, roi)
@@ -588,6 +711,7 @@ class Study:
             "seed": self.seed,
             "cohort": None if cohort is None else {"root": str(cohort.root), "fingerprint": cohort.fingerprint,
                                                    "n_cases": len(cohort.case_ids)},
+            "encoders": dict(self.encoder_provenance),
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -599,8 +723,14 @@ class Study:
         out.mkdir(parents=True, exist_ok=True)
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         self.cohort()
+        # every user input is read before the slow steps: a bad checkpoint or missing labels
+        # fail in seconds, not after the radiomics
+        self.encoder()
         for task in self.available_tasks():
-            for roi in get_task(task).rois:
+            if task in self.external_tasks:
+                self.task(task)
+        for task in self.available_tasks():
+            for roi in self.task(task).rois:
                 if roi == "gland" or self.config["radiomics"]["lesion_roi"]:
                     self.radiomics(roi)
         downstream = self.downstream_table()
@@ -690,6 +820,12 @@ def parse_report_name(name: str) -> tuple[str, str]:
     if not task or not roi or "(" in task or ")" in task:
         raise ValueError(f"{name!r} is not a report name ('task' or 'task (roi ROI)')")
     return task, roi
+
+
+def _registered_tasks() -> tuple[str, ...]:
+    from radiolens.tasks import TASKS
+
+    return tuple(TASKS)
 
 
 def _lens_key(lens) -> str:

@@ -612,6 +612,9 @@ def write_report(
             tables["downstream_table2"] = t2
             page.add(_table_html(t2, "table2", "Downstream test metrics: frozen backbone + trained head vs fully fine-tuned"))
             page.chart(lambda: plotting.downstream_chart(downstream), "Table 2 as a chart.")
+        elif any(str(k).startswith("fine-tuned") for k in (provenance.get("encoders") or {})):
+            page.add('<p class="note">No downstream metrics: the fine-tuned encoder(s) came from elsewhere and '
+                     'radiolens fine-tuned nothing (see "Encoders compared" under Provenance).</p>')
         else:
             page.add('<p class="note">No downstream metrics were recorded.</p>')
         page.add("</section>")
@@ -715,6 +718,14 @@ def write_report(
     flat = {k: v for k, v in provenance_full.items() if not isinstance(v, Mapping) and not isinstance(v, (list, tuple))}
     if flat:
         page.add(_table_html(pd.DataFrame({"item": list(flat), "value": [_fmt(v) for v in flat.values()]}), "provenance-table"))
+    encoders = provenance_full.get("encoders")
+    if isinstance(encoders, Mapping) and encoders:
+        # where each compared encoder came from: a reader must be able to tell which files
+        # (by content hash) the numbers describe
+        rows = [{"encoder": name, "format": info.get("format"), "path": info.get("path") or info.get("name") or "",
+                 "sha256": info.get("sha256") or info.get("weights_sha256") or ""}
+                for name, info in encoders.items() if isinstance(info, Mapping)]
+        page.add(_table_html(pd.DataFrame(rows), "encoders", "Encoders compared"))
     timings = provenance_full.get("timings_s") or provenance_full.get("timings")
     if isinstance(timings, Mapping) and timings:
         page.add(

@@ -375,13 +375,16 @@ def test_cohort_from_table_validates_and_resamples(tiny, tmp_path):
     sitk.WriteImage(coarse, str(src.path("case01", "ADC")))
     frame = pd.read_csv(src.root / "manifest.csv").drop(columns=["split"])
     frame.to_csv(src.root / "t.csv", index=False)
-    with pytest.raises(CohortError, match=r"case01.*case01_ADC\.nii\.gz.*geometry mismatch"):
-        cohort_from_table(src.root / "t.csv", out_dir=tmp_path / "strict")
-    assert not (tmp_path / "strict" / "manifest.csv").exists()
-    fixed = cohort_from_table(src.root / "t.csv", out_dir=tmp_path / "fixed", resample=True)
+    with pytest.raises(CohortError, match=r"case01.*case01_ADC\.nii\.gz.*grid differs.*cohort.resample: true"):
+        cohort_from_table(src.root / "t.csv", out_dir=tmp_path / "strict", resample=False)
+    assert not (tmp_path / "strict").exists()
+    assert not [p.name for p in tmp_path.iterdir() if "strict" in p.name], "a failed table left a folder behind"
+    # the default resamples (real DWI/ADC always sit on their own grid), and says so
+    fixed = cohort_from_table(src.root / "t.csv", out_dir=tmp_path / "fixed")
     case = fixed.load_case("case01")
     assert case.images["ADC"].shape == SHAPE
     assert fixed.path("case01", "ADC").parent == (tmp_path / "fixed" / "resampled").resolve()
+    assert fixed.path("case00", "ADC") == src.path("case00", "ADC").resolve()
     with pytest.raises(CohortError, match="unknown PI-RADS score"):
         cohort_from_table(frame.head(2).assign(pirads=[3, 9]).drop(columns=["pirads_group"]).assign(
             T2W=[str(src.root / p) for p in frame["T2W"].head(2)], DWI=None, ADC=None, gland=None, zones=None, lesion=None),
@@ -395,3 +398,12 @@ def test_cohort_from_table_default_folder_is_the_cache(tiny):
     cohort = cohort_from_table(table[["case_id", "T2W", "gland", "pirads_group"]])
     assert Path(os.environ["RADIOLENS_CACHE"]) in cohort.root.parents
     assert cohort.path("case00", "DWI") is None
+
+
+def test_split_by_an_absent_label_is_a_user_error_naming_the_column():
+    from radiolens.data.contract import CohortError, split_cases
+
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(10)]})
+    with pytest.raises(CohortError, match="'pirads_group'.*stratify=None"):
+        split_cases(table)
+    assert split_cases(table, stratify=None).value_counts().to_dict() == {"train": 7, "test": 2, "val": 1}

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from radiolens.config import load_config
+from radiolens.errors import NotEnoughDataError
 from radiolens.pipeline import Study
 
 from conftest import run_cli as _run_cli
@@ -131,7 +132,7 @@ def test_cohort_without_test_cases_is_rejected(synthetic_cohort, tmp_path):
         ]
     manifest.to_csv(folder / "manifest.csv", index=False)
     study = Study(load_config(cohort={"source": "folder", "path": str(folder)}, cache_dir=str(tmp_path / "cache")))
-    with pytest.raises(ValueError, match="no 'test' cases"):
+    with pytest.raises(NotEnoughDataError, match=r"too few cases for a lens: \{'train': \d+, 'val': \d+, 'test': 0\}.*test 0 < 2"):
         study.cohort()
 
 

@@ -393,6 +393,11 @@ class Cohort:
         for case_id, key, path in files:
             if not path.exists():
                 problems.append((case_id, key, path, "file does not exist"))
+            elif path.is_dir():
+                # hashing and radiomics read files: a table's DICOM folders are converted once
+                problems.append((case_id, key, path, "is a folder (a DICOM series?); a cohort manifest lists image "
+                                 "files: make the cohort from a table (cohort_from_table, cohort.source: table), "
+                                 "which converts DICOM series"))
         if problems:
             raise combine_problems(problems, "cohort")
 

@@ -305,7 +305,10 @@ def split_cases(
     ids = table["case_id"].astype(str)
     patients = table[group].astype(str) if group and group in table.columns else ids
     if stratify is not None and stratify not in table.columns:
-        raise KeyError(f"cannot stratify by {stratify!r}: no such column")
+        raise CohortError(
+            f"cannot stratify the split by {stratify!r}: the table has no such column "
+            f"(columns: {', '.join(map(str, table.columns))}); pass stratify=None or add the column"
+        )
     strata = (
         table[stratify].map(lambda v: "<missing>" if is_missing(v) else str(v))
         if stratify

@@ -3,7 +3,9 @@
 Every module that touches an image file goes through here: the cohort contract (headers,
 voxels, geometry checks), your own tables (resampling onto the first image's grid),
 preprocessing, the public data sets and the synthetic generator. Arrays are in (z, y, x)
-order; spacing, origin and direction in SimpleITK's (x, y, z) order.
+order; spacing, origin and direction in SimpleITK's (x, y, z) order. Wherever a file path is
+read, a folder holding one DICOM series is read too (SimpleITK's series reader, slices ordered
+by position); a folder with several series is a :class:`DicomSeriesError` listing them.
 
 Geometry tolerances (real headers carry float32 rounding): spacing :data:`SPACING_RTOL`
 relative, origin :data:`ORIGIN_VOXEL_FRACTION` of the smallest voxel side, direction cosines
@@ -21,15 +23,18 @@ from typing import Any
 import numpy as np
 
 from radiolens._utils import optional_import
+from radiolens.errors import EXIT_CODES, UserError
 
 __all__ = [
     "DIRECTION_ATOL",
+    "DicomSeriesError",
     "IMAGE_SUFFIXES",
     "ORIGIN_VOXEL_FRACTION",
     "SPACING_RTOL",
     "error_text",
     "geometry",
     "geometry_mismatch",
+    "is_dicom_series",
     "read_array",
     "read_header",
     "read_image",
@@ -129,8 +134,75 @@ def write_image(
     return path
 
 
+class DicomSeriesError(UserError, ValueError):
+    """A DICOM folder that does not hold exactly one readable image series."""
+
+    exit_code = EXIT_CODES["input file"]
+
+
+def is_dicom_series(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder (a DICOM series is read from its folder, not a file)."""
+    return Path(path).is_dir()
+
+
+def _dicom_series_files(folder: Path) -> list[str]:
+    """The slice files of the one DICOM series in ``folder``, in slice order.
+
+    Raises
+    ------
+    DicomSeriesError
+        No series, or several (listed with their slice counts, so the user can split them).
+    """
+    itk = simpleitk()
+    reader = itk.ImageSeriesReader
+    # GDCM prints a C++ warning for a folder without series; the error below says it better
+    shown = itk.ProcessObject.GetGlobalWarningDisplay()
+    itk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        series = list(reader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        itk.ProcessObject.SetGlobalWarningDisplay(shown)
+    if not series:
+        raise DicomSeriesError(
+            f"folder {str(folder)!r} holds no DICOM series: point the table at a DICOM series folder "
+            f"or at an image file ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    if len(series) > 1:
+        listed = ", ".join(f"{uid} ({len(reader.GetGDCMSeriesFileNames(str(folder), uid))} files)" for uid in series)
+        raise DicomSeriesError(
+            f"folder {str(folder)!r} holds {len(series)} DICOM series ({listed}); radiolens reads one "
+            "series per folder: move each series into a folder of its own and point the table at it"
+        )
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def _read_dicom_series(folder: Path):
+    """A DICOM series folder as one 3D ``SimpleITK.Image`` (geometry from the slices)."""
+    reader = simpleitk().ImageSeriesReader()
+    reader.SetFileNames(_dicom_series_files(folder))
+    return reader.Execute()
+
+
+class _ImageHeader:
+    """The header methods of an ``ImageFileReader``, answered by an image already read (a
+    DICOM series has no header-only read)."""
+
+    def __init__(self, image) -> None:
+        self._image = image
+
+    def __getattr__(self, name: str):
+        return getattr(self._image, name)
+
+    def GetNumberOfComponents(self) -> int:  # noqa: N802 - SimpleITK's name
+        return self._image.GetNumberOfComponentsPerPixel()
+
+
 def read_header(path: str | os.PathLike):
-    """A ``SimpleITK.ImageFileReader`` that has read ``path``'s header only (no voxels)."""
+    """A ``SimpleITK.ImageFileReader`` that has read ``path``'s header only (no voxels).
+
+    A folder is read as a DICOM series (every slice; an object with the same methods)."""
+    if is_dicom_series(path):
+        return _ImageHeader(_read_dicom_series(Path(path)))
     reader = simpleitk().ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -138,7 +210,9 @@ def read_header(path: str | os.PathLike):
 
 
 def read_image(path: str | os.PathLike):
-    """The whole image as a ``SimpleITK.Image``."""
+    """The whole image as a ``SimpleITK.Image``; a folder is read as one DICOM series."""
+    if is_dicom_series(path):
+        return _read_dicom_series(Path(path))
     return simpleitk().ReadImage(str(path))
 
 
@@ -160,7 +234,7 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         array = np.asarray(nib.load(str(path)).dataobj)
         return array.transpose(tuple(range(array.ndim))[::-1])
     itk = simpleitk()
-    return itk.GetArrayFromImage(itk.ReadImage(str(path)))
+    return itk.GetArrayFromImage(read_image(path))
 
 
 def geometry(obj) -> dict[str, tuple]:

@@ -57,6 +57,7 @@ The package, in the order a lens is used:
 ``report``       :class:`LensReport`, its rankings and its folder format
 ``estimator``    :class:`RadiomicLens`, the scikit-learn estimator tying them together
 ``sweep``        :func:`penalty_sweep`, the paper's choice of stage-1 penalties
+``requirements`` the fewest cases per split a lens needs, checked up front
 ``simulation``   planted-truth embeddings where the right answer is known
 ``calibration``  planted-truth runs measuring false positives, coverage and power
 ``stages``       the lens stage by stage of the encoder: where in the network fine-tuning acts
@@ -68,6 +69,7 @@ from radiolens.lens.decoders import DEFAULT_RIDGE_ALPHAS
 from radiolens.lens.estimator import RadiomicLens
 from radiolens.lens.inference import adjust_pvalues
 from radiolens.lens.report import IMPORTANCE_COLUMNS, LensReport
+from radiolens.lens.requirements import check_cases_per_split, min_cases_per_split
 from radiolens.lens.stages import linear_cka, stage_shift_table
 from radiolens.lens.sweep import PAPER_L1_GRID, PAPER_L2_GRID, penalty_sweep
 
@@ -79,7 +81,9 @@ __all__ = [
     "PAPER_L2_GRID",
     "RadiomicLens",
     "adjust_pvalues",
+    "check_cases_per_split",
     "linear_cka",
+    "min_cases_per_split",
     "penalty_sweep",
     "stage_shift_table",
 ]
