@@ -124,3 +124,25 @@ def test_study_reads_its_results_from_a_matching_bundle_without_computing(tmp_pa
     assert Study({**config, "seed": 5}, progress=False, use_bundle=path).bundle is None  # another study
     with pytest.raises(ValueError, match="use_bundle=False"):
         study.write_bundle(tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_radiolens_bundle_writes_the_finished_quick_study(quick_run, tmp_path):
+    """`radiolens bundle --quick` reads the finished run's cache (computing nothing but the bundle)
+    and a study reading the bundle gives the run's own numbers."""
+    from conftest import run_cli
+
+    cache, out, env = quick_run
+    before = {p for p in cache.rglob("*") if p.is_file()}
+    completed = run_cli(["bundle", "--quick", "--out", str(tmp_path / "quick")], env, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "results bundle written" in completed.stdout
+    bundle = load_bundle(tmp_path / "quick")
+    assert {p for p in cache.rglob("*") if p.is_file()} == before  # nothing recomputed
+    assert sum(p.stat().st_size for p in (tmp_path / "quick").rglob("*")) < 20e6
+    study = Study(load_config(quick=True, cache_dir=tmp_path / "empty"), progress=False, use_bundle=tmp_path / "quick")
+    assert study.bundle is not None and study.bundle.path == bundle.path
+    pd.testing.assert_frame_equal(
+        study.compare("pirads").importance.reset_index(drop=True),
+        pd.read_parquet(next((out / "lens" / "pirads").glob("importance.parquet"))).reset_index(drop=True))
+    assert set(study.stage_shifts()) == {"pirads", "lesion", "volume"}
