@@ -70,6 +70,7 @@ STEP_VERSIONS: dict[str, int] = {
     "lens": 2,  # lens: a fitted lens
     "lens_report": 2,  # lens: a comparison of pre-trained and fine-tuned encoders
     "planted_truth": 2,  # lens: the planted-truth simulation table
+    "stage_shift": 1,  # lens.stages: the lens run on every encoder stage's embedding
 }
 
 

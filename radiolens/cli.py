@@ -1,4 +1,4 @@
-"""Command line: ``radiolens run``, ``compare``, ``book``, ``config``, ``synth``."""
+"""Command line: ``radiolens run``, ``compare``, ``book``, ``bundle``, ``config``, ``synth``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ radiolens - a radiomic lens on how fine-tuning changes a foundation model's enco
   radiolens compare PRE FT --cohort TABLE
                             compare two encoders you trained (pre-trained, fine-tuned) on
                             your cases, without fine-tuning in radiolens; same report
+  radiolens bundle [CONFIG] write the study's results bundle (tables and lens reports, a few MB)
+                            from its cache, for the book to load instead of recomputing
   radiolens config          print every configuration key with its default and meaning
   radiolens synth OUT       write a built-in synthetic cohort to a folder
 
@@ -80,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")
     compare.add_argument("--jobs", type=int, default=None, help="parallel processes for radiomics extraction")
     compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    bundle = sub.add_parser(
+        "bundle", help="write the study's results bundle from its cache",
+        description="Write a study's results bundle (Table 2, penalty sweeps, lens reports, planted-truth table; "
+        "no images or weights) from the cache of a finished `radiolens run` with the same configuration. "
+        "Steps missing from the cache are computed first. Default folder: radiolens/results/<quick|full> "
+        "in the package, where Study(config, use_bundle=True) and the book find it.")
+    bundle.add_argument("config", nargs="?", default=None, help="YAML configuration file; default: built-in")
+    _add_common(bundle)
+    bundle.add_argument("--jobs", type=int, default=None, help="parallel processes if a step must be computed")
+    bundle.add_argument("--out", default=None, help="bundle folder (default: radiolens/results/<quick|full>)")
 
     sub.add_parser("config", help="print the configuration keys, defaults and meanings")
 
@@ -157,7 +170,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run_book(args.quick, args.cache_dir, only=args.chapter, html=not args.no_html, root=args.root, student=args.student)
 
     from radiolens.config import load_config
-    from radiolens.pipeline import run_study
+    from radiolens.pipeline import Study, run_study
+
+    if args.command == "bundle":
+        config = load_config(args.config, quick=args.quick, jobs=args.jobs, cache_dir=args.cache_dir)
+        path = Study(config, progress=False).write_bundle(args.out)
+        size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+        print(f"results bundle written: {Path(path).resolve()} ({size / 1e6:.1f} MB)")
+        return 0
 
     if args.command == "compare":
         config = _compare_config(args)

@@ -77,6 +77,14 @@ class Study:
     finetuned
         ``{task name: fine-tuned encoder}`` modules used as they are, like
         ``finetune.checkpoints`` files (any task name; no labels needed).
+    use_bundle
+        ``True``: read Table 2, the penalty sweeps, the lens reports and the planted-truth table
+        from the package's results bundle of this configuration (:mod:`radiolens.bundle`) when
+        one matches it, instead of computing them; a folder: look for the bundle there. The
+        book's chapters pass ``True``, so a chapter opened with an empty cache shows the study's
+        results in seconds. ``False`` (default, and ``radiolens run``): compute (or read the
+        cache). Other steps (cohort, radiomics, encoders, embeddings, the fitted lens) are never
+        in a bundle.
 
     Examples
     --------
@@ -85,9 +93,11 @@ class Study:
     >>> report = study.compare("pirads")                 # computes or loads every step  # doctest: +SKIP
     """
 
-    def __init__(self, config: dict, progress: bool = True, encoder=None, finetuned: dict | None = None) -> None:
+    def __init__(self, config: dict, progress: bool = True, encoder=None, finetuned: dict | None = None,
+                 use_bundle: bool | str | Path = False) -> None:
         self.config = config
         self.progress = progress
+        self.use_bundle = use_bundle
         self._encoder_override = encoder
         self._finetuned_override = dict(finetuned or {})
         #: Where each encoder came from (path, sha256, format), for the report.
@@ -116,6 +126,51 @@ class Study:
         logger.warning(message)
         if message not in self.warnings:
             self.warnings.append(message)
+
+    @property
+    def bundle(self):
+        """The verified results bundle this study reads its results from, or None (:mod:`radiolens.bundle`)."""
+        if "bundle" not in self._memo:
+            found = None
+            if self.use_bundle is not False:
+                from radiolens.bundle import find_bundle
+
+                found = find_bundle(self.config, None if self.use_bundle is True else [self.use_bundle])
+                if found is not None:
+                    logger.info("reading results from the bundle %s: %s", found.path, found.note)
+            self._memo["bundle"] = found
+        return self._memo["bundle"]
+
+    def write_bundle(self, path: str | Path | None = None) -> Path:
+        """Write this study's results bundle (computing, or reading from the cache, every step it holds).
+
+        Parameters
+        ----------
+        path
+            The bundle's folder; default ``radiolens/results/<label>`` in the package
+            (:func:`radiolens.bundle.bundle_label`: ``quick``, ``full`` or ``custom-...``).
+        """
+        from radiolens.bundle import PACKAGE_BUNDLES, bundle_label, write_bundle
+
+        if self.bundle is not None:
+            raise ValueError("this study reads its results from a bundle; write bundles from Study(config, use_bundle=False)")
+        reports = self.reports()
+        sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
+        return write_bundle(path or PACKAGE_BUNDLES / bundle_label(self.config), self.config,
+                            downstream=self.downstream_table(), planted=self.planted_truth(), sweeps=sweeps,
+                            reports=reports, n_cases=len(self.cohort().case_ids), stages=self.stage_shifts())
+
+    def stage_shifts(self) -> dict[str, pd.DataFrame]:
+        """:meth:`stage_shift` of every gland-ROI report, keyed like :meth:`reports`."""
+        if self.bundle is not None:
+            return {name: self.bundle.stages(name) for name in self.bundle.stage_names}
+        out = {}
+        for task in self.available_tasks():
+            try:
+                out[report_name(task)] = self.stage_shift(task)
+            except ValueError as err:  # e.g. an encoder archive without forward_stages, too few cases
+                self._warn(f"stage-by-stage lens for {task} skipped: {err}")
+        return out
 
     @property
     def seed(self) -> int:
@@ -461,6 +516,8 @@ class Study:
 
     def downstream_table(self) -> pd.DataFrame:
         """Our Table 2: (task, regime, metric, value) for every available task and regime."""
+        if self.bundle is not None:
+            return self.bundle.downstream()
         self.finetune_all()
         frames = []
         for task in self.trainable_tasks():
@@ -496,8 +553,49 @@ class Study:
     # ------------------------------------------------------------------------------------
     def lens_inputs(self, task: str, roi: str = "gland") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
         """``{"train"|"val"|"test": (X_pre, X_ft, R)}`` on the cases that have this ROI's radiomics."""
-        x_pre, x_ft = self.embeddings(task)
-        radiomics = self.radiomics(roi)
+        return self._split(*self.embeddings(task), self.radiomics(roi), roi)
+
+    def stage_inputs(self, task: str, roi: str = "gland") -> dict[str, dict[str, tuple]]:
+        """``{stage: lens_inputs}`` for the pooled output of each ConvNeXt stage (``"stage1"`` ..
+        ``"stage4"``) of the pre-trained and the fully fine-tuned encoder (cached embeddings)."""
+        key = ("stage_inputs", task, roi)
+        if key not in self._memo:
+            from radiolens import embeddings
+            from radiolens.models import encoder_for_task
+
+            stages = ("stage1", "stage2", "stage3", "stage4")
+            spec = self.task(task)
+            kwargs = dict(channels=spec.channels, device=self.config["device"], cache_dir=self.cache_root,
+                          progress=self.progress, store=self.case_store(), stages=stages)
+            x_pre = self._timed("embeddings", embeddings.extract, encoder_for_task(self.encoder(), spec), self.cohort(),
+                                **kwargs)
+            x_ft = self._timed("embeddings", embeddings.extract, self.finetuned(task, "full").encoder, self.cohort(),
+                               **kwargs)
+            radiomics = self.radiomics(roi)
+            self._memo[key] = {stage: self._split(embeddings.stage_columns(x_pre, stage),
+                                                  embeddings.stage_columns(x_ft, stage), radiomics, roi)
+                               for stage in stages}
+        return self._memo[key]
+
+    def stage_shift(self, task: str, roi: str = "gland") -> pd.DataFrame:
+        """Where in the network fine-tuning acts: the lens on every stage (:func:`radiolens.lens.stage_shift_table`)."""
+        key = ("stage_shift", task, roi)
+        if key not in self._memo and self.bundle is not None and report_name(task, roi) in self.bundle.stage_names:
+            self._memo[key] = self.bundle.stages(report_name(task, roi))
+        if key not in self._memo:
+            from radiolens.lens import stage_shift_table
+
+            parts = self.stage_inputs(task, roi)
+            params = self._lens_params()
+            ckey = step_key("stage_shift", {
+                "inputs": {stage: {split: [hash_frame(f) for f in frames] for split, frames in p.items() if split != "val"}
+                           for stage, p in parts.items()}, "params": params})
+            self._memo[key] = self._cache("lens").cached_frame(ckey, lambda: self._timed(
+                f"stage shift {task}/{roi}", stage_shift_table,
+                {stage: {"train": p["train"], "test": p["test"]} for stage, p in parts.items()}, params))
+        return self._memo[key]
+
+    def _split(self, x_pre: pd.DataFrame, x_ft: pd.DataFrame, radiomics: pd.DataFrame, roi: str) -> dict:
         ids = [c for c in radiomics.index if c in x_pre.index]
         split = self.cohort().manifest.loc[ids, "split"]
         parts = {}
@@ -523,6 +621,8 @@ class Study:
     def sweep(self, task: str, roi: str = "gland") -> pd.DataFrame:
         """The penalty sweep for one task's pre-trained embeddings (validation loss per l1, l2)."""
         key = ("sweep", task, roi)
+        if key not in self._memo and self.bundle is not None and report_name(task, roi) in self.bundle.report_names:
+            self._memo[key] = self.bundle.sweep(report_name(task, roi))
         if key not in self._memo:
             from radiolens.lens import penalty_sweep
 
@@ -560,6 +660,9 @@ class Study:
     def compare(self, task: str, roi: str = "gland"):
         """The lens report for one task (and ROI): pre vs fine-tuned, scored on the test cases."""
         key = ("compare", task, roi)
+        if key not in self._memo and self.bundle is not None and report_name(task, roi) in self.bundle.report_names:
+            self._memo[key] = self.bundle.report(report_name(task, roi))
+            self._report_dirs[key] = self.bundle.report_dir(report_name(task, roi))
         if key not in self._memo:
             from radiolens.lens import LensReport
 
@@ -588,6 +691,8 @@ class Study:
     def reports(self) -> dict[str, Any]:
         """Every lens report, keyed ``"pirads"``, ``"volume"``, ``"lesion"`` (gland ROI) and
         ``"lesion (lesion ROI)"``."""
+        if self.bundle is not None:
+            return {name: self.compare(*parse_report_name(name)) for name in self.bundle.report_names}
         out = {}
         for task in self.available_tasks():
             for roi in self.task(task).rois:
@@ -602,6 +707,8 @@ class Study:
 
     def planted_truth(self) -> pd.DataFrame:
         """How the lens's measures recover a known shift (simulation; see chapter 9)."""
+        if "planted" not in self._memo and self.bundle is not None:
+            self._memo["planted"] = self.bundle.planted()
         if "planted" not in self._memo:
             from radiolens.lens import simulation
 
@@ -691,11 +798,12 @@ class Study:
         downstream = self.downstream_table()
         reports = self.reports()
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
+        stages = self.stage_shifts()
         planted = self.planted_truth()
         self.timings["total"] = time.perf_counter() - start
         self.cpu_timings["total"] = _cpu_seconds() - cpu_start
         report_path = write_report(
-            out, reports, downstream=downstream, sweeps=sweeps, planted=planted,
+            out, reports, downstream=downstream, sweeps=sweeps, planted=planted, stages=stages,
             provenance=self.provenance(), warnings=self.warnings,
             lens_dirs={name: self._report_dirs[("compare", *parse_report_name(name))] for name in reports},
         )

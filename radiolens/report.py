@@ -508,6 +508,7 @@ def write_report(
     sweeps: Mapping[str, pd.DataFrame] | pd.DataFrame | None = None,
     planted: pd.DataFrame | None = None,
     provenance: Mapping[str, Any] | None = None,
+    stages: Mapping[str, pd.DataFrame] | None = None,
     warnings: Sequence[str] | None = None,
     title: str = "radiolens: what fine-tuning changed, through a radiomic lens",
     data_description: str | None = None,
@@ -532,6 +533,9 @@ def write_report(
         Planted-truth table ``method, hidden_dim, n_cases, precision_gained, precision_lost``.
     provenance
         Versions, ``config``, ``seed``, ``timings_s`` and anything else worth recording.
+    stages
+        ``{task: table}`` of :func:`radiolens.lens.stage_shift_table`: where in the network
+        fine-tuning acts.
     warnings
         Run-level warnings (e.g. skipped tasks); shown on the page and in ``summary.json``.
     title
@@ -583,6 +587,7 @@ def write_report(
     for anchor, label, present in (
         ("downstream", "Downstream performance (Table 2)", downstream is not None),
         ("across-tasks", "All tasks side by side", bool(task_reports)),
+        ("stages", "Where in the network fine-tuning acts", bool(stages)),
         ("sweep", "Penalty sweep", sweeps is not None),
         ("planted", "Planted-truth check", planted is not None),
         ("warnings", "Warnings", True),
@@ -651,6 +656,21 @@ def write_report(
                 None,
                 "explorer",
             )
+        page.add("</section>")
+
+    if stages:
+        page.add('<section id="stages"><h2>Where in the network fine-tuning acts</h2>')
+        page.add(
+            '<p class="note">The lens run on the pooled output of each encoder stage instead of the final '
+            "embedding only. Left: how much fine-tuning moved each stage's representation of the cases "
+            "(1 - linear CKA of the pre-trained and fine-tuned embeddings; 0: unchanged up to a rotation "
+            "and scale). Right: the mean held-out R² of the radiomics decoded from each stage.</p>"
+        )
+        page.chart(lambda: plotting.stage_shift_chart(stages), None, "stages-chart")
+        stage_all = plotting.concat_tasks(stages, "stage shift")
+        tables["stage_shift"] = stage_all
+        page.add(_table_html(stage_all, "stages-table", "Per stage: similarity and decodability"))
+        summary["stages"] = jsonable(stage_all)
         page.add("</section>")
 
     if sweeps is not None:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 CHART_CHAPTERS = ["03_radiomics", "04_encoder", "05_finetuning", "06_lens_projection", "07_lens_decoders",
-                  "08_what_changed", "09_validation"]
+                  "08_what_changed", "08b_where_it_acts", "09_validation"]
 
 
 def _toc_files(root: Path) -> list[str]:

@@ -344,3 +344,39 @@ def test_check_prints_a_clear_verdict_for_an_unfinished_scaffold(capsys):
     assert "✘ minmax_scale: not yet. TypeError:" in out and "Hint: use the training rows" in out
     assert "✘ sum: not yet. got 4, expected 5" in out
     assert "✔ sum: correct." in out
+
+
+#: Chapters whose prose is bound to their outputs (``start_chapter(..., text_bound=True)``);
+#: 10_your_data is bound separately.
+BOUND_CHAPTERS = ["01_why", "02_data", "03_radiomics", "04_encoder", "05_finetuning", "06_lens_projection",
+                  "07_lens_decoders", "08_what_changed", "08b_where_it_acts", "09_validation"]
+#: Phrases of prose written against one run instead of bound to the page's own outputs.
+UNBOUND_PHRASES = ["at the time of writing", "in the quick run", "in our quick run", "in our runs",
+                   "the quick pirads run", "were read off outputs", "with seed 0"]
+
+
+@pytest.mark.parametrize("name", BOUND_CHAPTERS)
+def test_bound_chapters_quote_no_run_from_memory(name):
+    """A bound chapter says so in its study note and quotes no run from memory in its prose.
+
+    Whether each glued number and claim matches the run is checked where the chapter runs
+    (``problems``: a failing claim or a missing key fails ``radiolens book`` and the book test)."""
+    text = (REPO / "book" / f"{name}.md").read_text()
+    assert "start_chapter(quick, cache_dir, text_bound=True)" in text, f"{name} is not marked text-bound"
+    prose = re.sub(r"```\{code-cell\}.*?```", "", text, flags=re.S).lower()
+    prose = re.sub(r"\s+", " ", prose)
+    found = [phrase for phrase in UNBOUND_PHRASES if phrase in prose]
+    assert found == [], f"{name}: prose quotes a run from memory: {found}; glue the numbers (CONTRIBUTING.md)"
+    assert glue_keys_used(text), f"{name} binds no number to its outputs"
+
+
+def test_a_claim_that_disagrees_with_its_output_fails_the_chapter(tmp_path):
+    """The claim is computed from the output it describes: change the output and it fails."""
+    chapter = CHAPTER.replace("ANSWER", "42").replace(
+        'claim("small", 60 < 100, "the cohort is small")',
+        'n = len(range(N_CASES))\nglue("n", n)\nclaim("small", n < 100, "the cohort is small")')
+    good = execute_chapters(_mini_root(tmp_path / "good", chapter.replace("N_CASES", "60")), quick=True)
+    assert problems(good / "book" / "ch.ipynb", "ch") == []
+    bad = execute_chapters(_mini_root(tmp_path / "bad", chapter.replace("N_CASES", "600")), quick=True)
+    found = problems(bad / "book" / "ch.ipynb", "ch")
+    assert len(found) == 1 and "claim 'small' does not hold" in found[0], found

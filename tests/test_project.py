@@ -117,7 +117,7 @@ LAYERS: dict[str, int] = {
     "embeddings": 5,
     "lens": 6,
     "plotting": 7, "report": 7,
-    "pipeline": 8, "run_folder": 8,
+    "pipeline": 8, "run_folder": 8, "bundle": 8,
     "book": 9, "cli": 9, "__main__": 9,
 }
 

@@ -63,9 +63,13 @@ def mode_note(quick: bool, cache_dir=None, text_bound: bool = False):
     config = load_config(quick=quick, cache_dir=cache_dir)
     cohort, finetune = config["cohort"], config["finetune"]
     grid = " x ".join(str(n) for n in cohort["shape"])
+    encoder = config["encoder"]
+    # pretrain_epochs applies only when the study pre-trains its own encoder
+    pretrained = (f"an encoder pre-trained here for {encoder['pretrain_epochs']} epochs" if encoder["weights"] == "pretrain"
+                  else f"the pre-trained encoder `{encoder['weights']}`")
     size = (
         f"{cohort['n_cases']} {cohort['source']} cases (split 7:1:2 into training, validation and test) "
-        f"on a {grid} voxel grid, an encoder pre-trained for {config['encoder']['pretrain_epochs']} epochs, "
+        f"on a {grid} voxel grid, {pretrained}, "
         f"fine-tuned for up to {finetune['epochs']} epochs on each of {len(finetune['tasks'])} tasks"
     )
     mode = "quick study" if quick else "full default study"
@@ -199,7 +203,7 @@ def claim(name: str, holds: bool, statement: str) -> None:
 
         display(Markdown(
             f"> **Note: on this run the text's claim does not hold** - \"{statement}\". "
-            "The text describes the quick study; read the outputs above instead."
+            "That sentence of the text does not describe this run; read the outputs above instead."
         ))
 
 

@@ -60,6 +60,7 @@ The package, in the order a lens is used:
 ``requirements`` the fewest cases per split a lens needs, checked up front
 ``simulation``   planted-truth embeddings where the right answer is known
 ``calibration``  planted-truth runs measuring false positives, coverage and power
+``stages``       the lens stage by stage of the encoder: where in the network fine-tuning acts
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from radiolens.lens.estimator import RadiomicLens
 from radiolens.lens.inference import adjust_pvalues
 from radiolens.lens.report import IMPORTANCE_COLUMNS, LensReport
 from radiolens.lens.requirements import check_cases_per_split, min_cases_per_split
+from radiolens.lens.stages import linear_cka, stage_shift_table
 from radiolens.lens.sweep import PAPER_L1_GRID, PAPER_L2_GRID, penalty_sweep
 
 __all__ = [
@@ -80,6 +82,8 @@ __all__ = [
     "RadiomicLens",
     "adjust_pvalues",
     "check_cases_per_split",
+    "linear_cka",
     "min_cases_per_split",
     "penalty_sweep",
+    "stage_shift_table",
 ]

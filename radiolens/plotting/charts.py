@@ -569,3 +569,51 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
     )
 
 
+
+
+def stage_shift_chart(stages, title: str | None = None):
+    """Where in the network fine-tuning acts: per encoder stage, how much the embedding moved
+    (1 - linear CKA) and the held-out R² of the radiomics read from it, pre-trained vs fine-tuned.
+
+    Parameters
+    ----------
+    stages
+        A :func:`radiolens.lens.stage_shift_table` table, or ``{task: table}``.
+    """
+    alt = altair()
+    data = concat_tasks(stages, "stage shift")
+    if "task" not in data.columns:
+        data.insert(0, "task", "")
+    missing = {"stage", "cka", "r2_pre", "r2_ft"} - set(data.columns)
+    if missing:
+        raise ValueError(f"stage table lacks columns {sorted(missing)}")
+    order = sorted(data["stage"].unique())
+    moved = data.assign(moved=1 - data["cka"])
+    change = (
+        alt.Chart(moved)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("stage:O", sort=order, title="encoder stage"),
+            y=alt.Y("moved:Q", title="1 - CKA (pre vs fine-tuned)", scale=alt.Scale(zero=True)),
+            color=alt.Color("task:N", title="task"),
+            tooltip=["task:N", "stage:N", alt.Tooltip("cka:Q", format=".3f"), alt.Tooltip("moved:Q", format=".3f")],
+        )
+        .properties(width=220, height=180, title="How much each stage moved")
+    )
+    long = data.melt(id_vars=["task", "stage"], value_vars=["r2_pre", "r2_ft"], var_name="encoder", value_name="r2")
+    long["encoder"] = long["encoder"].str.replace("r2_", "", regex=False).map(ENCODER_LABELS)
+    decoded = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("stage:O", sort=order, title="encoder stage"),
+            y=alt.Y("r2:Q", title="mean held-out R² of the radiomics"),
+            color=alt.Color("encoder:N", title="encoder", scale=alt.Scale(
+                domain=[ENCODER_LABELS["pre"], ENCODER_LABELS["ft"]], range=[ENCODER_COLORS["pre"], ENCODER_COLORS["ft"]])),
+            strokeDash=alt.StrokeDash("task:N", title="task"),
+            tooltip=["task:N", "stage:N", "encoder:N", alt.Tooltip("r2:Q", format=".3f")],
+        )
+        .properties(width=220, height=180, title="What the lens reads from each stage")
+    )
+    chart = alt.hconcat(change, decoded).resolve_scale(color="independent", strokeDash="independent")
+    return chart.properties(title=title) if title else chart
