@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["jsonable", "optional_import", "progress_bar"]
+__all__ = ["cpu_seconds", "jsonable", "optional_import", "progress_bar", "torch_threads"]
 
 #: What to install for each optional (or slow-to-import) library, named in the error message.
 _INSTALL_HINTS: dict[str, str] = {
@@ -106,3 +107,37 @@ def jsonable(obj: Any) -> Any:
     if obj is pd.NA or obj is pd.NaT:
         return None
     return str(obj)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with torch limited to ``n`` threads (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its worker processes (radiomics' loky
+    workers stay alive between calls, so the process tree is summed, not only reaped children)."""
+    import resource
+
+    try:
+        import psutil
+    except ImportError:  # psutil is optional: count this process and reaped children only
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # ended meanwhile: its time is in its parent's children_* fields
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total

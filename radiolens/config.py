@@ -202,7 +202,8 @@ class Rule:
     Attributes
     ----------
     kind
-        ``"int"``, ``"float"`` (ints accepted), ``"bool"``, ``"str"`` or ``"list"``.
+        ``"int"``, ``"float"`` (ints accepted), ``"bool"``, ``"str"``, ``"path"`` (a non-empty
+        string or :class:`os.PathLike`, stored as a string) or ``"list"``.
     low, high
         Inclusive bounds of a number (of each item of a list of numbers); None = unbounded.
     above
@@ -249,7 +250,8 @@ class Rule:
             text = self.pattern_text
         else:
             text = {"int": "an integer", "float": "a finite number", "bool": "true or false",
-                    "str": "a non-empty string" if self.non_empty else "a string"}[self.kind]
+                    "str": "a non-empty string" if self.non_empty else "a string",
+                    "path": "a file or folder path"}[self.kind]
             bounds = []
             if self.above is not None:
                 bounds.append(f"> {self.above:g}")
@@ -285,10 +287,10 @@ RULES: dict[str, Rule] = {
     "seed": _int(0),
     "jobs": _int(1),
     "device": Rule("str", pattern=r"cpu|mps|cuda(:\d+)?", pattern_text="cpu, mps, cuda or cuda:N"),
-    "cache_dir": Rule("str", non_empty=True, none=True),
-    "out": Rule("str", non_empty=True),
+    "cache_dir": Rule("path", none=True),
+    "out": Rule("path"),
     "cohort.source": _choice("synthetic", "table", "folder", "msd", "picai", "prostate158"),
-    "cohort.path": Rule("str", non_empty=True, none=True),
+    "cohort.path": Rule("path", none=True),
     # the 7:1:2 split needs about ten cases before the validation split gets one
     "cohort.n_cases": _int(10),
     "cohort.shape": _list(_int(16), length=3),
@@ -299,7 +301,7 @@ RULES: dict[str, Rule] = {
     "preprocess.spacing": _list(_positive(), length=3),
     "preprocess.crop_shape": _list(_int(1), length=3),
     "radiomics.modalities": _list(_choice(*MODALITIES), unique=True),
-    "radiomics.settings": Rule("str", non_empty=True, none=True),
+    "radiomics.settings": Rule("path", none=True),
     "radiomics.lesion_roi": Rule("bool"),
     "encoder.preset": Rule("str", non_empty=True),
     "encoder.pretrain_epochs": _int(1),
@@ -373,6 +375,10 @@ def _problem(rule: Rule, value: Any) -> tuple[str | None, Any]:
                 or (rule.high is not None and value > rule.high):
             return "is out of range", value
         return None, value
+    if rule.kind == "path":
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+            return "is not a path", value
+        return None, os.fspath(value)
     if rule.kind == "str":
         if not isinstance(value, str):
             return "is not a string", value

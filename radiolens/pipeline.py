@@ -20,7 +20,6 @@ import json
 import logging
 import platform
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from radiolens import __version__
+from radiolens._utils import cpu_seconds, torch_threads
 from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
 from radiolens.naming import MODALITIES
 from radiolens.tasks import MissingLabelsError, Task, get_task
@@ -116,10 +116,10 @@ class Study:
         return ArtifactCache(self.cache_root, namespace)
 
     def _timed(self, name: str, func, *args, **kwargs):
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         result = func(*args, **kwargs)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-        self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + _cpu_seconds() - cpu_start
+        self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + cpu_seconds() - cpu_start
         return result
 
     def _warn(self, message: str) -> None:
@@ -436,7 +436,7 @@ class Study:
         def finetune():
             # one intra-op thread: a run's result does not depend on how many run at once
             # (finetune_all runs them in parallel processes), as radiomics runs on one ITK thread
-            with _torch_threads(1):
+            with torch_threads(1):
                 return ft.finetune(self.encoder(), self.cohort(), task, regime, self.finetune_config(task),
                                    seed=self.seed, device=self.config["device"], progress=self.progress,
                                    store=self.case_store())
@@ -459,7 +459,7 @@ class Study:
 
         # longest first (segmentation, then the full regime), so no worker is left with a long run at the end
         runs.sort(key=lambda run: (get_task(run[0]).kind != "segmentation", run[1] != "full"))
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         # a pool of our own: its workers, and the cases they hold in memory, end with the phase
         pool = ProcessPoolExecutor(max_workers=jobs)
         try:
@@ -474,7 +474,7 @@ class Study:
             raise
         pool.shutdown(wait=True)
         self.timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = time.perf_counter() - start
-        self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = _cpu_seconds() - cpu_start
+        self.cpu_timings[f"fine-tuning ({len(runs)} runs, {jobs} processes)"] = cpu_seconds() - cpu_start
 
     def trainable_tasks(self) -> list[str]:
         """Configured tasks radiolens fine-tunes whose labels exist in the cohort; the others are
@@ -783,7 +783,7 @@ class Study:
     def _run(self, out: Path) -> StudyResult:
         from radiolens.report import write_report
 
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         self.cohort()
         # every user input is read before the slow steps: a bad checkpoint or missing labels
         # fail in seconds, not after the radiomics
@@ -801,7 +801,7 @@ class Study:
         stages = self.stage_shifts()
         planted = self.planted_truth()
         self.timings["total"] = time.perf_counter() - start
-        self.cpu_timings["total"] = _cpu_seconds() - cpu_start
+        self.cpu_timings["total"] = cpu_seconds() - cpu_start
         report_path = write_report(
             out, reports, downstream=downstream, sweeps=sweeps, planted=planted, stages=stages,
             provenance=self.provenance(), warnings=self.warnings,
@@ -809,18 +809,6 @@ class Study:
         )
         return StudyResult(out, report_path, reports, downstream, list(self.warnings), dict(self.timings),
                            dict(self.cpu_timings))
-
-
-@contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 _WORKER_STUDIES: dict[str, Study] = {}
@@ -835,27 +823,6 @@ def _finetune_job(config: dict, task: str, regime: str) -> tuple[float, float]:
     start, cpu = time.perf_counter(), time.process_time()
     study.finetuned(task, regime)
     return time.perf_counter() - start, time.process_time() - cpu
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds used so far by this process and its worker processes (radiomics' loky
-    workers stay alive between calls, so the process tree is summed, not only reaped children)."""
-    import resource
-
-    try:
-        import psutil
-    except ImportError:  # psutil is optional: count this process and reaped children only
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-    total = 0.0
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:  # ended meanwhile: its time is in its parent's children_* fields
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
 
 
 def report_name(task: str, roi: str = "gland") -> str:

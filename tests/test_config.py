@@ -85,3 +85,12 @@ def test_defaults_round_trip_through_yaml(tmp_path):
     # the printed defaults are themselves a valid configuration file
     path = write(tmp_path, describe_defaults())
     assert load_config(path) == load_config()
+
+
+def test_path_keys_take_path_objects_and_store_strings(tmp_path):
+    from radiolens.config import ConfigError, load_config
+
+    config = load_config(None, cache_dir=tmp_path / "cache", out=tmp_path / "out")
+    assert config["cache_dir"] == str(tmp_path / "cache") and config["out"] == str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="'out'.*a file or folder path"):
+        load_config(None, out=5)
