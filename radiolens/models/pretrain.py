@@ -144,6 +144,20 @@ class FCMAE3D(nn.Module):
         return loss, pred
 
 
+def _random_crop(x: torch.Tensor, size, generator: torch.Generator) -> torch.Tensor:
+    """A random ``size`` box of each volume of a ``(B, C, D, H, W)`` batch (whole axis when
+    the volume is not larger)."""
+    boxes = []
+    for volume in x:
+        slices = []
+        for length, want in zip(volume.shape[1:], size):
+            want = min(int(want), length)
+            start = int(torch.randint(0, length - want + 1, (1,), generator=generator))
+            slices.append(slice(start, start + want))
+        boxes.append(volume[:, slices[0], slices[1], slices[2]])
+    return torch.stack(boxes)
+
+
 def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -169,6 +183,7 @@ def pretrain(
     max_cases: int | None = None,
     progress: bool = True,
     encoder: ConvNeXtV2Encoder3D | None = None,
+    crop: tuple[int, int, int] | None = None,
 ) -> tuple[ConvNeXtV2Encoder3D, pd.DataFrame]:
     """Pre-train an encoder by masked autoencoding on a cohort's training split.
 
@@ -204,6 +219,11 @@ def pretrain(
     encoder
         Start from this encoder (a copy is trained; e.g. ProFound weights from
         :func:`radiolens.models.load_profound`) instead of a fresh ``preset``.
+    crop
+        Train on a random ``(D, H, W)`` box of each training volume (each side a multiple of
+        the encoder's total stride) instead of the whole volume: a step costs less in
+        proportion to the voxels, and every epoch sees other parts of each case. Validation
+        always uses whole volumes. ``None``: whole volumes.
 
     Returns
     -------
@@ -224,6 +244,8 @@ def pretrain(
         raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if crop is not None and (len(crop) != 3 or min(crop) < 1):
+        raise ValueError(f"crop must be three positive sizes (D, H, W), got {crop}")
     if quick:
         epochs, max_cases = 1, min(max_cases or 8, 8)
     train_ids = list(cohort.ids("train"))
@@ -245,6 +267,8 @@ def pretrain(
         preset = "custom"
     model = FCMAE3D(encoder, decoder_dim=decoder_dim, norm_pix_loss=norm_pix_loss).to(device)
     stride = encoder.total_stride
+    if crop is not None and any(int(c) % stride for c in crop):
+        raise ValueError(f"crop {tuple(crop)} must be a multiple of the encoder's total stride {stride} on every side")
     train_set = CohortDataset(cohort, channels=channels, pad_multiple=stride, case_ids=train_ids)
     val_set = CohortDataset(cohort, channels=channels, pad_multiple=stride, case_ids=val_ids) if val_ids else None
 
@@ -272,6 +296,8 @@ def pretrain(
         for first in range(0, len(order), batch_size):
             ids = order[first : first + batch_size]
             x = batch_of(train_set, ids)
+            if crop is not None:
+                x = _random_crop(x, crop, gen)
             # left-right flips (the x axis) as the only augmentation: anatomy is ~symmetric
             flip = torch.rand(len(ids), generator=gen) < 0.5
             if flip.any():
@@ -328,6 +354,8 @@ def pretrain(
             "channels": list(channels),
             "normalisation": NORMALISATION_VERSION,
             "n_train_cases": len(train_set),
+            "norm_pix_loss": norm_pix_loss,
+            "crop": None if crop is None else [int(c) for c in crop],
             "cohort_fingerprint": getattr(cohort, "fingerprint", None),
         }
         save_encoder(encoder, out, meta=meta)
@@ -348,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--mask-ratio", type=float, default=0.6)
+    parser.add_argument("--no-norm-pix-loss", action="store_true",
+                        help="reconstruct the normalised intensities themselves, not each patch standardised")
+    parser.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), default=None,
+                        help="train on random boxes of this size (multiples of 16) instead of whole volumes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
@@ -367,16 +399,22 @@ def main(argv: list[str] | None = None) -> int:
         cohort_desc = {"path": str(args.cohort)}
     else:
         from radiolens.data import make_synthetic_cohort
+        from radiolens.data.synthetic import GENERATOR_VERSION
 
         # default out_dir: the radiolens cache, so the book and the pipeline reuse the cohort
-        cohort = make_synthetic_cohort(n_cases=args.cohort_cases, seed=args.cohort_seed)
-        cohort_desc = {"synthetic": True, "n_cases": args.cohort_cases, "seed": args.cohort_seed}
-    started = time.perf_counter()
+        cohort = make_synthetic_cohort(n_cases=args.cohort_cases, seed=args.cohort_seed, n_jobs=args.threads or 1)
+        cohort_desc = {"synthetic": True, "generator_version": GENERATOR_VERSION, "n_cases": args.cohort_cases,
+                       "seed": args.cohort_seed}
+    started, started_cpu = time.perf_counter(), time.process_time()
+    settings = {"epochs": args.epochs, "mask_ratio": args.mask_ratio, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed, "norm_pix_loss": not args.no_norm_pix_loss,
+                "crop": None if args.crop is None else list(args.crop)}
     encoder, history = pretrain(
         cohort, preset=args.preset, epochs=args.epochs, mask_ratio=args.mask_ratio, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, device=args.device, quick=args.quick, out=args.out,
+        norm_pix_loss=not args.no_norm_pix_loss, crop=None if args.crop is None else tuple(args.crop),
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     out = Path(args.out)
     card = {
         "name": out.stem,
@@ -388,14 +426,17 @@ def main(argv: list[str] | None = None) -> int:
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "wall_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "pretraining": settings,
         "encoder": encoder.config,
         "preset": args.preset,
         "n_parameters": sum(p.numel() for p in encoder.parameters()),
         "normalisation": NORMALISATION_VERSION,
         "channels": list(DEFAULT_CHANNELS),
         "cohort": {**cohort_desc, "fingerprint": cohort.fingerprint, "n_train": len(cohort.ids("train"))},
-        "note": "radiolens's own 'micro' preset pre-trained on synthetic data: a teaching stand-in "
-        "for ProFound, not a clinical model.",
+        "note": f"radiolens's own {args.preset!r} preset pre-trained by masked autoencoding on "
+        + ("radiolens's synthetic prostate MRI cohort" if not args.cohort else "the cohort above")
+        + ": a teaching stand-in for ProFound, not a clinical model and not ProFound's weights.",
         "history": history.round(6).to_dict(orient="records"),
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=1, default=str) + "\n")
