@@ -59,6 +59,7 @@ CACHE_ENV_VAR = "RADIOLENS_CACHE"
 #: so its old entries are never used again, and the steps after it follow through their
 #: inputs' content hashes.
 STEP_VERSIONS: dict[str, int] = {
+    "synthetic": 2,  # data.synthetic: a generated cohort (2: PZ share, PI-RADS reading features)
     "cohort_checks": 2,  # data.cohort: remembered voxel checks (2: the checked reader, gzip CRC and length)
     "preprocess": 1,  # data.preprocess: resampled and cropped cohorts
     "datasets": 1,  # data.datasets: public data sets converted to cohorts

@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from radiolens.data import CohortError, load_cohort, make_synthetic_cohort
-from radiolens.data.synthetic import PRESETS, default_shape, sample_latents, simulate_case
+from radiolens.data.synthetic import (
+    PRESETS,
+    PZ_SHARE_LIMITS,
+    default_shape,
+    sample_latents,
+    simulate_case,
+)
 from radiolens.plotting import plot_cases
 
 OUTPUT = Path(__file__).parent / "_output"
@@ -27,6 +33,7 @@ def stats(synthetic_cohort) -> pd.DataFrame:
         pz = (m["zones"] == 1) & ~lesion
         tz = (m["zones"] == 2) & ~lesion
         gland = m["gland"] > 0
+        n_pz, n_tz = np.count_nonzero(m["zones"] == 1), np.count_nonzero(m["zones"] == 2)
         row = {
             "case_id": case_id,
             "group": case.labels["pirads_group"],
@@ -40,6 +47,8 @@ def stats(synthetic_cohort) -> pd.DataFrame:
             "dwi_pz": np.median(im["DWI"][pz]),
             "t2_gland": np.median(im["T2W"][gland]),
             "gland_ml": gland.sum() * case.voxel_volume_ml,
+            "pz_share": n_pz / (n_pz + n_tz),
+            "latent_pz_share": case.labels["pz_share"],
             "lesion_ml": lesion.sum() * case.voxel_volume_ml,
             "log_dwi_adc_corr": np.corrcoef(np.log(im["DWI"][gland] + 1e-3), im["ADC"][gland])[0, 1],
         }
@@ -66,7 +75,8 @@ def test_contract_and_default_grid(synthetic_cohort):
     assert all(d % 32 == 0 for d in case.shape)  # the encoder downsamples by 32
     counts = cohort.manifest["split"].value_counts()
     assert (counts["train"], counts["val"], counts["test"]) == (17, 2, 5)
-    extra = {"age", "bph_grade", "lesion_zone", "lesion_diameter_mm", "adc_pz", "adc_tz", "patient_id"}
+    extra = {"age", "bph_grade", "pz_share", "lesion_zone", "lesion_diameter_mm", "lesion_margin", "adc_pz", "adc_tz",
+             "patient_id"}
     assert extra <= set(cohort.manifest.columns)
     assert set(cohort.manifest["site"]) == {"A", "B", "C"}
     assert cohort.manifest["source"].eq("synthetic").all()
@@ -96,6 +106,59 @@ def test_labels_drive_lesions(synthetic_cohort, stats):
     assert by_group["lesion_ml"].median().is_monotonic_increasing
     assert by_group["adc_lesion"].median().is_monotonic_decreasing
     assert set(synthetic_cohort.manifest.loc[~no_lesion, "lesion_zone"]) == {"PZ", "TZ"}
+
+
+def test_zonal_share_is_that_of_older_men(stats):
+    """PZ / (PZ + TZ) as in men referred for MRI (see "Zonal anatomy" in radiolens.data.synthetic):
+    the PZ keeps its ~15 ml with age (Turkbey et al. 2012) while BPH enlarges the TZ, so the PZ
+    is about a third of the gland and usually the smaller zone (Kaplan et al. 1995; Chang et
+    al. 2017), not the young man's 70 %."""
+    # the latent targets over many men: cheap, no images
+    latents = sample_latents(2000, seed=0)
+    share = latents["pz_share"]
+    assert 0.25 <= share.median() <= 0.32
+    assert 0.17 <= share.quantile(0.25) and share.quantile(0.75) <= 0.45
+    assert 0.10 <= share.std() <= 0.20
+    assert share.between(*PZ_SHARE_LIMITS).all()
+    assert (share < 0.5).mean() > 0.75  # the PZ is usually the smaller zone
+    pz_ml = share * latents["target_volume_ml"]
+    assert abs(np.corrcoef(pz_ml, latents["age"])[0, 1]) < 0.2  # PZ volume does not grow with age
+    assert np.corrcoef(share, latents["target_volume_ml"])[0, 1] < -0.7  # BPH takes the gland's growth
+    # the written zone masks follow the targets (thick-slice majority adds ~0.03)
+    measured = stats["pz_share"]
+    assert (measured - stats["latent_pz_share"]).abs().max() < 0.07
+    assert 0.25 <= measured.median() <= 0.40
+    assert np.corrcoef(measured, stats["gland_ml"])[0, 1] < -0.6
+
+
+def test_pirads_groups_are_read_from_lesion_findings():
+    """PI-RADS v2.1: PZ groups differ on DWI/ADC (3 mild, 4-5 marked), TZ groups on T2W
+    (3 heterogeneous, 4-5 homogeneous and dark); 5 differs from 4 by size (>= 15 mm)."""
+    base = sample_latents(1, seed=3).reset_index().iloc[0].to_dict()
+    base.update(target_volume_ml=40.0, pz_share=0.4, site="A")
+
+    def read(group, zone, diameter, adc, margin=0.3):
+        latent = {**base, "pirads_group": group, "lesion_zone": zone, "lesion_diameter_mm": diameter,
+                  "lesion_adc": adc, "lesion_margin": margin}
+        images, masks = simulate_case(latent, shape=(32, 64, 64), seed=4)
+        lesion = masks["lesion"] > 0
+        host = (masks["zones"] == (1 if zone == "PZ" else 2)) & ~lesion
+        t2 = images["T2W"][lesion]
+        return {
+            "adc": np.median(images["ADC"][lesion]) / np.median(images["ADC"][host]),
+            "dwi": np.median(images["DWI"][lesion]) / np.median(images["DWI"][host]),
+            "t2": np.median(t2) / np.median(images["T2W"][host]),
+            "t2_cv": t2.std() / t2.mean(),
+            "ml": lesion.sum() * 0.8 * 0.8 * 2.0 / 1000,
+        }
+
+    pz3, pz4, pz5 = read(1, "PZ", 11.0, 1150.0), read(2, "PZ", 11.0, 800.0), read(3, "PZ", 20.0, 700.0)
+    assert pz3["adc"] > 0.65 and pz4["adc"] < 0.6  # mild/moderate vs marked ADC drop
+    assert pz4["dwi"] > 1.3 * pz3["dwi"] and pz4["dwi"] > 2.0  # markedly bright at high b
+    assert pz5["ml"] > 2.5 * pz4["ml"]  # 5 = 4 and >= 15 mm
+    tz3, tz4 = read(1, "TZ", 11.0, 1100.0), read(2, "TZ", 11.0, 850.0)
+    assert tz3["t2_cv"] > 1.2 * tz4["t2_cv"]  # heterogeneous vs homogeneous ("erased charcoal")
+    assert tz4["t2"] < 0.8  # moderately dark on T2W
 
 
 def test_adc_in_physical_ranges(stats):

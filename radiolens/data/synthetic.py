@@ -1,5 +1,10 @@
 """A realistic built-in synthetic prostate mpMRI cohort (the default data everywhere).
 
+These are **simulated** images: no patient is behind them, and nothing learned or measured on
+them is a clinical finding. They are built so that the study's demonstration behaves like one
+on real data would: labels are read from what the images show, anatomy and intensities are
+those of the men who get prostate MRI, and scanners differ as real ones do.
+
 Each case is simulated in physical units (mm) in three steps:
 
 1. **Anatomy** on a grid that is finer along z than the acquisition (thick slices):
@@ -14,16 +19,46 @@ Each case is simulated in physical units (mm) in three steps:
    towards the base; the pubic bone anteriorly. Each tissue carries three physical
    parameters: a relative T2-weighted signal, a diffusion b=0 signal ``S0`` and an ADC in
    1e-6 mm^2/s (PZ ~1500-1900, TZ ~1100-1500, clinically significant cancer ~550-1000).
-2. **Lesion** driven by the PI-RADS group: none for ``<3``; one lesion otherwise whose size
-   (>= 15 mm for group 5), ADC and conspicuity grow with the group. PZ lesions are marked on
-   DWI/ADC and moderate on T2W; TZ lesions are homogeneous dark ("erased charcoal") on T2W with
-   a less extreme ADC drop.
+2. **Lesion** whose appearance is what a PI-RADS v2.1 reader scores (see below): none for
+   ``<3``; otherwise one lesion in the PZ (70 %) or TZ.
 3. **Acquisition**: diffusion signals ``S(b) = S0 exp(-b ADC)`` for b = 50, 800 and 1400
    s/mm^2; slice-profile averaging over the thick slice (partial volume); an in-plane point
    spread (blurrier for DWI, acquired at lower resolution); smooth multiplicative coil bias
    fields; per-site intensity scale, contrast and noise level; Rician noise on magnitude images.
    The ADC map is computed from the noisy b=50 and b=800 images, as a scanner does, and the
    high-b image is the b=1400 acquisition - so they are consistent, noise included.
+
+Zonal anatomy of the men who get prostate MRI
+---------------------------------------------
+The textbook "PZ = 70 % of the gland" describes young men. Men referred for prostate MRI are
+mostly in their sixties, where benign hyperplasia enlarges the TZ while the PZ keeps its size:
+in 503 men imaged at 3T before treatment, whole-gland and central-gland volumes grew with age
+but PZ volume did not (Turkbey et al., BJU Int 2012;110:1642-7); in 61 men with symptomatic
+BPH (age 64.6 +/- 9.7) a "TZ index" (TZ / whole gland) above 0.5 marked the more obstructed
+men (Kaplan et al., J Urol 1995;154:1764-9); and in 247 men with MRI before biopsy the PZ share
+of the gland fell with age (r = -0.36) and helped predict the biopsy result (Chang et al.,
+Oncotarget 2017;8:34836-43). We do not copy one
+study's table (we cannot reproduce their exact numbers here); we build the share from the two
+relations these studies agree on: the PZ volume is drawn independently of age
+(:data:`PZ_VOLUME_ML`: log-normal, median 15 ml) and the TZ takes the rest of the gland, whose
+volume grows with BPH as before. Measured on the written zone masks of the default cohort, the
+PZ / (PZ + TZ) share then has a median near 0.32 (a third), an interquartile range of about
+0.25-0.45, and it falls with gland volume; small glands (~20 ml) keep the young man's ~0.7.
+``tests/test_synthetic.py`` fails if the share leaves that range. The ``zones`` mask labels
+PZ 1 and everything else in the gland (TZ, anterior stroma, urethra) 2, as AI zone masks of
+public data sets do; ``pz_share`` is the latent target on the fine grid, the masks measure
+~0.03 more (thick-slice majority).
+
+PI-RADS groups are read from the images
+---------------------------------------
+Each lesion's findings follow PI-RADS v2.1's reading rules (:func:`_lesion_findings`): in the
+PZ the group is carried by DWI/ADC (3: focal, mild/moderate ADC drop; 4: marked ADC drop and
+marked high-b brightness, < 15 mm; 5: as 4 and >= 15 mm), in the TZ by T2W (3: heterogeneous,
+obscured margins; 4: homogeneous, moderately dark, lenticular, < 15 mm; 5: as 4 and >= 15 mm),
+with margins more irregular in higher groups. A network that learns to find and read the
+lesion can therefore learn the label, as on real data; an encoder that only pools the whole
+volume sees little of a 1 ml lesion. Older men and smaller glands (higher PSA density) carry
+suspicious lesions more often, a weak global cue as in real cohorts.
 
 Masks come from the same fine anatomy (majority over each thick slice). ``gland_volume_ml``
 and ``lesion_volume_ml`` are measured from the written masks. Every case is generated from its
@@ -44,13 +79,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radiolens.cache import atomic_write_text, default_cache_dir, hash_json
+from radiolens.cache import STEP_VERSIONS, atomic_write_text, default_cache_dir, hash_json
 from radiolens.data.cohort import Cohort, load_cohort, write_manifest
 from radiolens.data.contract import MANIFEST_COLUMNS, CohortError, inside, split_cases
 from radiolens.data.image_io import write_image
 
 __all__ = [
     "B_VALUE",
+    "GENERATOR_VERSION",
     "PRESETS",
     "SITES",
     "default_shape",
@@ -90,7 +126,16 @@ SITES: dict[str, dict[str, Any]] = {
 #: Share of PI-RADS groups <3, 3, 4, 5.
 PIRADS_SHARES = (0.35, 0.20, 0.27, 0.18)
 
-_VERSION = 1  # bump when the simulation changes: invalidates cached cohorts
+#: Peripheral-zone volume in ml: log-normal with this median and log-sd, independent of age
+#: (see "Zonal anatomy" in the module docstring).
+PZ_VOLUME_ML = {"median": 15.0, "sd_log": 0.25}
+#: The PZ share of the gland is kept within these bounds (the smallest glands, ~21 ml, reach
+#: the young man's ~0.7; the largest BPH glands compress the PZ to a thin rim).
+PZ_SHARE_LIMITS = (0.15, 0.75)
+
+#: The generator's version, recorded on weight cards; bump it as ``STEP_VERSIONS["synthetic"]``
+#: in :mod:`radiolens.cache` when the simulation changes (this invalidates cached cohorts).
+GENERATOR_VERSION = STEP_VERSIONS["synthetic"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +143,31 @@ _VERSION = 1  # bump when the simulation changes: invalidates cached cohorts
 # --------------------------------------------------------------------------------------------
 def _case_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
+
+
+def _lesion_findings(group: int, zone: str, rng: np.random.Generator) -> dict[str, float]:
+    """What a reader sees in a lesion of PI-RADS ``group`` (0..3 = ``<3``, 3, 4, 5) and ``zone``.
+
+    The categories follow PI-RADS v2.1's reading rules, so that the label is carried by the
+    features a radiologist scores (and a network can learn):
+
+    * **PZ**, scored on DWI/ADC: 3 = focal, *mild/moderate* ADC drop, at most mildly bright on
+      high-b DWI; 4 = focal, *marked* ADC drop and marked high-b hyperintensity, < 15 mm;
+      5 = as 4 but >= 15 mm (or invading).
+    * **TZ**, scored on T2W: 3 = *heterogeneous* with obscured margins; 4 = lenticular or
+      non-circumscribed, *homogeneous*, moderately dark ("erased charcoal"), < 15 mm; 5 = as 4
+      but >= 15 mm. Their ADC drop is a little smaller than in the PZ.
+
+    Margins (``lesion_margin``, 0 = circumscribed, 1 = irregular/spiculated) grow more
+    irregular with the group. The ranges of neighbouring groups touch, as readers' do.
+    """
+    diameter = {1: rng.uniform(6, 12), 2: rng.uniform(9, 14.5), 3: rng.uniform(15, 26)}[group]
+    lo, hi = {1: (1000, 1250), 2: (720, 950), 3: (550, 820)}[group]
+    if zone == "TZ":
+        lo, hi = lo + 40, hi + 40
+    margin = {1: rng.uniform(0.0, 0.45), 2: rng.uniform(0.3, 0.75), 3: rng.uniform(0.55, 1.0)}[group]
+    return {"lesion_diameter_mm": float(diameter), "lesion_adc": float(rng.uniform(lo, hi)),
+            "lesion_margin": float(margin)}
 
 
 def sample_latents(
@@ -115,7 +185,8 @@ def sample_latents(
     seed
         Cohort seed; case *i* depends only on (seed, i).
     pirads_shares
-        Probabilities of PI-RADS groups 0..3.
+        Probabilities of PI-RADS groups 0..3 in a man of median age and gland volume; older
+        men and smaller glands carry more suspicious lesions (see the module docstring).
     sites
         Site table (default :data:`SITES`).
 
@@ -123,8 +194,10 @@ def sample_latents(
     -------
     pandas.DataFrame
         Indexed by ``case_id``: ``age``, ``bph_grade`` (0..1), ``target_volume_ml``,
-        ``pirads_group``, ``lesion_zone`` (``PZ``/``TZ``/empty), ``lesion_diameter_mm``,
-        ``lesion_adc``, ``adc_pz``, ``adc_tz``, ``inflammation`` (0..1), ``site``, ``scanner``.
+        ``pz_share`` (target PZ / (PZ + TZ)), ``pirads_group``, ``lesion_zone``
+        (``PZ``/``TZ``/empty), ``lesion_diameter_mm``, ``lesion_adc``, ``lesion_margin``
+        (0 circumscribed .. 1 irregular; NaN without lesion), ``adc_pz``, ``adc_tz``,
+        ``inflammation`` (0..1), ``site``, ``scanner``.
     """
     sites = SITES if sites is None else sites
     site_names = list(sites)
@@ -138,18 +211,21 @@ def sample_latents(
         age = float(np.clip(rng.normal(66, 7), 48, 84))
         bph = float(np.clip(1 / (1 + np.exp(-(age - 64) / 5)) + rng.normal(0, 0.18), 0, 1))
         volume = float(np.clip(22 + 70 * bph**1.4 + rng.normal(0, 6), 20.5, 97))
-        # older men: slightly more high-grade disease
-        p = shares * np.array([1.0 - 0.01 * (age - 66), 1.0, 1.0 + 0.01 * (age - 66), 1.0 + 0.015 * (age - 66)])
+        # the PZ keeps its size with age while BPH enlarges the TZ (Turkbey et al. 2012)
+        pz_ml = PZ_VOLUME_ML["median"] * float(np.exp(rng.normal(0, PZ_VOLUME_ML["sd_log"])))
+        pz_share = float(np.clip(pz_ml / volume, *PZ_SHARE_LIMITS))
+        # older men and smaller glands (higher PSA density, larger PZ share): more
+        # suspicious lesions (Chang et al. 2017: the PZ share predicts biopsy results)
+        risk = (volume / 55.0) ** -0.5
+        p = shares * np.array([1.0 - 0.01 * (age - 66), risk, risk * (1.0 + 0.01 * (age - 66)),
+                               risk * (1.0 + 0.015 * (age - 66))])
         p = np.clip(p, 1e-3, None)
         group = int(rng.choice(4, p=p / p.sum()))
-        zone, diameter, lesion_adc = "", 0.0, np.nan
+        zone = ""
+        findings = {"lesion_diameter_mm": 0.0, "lesion_adc": np.nan, "lesion_margin": np.nan}
         if group >= 1:
             zone = "PZ" if rng.random() < 0.7 else "TZ"
-            diameter = float({1: rng.uniform(7, 11), 2: rng.uniform(10, 14.5), 3: rng.uniform(15, 23)}[group])
-            lo, hi = {1: (1050, 1250), 2: (750, 980), 3: (550, 800)}[group]
-            if zone == "TZ":
-                lo, hi = lo + 30, hi + 40
-            lesion_adc = float(rng.uniform(lo, hi))
+            findings = _lesion_findings(group, zone, rng)
         adc_pz = float(np.clip(1850 - 9 * (age - 50) + rng.normal(0, 60), 1500, 1950))
         adc_tz = float(np.clip(1430 - 6 * (age - 50) + rng.normal(0, 50), 1100, 1500))
         inflammation = float(np.clip(rng.beta(2, 4) + 0.01 * (age - 60), 0, 1))
@@ -161,10 +237,12 @@ def sample_latents(
                 "age": round(age, 1),
                 "bph_grade": round(bph, 3),
                 "target_volume_ml": round(volume, 2),
+                "pz_share": round(pz_share, 3),
                 "pirads_group": group,
                 "lesion_zone": zone,
-                "lesion_diameter_mm": round(diameter, 2),
-                "lesion_adc": round(lesion_adc, 1) if group else np.nan,
+                "lesion_diameter_mm": round(findings["lesion_diameter_mm"], 2),
+                "lesion_adc": round(findings["lesion_adc"], 1) if group else np.nan,
+                "lesion_margin": round(findings["lesion_margin"], 3) if group else np.nan,
                 "adc_pz": round(adc_pz, 1),
                 "adc_tz": round(adc_tz, 1),
                 "inflammation": round(inflammation, 3),
@@ -329,15 +407,22 @@ def simulate_case(
     b, c = a * ratio_ap, a * ratio_cc
     gland = rg < 1.0
 
-    # transition zone: anterior, towards the base, growing with BPH
-    tz_frac = 0.22 + 0.5 * bph
-    ft = tz_frac ** (1 / 3) * 1.05
+    # transition zone: an ellipsoid anterior and towards the base, grown (BPH) until the PZ
+    # keeps the case's share of the gland; the PZ is what remains, a posterior-lateral rim
     tz_c = (rng.normal(0, 1), -0.12 * b, 0.2 * c)
-    rt = _ellipsoid_r(g, tz_c, (a * ft * 0.95, b * ft * 0.8, c * ft * 0.85)) * (1 + 0.06 * g.noise(6.0))
-    tz = gland & (rt < 1.0)
+    rt = _ellipsoid_r(g, tz_c, (a * 0.95, b * 0.8, c * 0.85)) * (1 + 0.06 * g.noise(6.0))
     # anterior fibromuscular stroma: a cap in front of the TZ, thinning laterally and at the apex
     afms_edge = -0.45 * b - 0.6 * b * (X / (0.55 * a)) ** 2 - 0.15 * b * np.clip(-Z / c, 0, 1)
-    afms = gland & ~tz & (Y < afms_edge)
+    front = gland & (Y < afms_edge)
+    candidates = rt[gland & ~front]
+    pz_share = latent.get("pz_share", np.nan)
+    if not np.isfinite(pz_share):  # a hand-made latent: the median man's PZ volume
+        pz_share = np.clip(PZ_VOLUME_ML["median"] * 1000.0 / volume, *PZ_SHARE_LIMITS)
+    n_tz = (1.0 - float(pz_share)) * np.count_nonzero(gland) - np.count_nonzero(front)
+    kth = int(np.clip(n_tz, 1, candidates.size - 1))
+    ft = float(np.partition(candidates, kth)[kth]) if candidates.size > 1 else 0.0
+    tz = gland & (rt < ft)
+    afms = front & ~tz
     pz = gland & ~tz & ~afms
     capsule = gland & (rg > 1.0 - 1.1 / a)
 
@@ -489,16 +574,23 @@ def simulate_case(
             radii = (half, half * 0.7, half * 0.85)
         else:  # lenticular
             radii = (half, half * 0.6, half * 0.8)
+        margin = float(latent.get("lesion_margin", np.nan))
+        if not np.isfinite(margin):  # a hand-made latent without margins: the group's typical one
+            margin = {1: 0.2, 2: 0.5, 3: 0.8}[group]
         rl = _ellipsoid_r(g, lc, radii)
-        rl = rl * (1 + (0.05 + 0.03 * group) * g.noise(3.5))  # more irregular with grade
+        rl = rl * (1 + (0.04 + 0.1 * margin) * g.noise(3.0))  # irregular, spiculated margins
         lesion = (rl < 1.0) & gland
         soft = np.clip((1.25 - rl) / 0.3, 0, 1) * gland  # ill-defined margins, just outside the mask
         ladc = float(latent["lesion_adc"]) * (1 + 0.05 * g.noise(1.5))
-        if zone == "PZ":
+        if zone == "PZ":  # scored on DWI/ADC; moderately dark on T2W
             t2_level = {1: 0.95, 2: 0.72, 3: 0.6}[group]
             _blend(maps, soft, t2=t2_level * (1 + 0.05 * micro), s0=0.85, adc=ladc)
-        else:  # "erased charcoal": homogeneous, dark on T2
-            t2_level = {1: 0.6, 2: 0.5, 3: 0.44}[group]
+        elif group == 1:  # TZ, PI-RADS 3: heterogeneous, margins obscured
+            t2_tex = g.noise(2.5)
+            soft = np.clip((1.4 - rl) / 0.6, 0, 1) * gland
+            _blend(maps, soft, t2=0.56 * (1 + 0.35 * t2_tex), s0=0.72, adc=ladc * (1 + 0.05 * t2_tex))
+        else:  # TZ, PI-RADS 4-5: "erased charcoal", homogeneous and moderately dark on T2W
+            t2_level = {2: 0.5, 3: 0.44}[group]
             _blend(maps, soft, t2=t2_level * (1 + 0.02 * micro), s0=0.7, adc=ladc)
 
     # ---- acquisition ---------------------------------------------------------------------------
@@ -659,7 +751,7 @@ def make_synthetic_cohort(
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")
     settings = {
-        "version": _VERSION,
+        "version": GENERATOR_VERSION,
         "n_cases": int(n_cases),
         "shape": list(shape),
         "spacing": list(spacing),

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radiolens._utils import progress_bar
@@ -88,12 +89,26 @@ class FCMAE3D(nn.Module):
         Width of the decoder.
     norm_pix_loss
         Standardise each target patch before the loss.
+    mask_patch
+        Side of the hidden cubes in voxels (default: the encoder's total stride, as FCMAE).
+        A smaller cube (a divisor of the total stride and a multiple of the stem's stride)
+        hides parts of a last-stage cell, so that what is left visible of a small structure
+        (a lesion) must be encoded to fill in the rest; the loss is then taken on the hidden
+        voxels.
     """
 
-    def __init__(self, encoder: ConvNeXtV2Encoder3D, decoder_dim: int = 64, norm_pix_loss: bool = True) -> None:
+    def __init__(self, encoder: ConvNeXtV2Encoder3D, decoder_dim: int = 64, norm_pix_loss: bool = True,
+                 mask_patch: int | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.patch = encoder.total_stride
+        self.mask_patch = int(mask_patch or self.patch)
+        stem = encoder.stage_strides[0]
+        if self.patch % self.mask_patch or self.mask_patch % stem:
+            raise ValueError(
+                f"mask_patch must divide the total stride {self.patch} and be a multiple of the stem's stride "
+                f"{stem}, got {self.mask_patch}"
+            )
         self.norm_pix_loss = norm_pix_loss
         self.proj = nn.Conv3d(encoder.dims[-1], decoder_dim, kernel_size=1)
         self.mask_token = nn.Parameter(torch.zeros(1, decoder_dim, 1, 1, 1))
@@ -119,19 +134,22 @@ class FCMAE3D(nn.Module):
         x
             ``(B, C, D, H, W)`` normalised volumes.
         mask
-            ``(B, D/p, H/p, W/p)``, 1 = hidden.
+            ``(B, D/q, H/q, W/q)`` with ``q = mask_patch``, 1 = hidden.
         """
         enc = self.encoder
         if enc.check_inputs:
             enc.check_input(x)
-        visible_in = 1.0 - _upsample(mask, self.patch)
+        q = self.mask_patch
+        visible_in = 1.0 - _upsample(mask, q)
         h = enc.downsample_layers[0](x * visible_in)
-        h = h * (1.0 - _upsample(mask, self.patch // enc.stage_strides[0]))
+        h = h * (1.0 - _upsample(mask, q // enc.stage_strides[0]))
         h = enc.stages[0](h)
         for down, stage in zip(list(enc.downsample_layers)[1:], list(enc.stages)[1:]):
             h = stage(down(h))
         z = self.proj(h)
-        m = mask[:, None].to(z.dtype)
+        # the mask token marks last-stage cells that are hidden entirely
+        hidden_cells = mask if q == self.patch else -F.max_pool3d(-mask[:, None], self.patch // q)[:, 0]
+        m = hidden_cells[:, None].to(z.dtype)
         z = z * (1.0 - m) + self.mask_token * m
         pred = self.pred(self.decoder(z))  # (B, p^3 C, d, h, w)
         pred = pred.flatten(2).transpose(1, 2)  # (B, L, p^3 C), patches in (d, h, w) order
@@ -140,10 +158,28 @@ class FCMAE3D(nn.Module):
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
-        per_patch = (pred - target).pow(2).mean(dim=-1)
-        flat = mask.flatten(1)
-        loss = (per_patch * flat).sum() / flat.sum()
+        if q == self.patch:
+            per_patch = (pred - target).pow(2).mean(dim=-1)
+            flat = mask.flatten(1)
+            loss = (per_patch * flat).sum() / flat.sum()
+        else:  # hidden voxels only; patchify orders channels fastest
+            weight = self.patchify(_upsample(mask, q)).repeat_interleave(x.shape[1], dim=-1)
+            loss = ((pred - target).pow(2) * weight).sum() / weight.sum()
         return loss, pred
+
+
+def _random_crop(x: torch.Tensor, size, generator: torch.Generator) -> torch.Tensor:
+    """A random ``size`` box of each volume of a ``(B, C, D, H, W)`` batch (whole axis when
+    the volume is not larger)."""
+    boxes = []
+    for volume in x:
+        slices = []
+        for length, want in zip(volume.shape[1:], size):
+            want = min(int(want), length)
+            start = int(torch.randint(0, length - want + 1, (1,), generator=generator))
+            slices.append(slice(start, start + want))
+        boxes.append(volume[:, slices[0], slices[1], slices[2]])
+    return torch.stack(boxes)
 
 
 def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
@@ -171,6 +207,8 @@ def pretrain(
     max_cases: int | None = None,
     progress: bool = True,
     encoder: ConvNeXtV2Encoder3D | None = None,
+    crop: tuple[int, int, int] | None = None,
+    mask_patch: int | None = None,
 ) -> tuple[ConvNeXtV2Encoder3D, pd.DataFrame]:
     """Pre-train an encoder by masked autoencoding on a cohort's training split.
 
@@ -197,7 +235,7 @@ def pretrain(
         Where to save the encoder (:func:`radiolens.models.save_encoder`, atomic).
     channels
         Input channels, in order.
-    decoder_dim, norm_pix_loss
+    decoder_dim, norm_pix_loss, mask_patch
         See :class:`FCMAE3D`.
     max_cases
         Use at most this many training cases (first ones, in manifest order).
@@ -206,6 +244,11 @@ def pretrain(
     encoder
         Start from this encoder (a copy is trained; e.g. ProFound weights from
         :func:`radiolens.models.load_profound`) instead of a fresh ``preset``.
+    crop
+        Train on a random ``(D, H, W)`` box of each training volume (each side a multiple of
+        the encoder's total stride) instead of the whole volume: a step costs less in
+        proportion to the voxels, and every epoch sees other parts of each case. Validation
+        always uses whole volumes. ``None``: whole volumes.
 
     Returns
     -------
@@ -224,6 +267,8 @@ def pretrain(
         raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if crop is not None and (len(crop) != 3 or min(crop) < 1):
+        raise ValueError(f"crop must be three positive sizes (D, H, W), got {crop}")
     if quick:
         epochs, max_cases = 1, min(max_cases or 8, 8)
     train_ids = list(cohort.ids("train"))
@@ -243,8 +288,10 @@ def pretrain(
             raise ValueError(f"encoder takes {encoder.in_chans} channel(s) but channels={channels}")
         encoder = copy.deepcopy(encoder)
         preset = "custom"
-    model = FCMAE3D(encoder, decoder_dim=decoder_dim, norm_pix_loss=norm_pix_loss).to(device)
+    model = FCMAE3D(encoder, decoder_dim=decoder_dim, norm_pix_loss=norm_pix_loss, mask_patch=mask_patch).to(device)
     stride = encoder.total_stride
+    if crop is not None and any(int(c) % stride for c in crop):
+        raise ValueError(f"crop {tuple(crop)} must be a multiple of the encoder's total stride {stride} on every side")
     train_set = CohortDataset(cohort, channels=channels, pad_multiple=stride, case_ids=train_ids)
     val_set = CohortDataset(cohort, channels=channels, pad_multiple=stride, case_ids=val_ids) if val_ids else None
 
@@ -272,11 +319,13 @@ def pretrain(
         for first in range(0, len(order), batch_size):
             ids = order[first : first + batch_size]
             x = batch_of(train_set, ids)
+            if crop is not None:
+                x = _random_crop(x, crop, gen)
             # left-right flips (the x axis) as the only augmentation: anatomy is ~symmetric
             flip = torch.rand(len(ids), generator=gen) < 0.5
             if flip.any():
                 x = torch.where(flip.to(device)[:, None, None, None, None], x.flip(-1), x)
-            grid = tuple(s // stride for s in x.shape[2:])
+            grid = tuple(s // model.mask_patch for s in x.shape[2:])
             mask = random_patch_mask(len(ids), grid, mask_ratio, gen).to(device)
             for group in optimiser.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, lr)
@@ -297,7 +346,7 @@ def pretrain(
                 for first in range(0, len(val_set), batch_size):
                     ids = list(range(first, min(first + batch_size, len(val_set))))
                     x = batch_of(val_set, ids)
-                    grid = tuple(s // stride for s in x.shape[2:])
+                    grid = tuple(s // model.mask_patch for s in x.shape[2:])
                     mask = random_patch_mask(len(ids), grid, mask_ratio, val_gen).to(device)
                     val_losses.append(float(model(x, mask)[0]) * len(ids))
             val_loss = sum(val_losses) / len(val_set)
@@ -328,6 +377,9 @@ def pretrain(
             "channels": list(channels),
             "normalisation": NORMALISATION_VERSION,
             "n_train_cases": len(train_set),
+            "norm_pix_loss": norm_pix_loss,
+            "mask_patch": model.mask_patch,
+            "crop": None if crop is None else [int(c) for c in crop],
             "cohort_fingerprint": getattr(cohort, "fingerprint", None),
         }
         save_encoder(encoder, out, meta=meta)
@@ -348,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--mask-ratio", type=float, default=0.6)
+    parser.add_argument("--no-norm-pix-loss", action="store_true",
+                        help="reconstruct the normalised intensities themselves, not each patch standardised")
+    parser.add_argument("--mask-patch", type=int, default=None,
+                        help="side of the hidden cubes in voxels (default: the total stride, 16)")
+    parser.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), default=None,
+                        help="train on random boxes of this size (multiples of 16) instead of whole volumes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
@@ -367,16 +425,23 @@ def main(argv: list[str] | None = None) -> int:
         cohort_desc = {"path": str(args.cohort)}
     else:
         from radiolens.data import make_synthetic_cohort
+        from radiolens.data.synthetic import GENERATOR_VERSION
 
         # default out_dir: the radiolens cache, so the book and the pipeline reuse the cohort
-        cohort = make_synthetic_cohort(n_cases=args.cohort_cases, seed=args.cohort_seed)
-        cohort_desc = {"synthetic": True, "n_cases": args.cohort_cases, "seed": args.cohort_seed}
-    started = time.perf_counter()
+        cohort = make_synthetic_cohort(n_cases=args.cohort_cases, seed=args.cohort_seed, n_jobs=args.threads or 1)
+        cohort_desc = {"synthetic": True, "generator_version": GENERATOR_VERSION, "n_cases": args.cohort_cases,
+                       "seed": args.cohort_seed}
+    started, started_cpu = time.perf_counter(), time.process_time()
+    settings = {"epochs": args.epochs, "mask_ratio": args.mask_ratio, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed, "norm_pix_loss": not args.no_norm_pix_loss, "mask_patch": args.mask_patch,
+                "crop": None if args.crop is None else list(args.crop)}
     encoder, history = pretrain(
         cohort, preset=args.preset, epochs=args.epochs, mask_ratio=args.mask_ratio, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, device=args.device, quick=args.quick, out=args.out,
+        norm_pix_loss=not args.no_norm_pix_loss, crop=None if args.crop is None else tuple(args.crop),
+        mask_patch=args.mask_patch,
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     out = Path(args.out)
     card = {
         "name": out.stem,
@@ -388,14 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "wall_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "pretraining": settings,
         "encoder": encoder.config,
         "preset": args.preset,
         "n_parameters": sum(p.numel() for p in encoder.parameters()),
         "normalisation": NORMALISATION_VERSION,
         "channels": list(MODALITIES),
         "cohort": {**cohort_desc, "fingerprint": cohort.fingerprint, "n_train": len(cohort.ids("train"))},
-        "note": "radiolens's own 'micro' preset pre-trained on synthetic data: a teaching stand-in "
-        "for ProFound, not a clinical model.",
+        "note": f"radiolens's own {args.preset!r} preset pre-trained by masked autoencoding on "
+        + ("radiolens's synthetic prostate MRI cohort" if not args.cohort else "the cohort above")
+        + ": a teaching stand-in for ProFound, not a clinical model and not ProFound's weights.",
         "history": history.round(6).to_dict(orient="records"),
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=1, default=str) + "\n")
