@@ -233,7 +233,7 @@ class Study:
                 seed=spec["seed"],
                 out_dir=self.cache_root / "cohorts" / ("synthetic-" + hash_json(params)[:16]),
                 n_jobs=self.config["jobs"],
-                show_progress=self.progress,
+                progress=self.progress,
                 cache_dir=self.cache_root,
             )
         elif source == "folder":

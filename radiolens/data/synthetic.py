@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radiolens._utils import progress_bar
 from radiolens.cache import STEP_VERSIONS, atomic_write_text, default_cache_dir, hash_json
 from radiolens.data.cohort import Cohort, load_cohort, write_manifest
 from radiolens.data.contract import MANIFEST_COLUMNS, CohortError, inside, split_cases
@@ -693,7 +694,7 @@ def make_synthetic_cohort(
     preset: str = "tutorial",
     pirads_shares: Sequence[float] = PIRADS_SHARES,
     overwrite: bool = False,
-    show_progress: bool = False,
+    progress: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> Cohort:
     """Generate (or reuse) the built-in synthetic prostate mpMRI cohort.
@@ -724,7 +725,7 @@ def make_synthetic_cohort(
     overwrite
         Regenerate even when ``out_dir`` holds a cohort made with the same settings; needed
         to write into a folder that holds a different cohort.
-    show_progress
+    progress
         Progress bar.
     cache_dir
         The radiolens cache (default :func:`radiolens.cache.default_cache_dir`): the default
@@ -787,11 +788,10 @@ def make_synthetic_cohort(
 
     latents = sample_latents(n_cases, seed, pirads_shares)
     records = [{"case_id": cid, **row} for cid, row in latents.to_dict(orient="index").items()]
-    from tqdm.auto import tqdm
 
     jobs = [(i, rec, shape, spacing, int(seed), str(out)) for i, rec in enumerate(records)]
     if n_jobs == 1:
-        results = [_generate_one(*job) for job in tqdm(jobs, desc="synthetic cases", disable=not show_progress)]
+        results = [_generate_one(*job) for job in progress_bar(jobs, desc="synthetic cases", progress=progress)]
     else:
         from joblib import Parallel, delayed
 
@@ -799,7 +799,7 @@ def make_synthetic_cohort(
         done = Parallel(n_jobs=n_jobs, batch_size=4, return_as="generator")(
             delayed(_generate_one)(*job) for job in jobs
         )
-        results = list(tqdm(done, total=len(jobs), desc="synthetic cases", disable=not show_progress))
+        results = list(progress_bar(done, total=len(jobs), desc="synthetic cases", progress=progress))
 
     frame = latents.reset_index()
     for col in ("T2W", "DWI", "ADC", "gland", "zones", "lesion", "gland_volume_ml", "lesion_volume_ml"):
