@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,4 +77,12 @@ def quick_run(tmp_path_factory):
     completed = run_cli(["run", "--quick", "--no-progress", "--out", str(out)], env)
     if completed.returncode != 0:
         pytest.fail(f"radiolens run --quick failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}")
+    # the cache exactly as the run left it: later tests (the book's chapter 10 computes radiomics
+    # of its own example cohort) add entries to `cache`; tests about the run itself copy this one
+    shutil.copytree(cache, pristine_cache(cache))
     return cache, out, env
+
+
+def pristine_cache(cache: Path) -> Path:
+    """The copy of the quick run's cache taken before any other test used it."""
+    return cache.parent / "cache_as_run_left_it"

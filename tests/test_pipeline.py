@@ -21,6 +21,7 @@ from radiolens.config import load_config
 from radiolens.errors import NotEnoughDataError
 from radiolens.pipeline import Study
 
+from conftest import pristine_cache
 from conftest import run_cli as _run_cli
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ def test_interrupted_run_resumes(quick_run, tmp_path):
     what was finished, and gives the same results as the uninterrupted run."""
     cache, reference_out, env = quick_run
     own_cache = tmp_path / "cache"
-    shutil.copytree(cache, own_cache)
+    shutil.copytree(pristine_cache(cache), own_cache)
     # forget half of the radiomics work units and every lens result
     units = sorted(own_cache.glob("radiomics/*.json"))
     for sidecar in units[::2]:
