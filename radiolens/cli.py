@@ -42,6 +42,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="cache folder (default: $RADIOLENS_CACHE or ~/.cache/radiolens)")
 
 
+def _add_study_options(parser: argparse.ArgumentParser, jobs_help: str) -> None:
+    """The options of the commands that run a study and write a report (run, compare)."""
+    parser.add_argument("--jobs", type=int, default=None, help=jobs_help)
+    parser.add_argument("--out", default=None, help="output folder (default radiolens-output)")
+    parser.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radiolens", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"radiolens {__version__}")
@@ -51,11 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole study and write the report", description="Run the whole study and write the report folder.")
     run.add_argument("config", nargs="?", default=None, help="YAML configuration file (see `radiolens config`); default: built-in")
     _add_common(run)
-    run.add_argument("--jobs", type=int, default=None, help="parallel processes for radiomics extraction and fine-tuning runs (default 2)")
-    run.add_argument("--out", default=None, help="output folder (default radiolens-output)")
-    run.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")
+    _add_study_options(run, "parallel processes for radiomics extraction and fine-tuning runs (default 2)")
     run.add_argument("--book", action="store_true", help="then execute and render the book with the same settings")
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     book = sub.add_parser("book", help="execute and render the book", description="Execute every chapter in order with papermill, then render the book with Jupyter Book.")
     _add_common(book)
@@ -78,10 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--task", default="finetuned", help="name of the fine-tuning task, for the report (default: finetuned)")
     compare.add_argument("--config", default=None, help="YAML configuration for everything else (lens, radiomics, cohort options)")
     _add_common(compare)
-    compare.add_argument("--out", default=None, help="output folder (default radiolens-output)")
-    compare.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")
-    compare.add_argument("--jobs", type=int, default=None, help="parallel processes for radiomics extraction")
-    compare.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_study_options(compare, "parallel processes for radiomics extraction")
 
     bundle = sub.add_parser(
         "bundle", help="write the study's results bundle from its cache",
