@@ -49,21 +49,63 @@ def test_a_bundle_round_trips_with_its_note(tmp_path, config, report):
     pd.testing.assert_frame_equal(loaded.planted(), planted)
     pd.testing.assert_frame_equal(loaded.sweep("lesion (lesion ROI)"), sweep)
     again = loaded.report("lesion (lesion ROI)")
-    for name in ("importance", "scores", "tests", "observed", "decoded_pre", "decoded_ft", "decoder_pre", "decoder_ft"):
-        pd.testing.assert_frame_equal(getattr(again, name), getattr(report, name))  # exact, wide ones too
+    for name in ("importance", "scores", "tests"):  # the statistics: exact
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(report, name), check_exact=True)
+    for name in ("observed", "decoded_pre", "decoded_ft", "decoder_pre", "decoder_ft"):  # single precision
+        stored, computed = getattr(again, name), getattr(report, name)
+        pd.testing.assert_frame_equal(stored, computed, check_exact=False, rtol=1e-7, atol=1e-30)
+        assert not stored.equals(computed) and stored.dtypes.eq("float64").all()
     assert again.diagnostics == json.loads(json.dumps(report.diagnostics))
     assert again.params == json.loads(json.dumps(report.params))
     assert "synthetic" in loaded.note and "not the results of Wang et al." in loaded.note
     assert "synthetic" in (path / "README.md").read_text()
     assert loaded.matches(config)
-    assert (path / "reports" / "pirads" / "decoded_pre.T.parquet").exists()  # wide tables stored transposed
+
+
+def test_a_table_several_reports_share_is_stored_once(tmp_path, config, report):
+    path, *_ = _write(tmp_path / "b", config, report)  # two reports with the same tables
+    tables = sorted((path / "tables").iterdir())
+    assert len(tables) == 8  # importance, scores, tests, observed, decoded x2, decoder x2
+    index = {name: json.loads((path / "reports" / slug / "tables.json").read_text())
+             for name, slug in (("pirads", "pirads"), ("lesion", "lesion-lesion-roi"))}
+    assert index["pirads"] == index["lesion"]
+    assert not list((path / "reports").rglob("*.parquet"))  # the report folders keep only their index and JSON
+
+
+def test_a_table_index_cannot_name_a_file_outside_the_manifest(tmp_path, config, report):
+    path, *_ = _write(tmp_path / "b", config, report)
+    folder = path / "reports" / "pirads"
+    index = json.loads((folder / "tables.json").read_text())
+    index["scores"]["file"] = "../../secret.parquet"
+    (folder / "tables.json").write_text(json.dumps(index))
+    with pytest.raises(BundleError, match="tables.json"):  # the altered index fails its checksum first
+        load_bundle(path).report("pirads")
+    bundle = load_bundle(_write(tmp_path / "c", config, report)[0])
+    del bundle.manifest["files"][json.loads((bundle.path / "reports" / "pirads" / "tables.json").read_text())["scores"]["file"]]
+    with pytest.raises(BundleError, match="does not list"):
+        bundle.report("pirads")
+
+
+@pytest.mark.parametrize("label", ["quick", "full"])
+def test_the_shipped_bundles_hold_the_current_built_in_studies(label):
+    """A default that changes without the bundles being written again fails here, not in a reader's Binder."""
+    bundle = find_bundle(load_config(quick=label == "quick"))
+    assert bundle is not None, f"radiolens/results/{label} is missing or stale: run the study and `radiolens bundle`"
+    assert bundle.path == bundles.PACKAGE_BUNDLES / label
+    assert sum(p.stat().st_size for p in bundle.path.rglob("*") if p.is_file()) < 8e6
+    assert bundle.manifest["config"]["cohort"]["n_cases"] == (60 if label == "quick" else 200)
+    assert "synthetic" in bundle.note
+    assert set(bundle.report_names) == {"pirads", "lesion", "lesion (lesion ROI)", "volume"}
+    report = bundle.report("pirads")
+    assert report.importance.shape[0] == report.observed.shape[1] > 2000
 
 
 def test_an_altered_or_unlisted_file_fails_verification_naming_it(tmp_path, config, report):
     path, *_ = _write(tmp_path / "b", config, report)
-    target = path / "reports" / "pirads" / "importance.parquet"
+    stored = json.loads((path / "reports" / "pirads" / "tables.json").read_text())["importance"]["file"]
+    target = path / stored
     target.write_bytes(target.read_bytes()[:-10])
-    with pytest.raises(BundleError, match="reports/pirads/importance.parquet") as caught:
+    with pytest.raises(BundleError, match=stored) as caught:
         load_bundle(path)
     assert isinstance(caught.value, UserError)
 
