@@ -67,7 +67,7 @@ STEP_VERSIONS: dict[str, int] = {
     "pretrain": 1,  # models.pretrain: an encoder pre-trained on the cohort
     "finetune": 2,  # finetune: a fine-tuned encoder, its head and test metrics
     "embeddings": 1,  # embeddings: an encoder's embedding of every case
-    "penalty_sweep": 2,  # lens: validation loss per penalty pair
+    "penalty_sweep": 3,  # lens: validation loss per penalty pair (3: each fit on one thread)
     "lens": 2,  # lens: a fitted lens
     "lens_report": 2,  # lens: a comparison of pre-trained and fine-tuned encoders
     "planted_truth": 2,  # lens: the planted-truth simulation table

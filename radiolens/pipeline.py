@@ -634,7 +634,7 @@ class Study:
                 "params": self._lens_params(), "l1": spec["l1_grid"], "l2": spec["l2_grid"]})
             table = self._cache("lens").cached_frame(ckey, lambda: self._timed(
                 "penalty sweep", penalty_sweep, x_tr, r_tr, x_va, r_va,
-                l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], **self._lens_params(),
+                l1_grid=spec["l1_grid"], l2_grid=spec["l2_grid"], n_jobs=self.config["jobs"], **self._lens_params(),
             ))
             self._memo[key] = table
         return self._memo[key]

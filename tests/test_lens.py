@@ -395,6 +395,14 @@ def test_penalty_sweep_selects_lowest_validation_loss(small):
         penalty_sweep(small.X_pre, small.R, small.X_pre, small.R, l1=0.1)
 
 
+def test_penalty_sweep_is_the_same_in_worker_processes(small):
+    n = 60
+    args = (small.X_pre.iloc[:n], small.R.iloc[:n], small.X_pre.iloc[n:], small.R.iloc[n:])
+    kw = dict(l1_grid=(0.0, 1e-3), l2_grid=(0.0, 1e-1), hidden_dim=4, epochs=3)
+    pd.testing.assert_frame_equal(penalty_sweep(*args, n_jobs=2, **kw), penalty_sweep(*args, n_jobs=1, **kw),
+                                  check_exact=True)
+
+
 # --------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------

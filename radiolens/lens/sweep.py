@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radiolens._utils import torch_threads
 from radiolens.lens.estimator import RadiomicLens
 
 #: The paper's sweep over the L1 weight penalty.
@@ -42,7 +43,8 @@ def penalty_sweep(
     l1_grid, l2_grid
         Penalties to try (default: the paper's grid, 6 x 4 = 24 fits).
     n_jobs
-        Parallel fits (joblib); 1 runs in this process.
+        Parallel fits (joblib worker processes); 1 runs in this process. Each fit runs on one
+        intra-op thread either way, so the table does not depend on ``n_jobs``.
     **lens_params
         Other :class:`RadiomicLens` parameters (``hidden_dim``, ``epochs``, ...).
 
@@ -60,7 +62,7 @@ def penalty_sweep(
         raise ValueError("empty penalty grid")
 
     def one(l1: float, l2: float) -> dict:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch_threads(1):
             warnings.simplefilter("ignore")  # the same warnings would repeat for every grid point
             # only the projection trained on every training case is scored: the cross-fitted
             # ones (protocol="cross-fit") would cost n_folds more trainings per grid point
