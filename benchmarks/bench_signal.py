@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 
 from radiolens.config import load_config
-from radiolens.lens.decoders import r2_per_feature
 from radiolens.naming import FAMILIES
 from radiolens.pipeline import Study, parse_report_name
 
@@ -68,29 +67,14 @@ def decoder_r2(reports: dict) -> pd.DataFrame:
 
 
 def volume_baseline(study: Study, reports: dict) -> pd.DataFrame:
-    """Held-out R^2 of each report's features predicted from the log ROI volume alone (OLS with an
-    intercept, fitted on the lens's training cases, scored on its test cases), mean per group;
-    rows and columns as :func:`decoder_r2` (one column per report)."""
-    labels = study.cohort().labels
-    if "case_id" in labels.columns:
-        labels = labels.set_index("case_id")
+    """:meth:`Study.size_baseline <radiolens.pipeline.Study.size_baseline>` of every report, mean
+    per group; rows as :func:`decoder_r2`, one column per report."""
     columns = {}
-    for name, report in reports.items():
-        task, roi = parse_report_name(name)
-        volume_column = f"{roi}_volume_ml"
-        if volume_column not in labels.columns:
-            continue
-        parts = study.lens_inputs(task, roi)
-        meta = report.importance.set_index("column")
-        features = list(meta.index[meta["r2_pre"].notna()])  # the features the lens could score
-        r_train, r_test = parts["train"][2][features], parts["test"][2].loc[report.observed.index, features]
-        log_volume = np.log(labels[volume_column].astype(float).clip(lower=1e-6))
-        a_train, a_test = (np.c_[np.ones(len(ids)), log_volume.loc[ids].to_numpy()] for ids in (r_train.index, r_test.index))
-        coef, *_ = np.linalg.lstsq(a_train, r_train.to_numpy(float), rcond=None)
-        r2 = pd.Series(r2_per_feature(r_test.to_numpy(float), a_test @ coef), index=features)
-        groups = {"all": r2.mean()}
+    for name in reports:
+        table = study.size_baseline(*parse_report_name(name))
+        groups = {"all": table["r2_volume"].mean()}
         for level in ("family", "modality"):
-            groups.update(r2.groupby(meta.loc[features, level]).mean().to_dict())
+            groups.update(table.groupby(level)["r2_volume"].mean().to_dict())
         columns[(name, "volume only")] = pd.Series(groups)
     return pd.DataFrame(columns)
 

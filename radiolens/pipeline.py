@@ -595,6 +595,22 @@ class Study:
                 {stage: {"train": p["train"], "test": p["test"]} for stage, p in parts.items()}, params))
         return self._memo[key]
 
+    def size_baseline(self, task: str, roi: str = "gland") -> pd.DataFrame:
+        """Held-out R^2 of one report's features from ``log(<roi>_volume_ml)`` alone (a line fitted on
+        the lens's training cases, scored on its test cases; :func:`radiolens.lens.covariate_r2`):
+        ``column, modality, family, r2_volume``. Many radiomic features are functions of ROI size."""
+        from radiolens.lens import covariate_r2
+
+        report, labels, radiomics = self.compare(task, roi), self.cohort().labels, self.radiomics(roi)
+        labels = labels.set_index("case_id") if "case_id" in labels.columns else labels
+        meta = report.importance.loc[report.importance["r2_pre"].notna(), ["column", "modality", "family"]]
+        train = [c for c in radiomics.index if self.cohort().manifest.at[c, "split"] == "train"]
+        test, features = list(report.observed.index), list(meta["column"])
+        log_volume = np.log(labels[f"{roi}_volume_ml"].astype(float).clip(lower=1e-6))
+        r2 = covariate_r2(log_volume.loc[train], radiomics.loc[train, features],
+                          log_volume.loc[test], radiomics.loc[test, features])
+        return meta.assign(r2_volume=r2.to_numpy()).reset_index(drop=True)
+
     def _split(self, x_pre: pd.DataFrame, x_ft: pd.DataFrame, radiomics: pd.DataFrame, roi: str) -> dict:
         ids = [c for c in radiomics.index if c in x_pre.index]
         split = self.cohort().manifest.loc[ids, "split"]

@@ -181,3 +181,24 @@ def test_fine_tuning_runs_in_parallel_processes_with_the_same_results(synthetic_
     assert "fine-tuning (4 runs, 2 processes)" in parallel_timings  # the four runs went to two workers
     # one thread per run wherever it runs: the same Table 2, bit for bit
     pd.testing.assert_frame_equal(serial, parallel, check_exact=True)
+
+
+def test_size_baseline_uses_the_reports_training_and_test_cases(quick_run):
+    import numpy as np
+
+    from radiolens.lens import covariate_r2
+
+    cache, _, _ = quick_run
+    study = Study(load_config(quick=True, cache_dir=pristine_cache(cache)), progress=False)
+    table = study.size_baseline("pirads")
+    report = study.compare("pirads")
+    assert list(table.columns) == ["column", "modality", "family", "r2_volume"]
+    assert set(table["column"]) == set(report.importance.loc[report.importance["r2_pre"].notna(), "column"])
+    # by hand: the gland volume of the lens's training cases -> its test cases
+    x_train, _, r_train = study.lens_inputs("pirads")["train"]
+    test = list(report.observed.index)
+    log_volume = np.log(study.cohort().labels["gland_volume_ml"].astype(float))
+    radiomics, features = study.radiomics("gland"), list(table["column"])
+    expected = covariate_r2(log_volume.loc[r_train.index], r_train[features],
+                            log_volume.loc[test], radiomics.loc[test, features])
+    np.testing.assert_allclose(table["r2_volume"].to_numpy(), expected.to_numpy(), atol=1e-12)

@@ -65,6 +65,7 @@ The package, in the order a lens is used:
 
 from __future__ import annotations
 
+from radiolens.lens.baselines import covariate_r2
 from radiolens.lens.decoders import DEFAULT_RIDGE_ALPHAS
 from radiolens.lens.estimator import RadiomicLens
 from radiolens.lens.inference import adjust_pvalues
@@ -82,6 +83,7 @@ __all__ = [
     "RadiomicLens",
     "adjust_pvalues",
     "check_cases_per_split",
+    "covariate_r2",
     "linear_cka",
     "min_cases_per_split",
     "penalty_sweep",
