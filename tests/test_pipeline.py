@@ -195,7 +195,7 @@ def test_size_baseline_uses_the_reports_training_and_test_cases(quick_run):
     assert list(table.columns) == ["column", "modality", "family", "r2_volume"]
     assert set(table["column"]) == set(report.importance.loc[report.importance["r2_pre"].notna(), "column"])
     # by hand: the gland volume of the lens's training cases -> its test cases
-    x_train, _, r_train = study.lens_inputs("pirads")["train"]
+    _, _, r_train = study.lens_inputs("pirads")["train"]
     test = list(report.observed.index)
     log_volume = np.log(study.cohort().labels["gland_volume_ml"].astype(float))
     radiomics, features = study.radiomics("gland"), list(table["column"])
