@@ -24,6 +24,14 @@ do to the paper's variant of the lens (hidden units that barely vary, an ill-con
     python benchmarks/bench_calibration.py --seeds 4 --sizes 140  # a quick look
     python benchmarks/bench_calibration.py --intercept
     python benchmarks/bench_calibration.py --units --sizes 140
+    python benchmarks/bench_calibration.py --downstream          # Table 2's frozen-vs-full tests
+
+``--downstream`` checks the other statistical claim a study makes, that full fine-tuning changed
+a Table 2 metric (:func:`radiolens.finetune.compare_regimes`): on simulated test splits whose two
+regimes are draws from one model (nothing changed) the share flagged by ``p_value < 0.05`` and
+the share whose 95% interval excludes 0 (target: at most 5%), and, for a real improvement
+(``--effect``), the share flagged (power), per task, at the built-in study's 40 test cases and
+at 100 and 200.
 """
 
 from __future__ import annotations
@@ -134,6 +142,23 @@ def units(args) -> None:
     print(table.round(3).to_string())
 
 
+def downstream(args) -> None:
+    from radiolens.finetune.comparison import comparison_calibration
+
+    tables = []
+    start = time.perf_counter()
+    for task in ("pirads", "lesion", "volume"):
+        for n in args.cases:
+            for effect in (0.0, args.effect):
+                tables.append(comparison_calibration(task, n_cases=n, n_runs=args.runs, effect=effect,
+                                                     n_resamples=args.permutations, seed=n))
+    table = pd.concat(tables, ignore_index=True)
+    print(f"{args.runs} simulated test splits per row, {args.permutations} permutations each, "
+          f"{time.perf_counter() - start:.0f} s; effect 0 = nothing changed (flagged should be <= 0.05)")
+    pd.set_option("display.width", 200)
+    print(table.round(3).to_string(index=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[140, 300], help="training cases")
@@ -146,8 +171,14 @@ def main() -> None:
     parser.add_argument("--save", default=None, help="write every feature's row to this Parquet file")
     parser.add_argument("--intercept", action="store_true", help="compare the decoder with and without intercept")
     parser.add_argument("--units", action="store_true", help="wholesale moves of the fine-tuned embeddings")
+    parser.add_argument("--downstream", action="store_true", help="calibration of Table 2's frozen-vs-full tests")
+    parser.add_argument("--cases", type=int, nargs="+", default=[40, 100, 200], help="--downstream: test cases")
+    parser.add_argument("--runs", type=int, default=1000, help="--downstream: simulated test splits per row")
+    parser.add_argument("--effect", type=float, default=0.3, help="--downstream: the improvement for the power rows")
     args = parser.parse_args()
-    if args.intercept:
+    if args.downstream:
+        downstream(args)
+    elif args.intercept:
         intercept(args)
     elif args.units:
         units(args)

@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 
 from radiolens.config import load_config
-from radiolens.naming import FAMILIES
-from radiolens.pipeline import Study, parse_report_name
+from radiolens.finetune import describe_comparison
+from radiolens.naming import FAMILIES, parse_report_name
+from radiolens.pipeline import Study
 
 #: Wang et al. (MIDL 2026), Table 2: frozen backbone vs full fine-tuning on PI-CAI (test cases).
 PAPER_TABLE2 = {("pirads", "qwk"): (0.118, 0.326), ("lesion", "dice"): (0.399, 0.429)}
@@ -132,6 +133,10 @@ def main() -> None:
           f"steps loaded or computed in {seconds:.1f} s\n")
     print("Table 2 (test cases; frozen backbone + head vs full fine-tuning)")
     print(t2.round(3).to_string(), "\n")
+    tests = study.downstream_comparison()
+    print("Full minus frozen on the same test cases (paired permutation test; 95% interval)")
+    print(tests.round(3).to_string(index=False))
+    print(describe_comparison(tests), "\n")
     r2 = decoder_r2(reports)
     print("Decoder R^2 on the test cases (mean of per-feature R^2), by family and modality")
     print(r2.round(3).to_string())
@@ -159,6 +164,7 @@ def main() -> None:
         payload = {
             "table2": [{"task": t, "metric": m, **{k: (None if pd.isna(v) else float(v)) for k, v in row.items()}}
                        for (t, m), row in t2.iterrows()],
+            "table2_tests": json.loads(tests.to_json(orient="records")),
             "decoder_r2": {f"{name}|{enc}": {g: (None if pd.isna(v) else float(v)) for g, v in col.items()}
                            for (name, enc), col in r2.items()},
             "volume_only_r2": {name: {g: (None if pd.isna(v) else float(v)) for g, v in col.items()}

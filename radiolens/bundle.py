@@ -56,7 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Version of the folder layout; a bundle of another format is not read.
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3
 #: Where the package's own bundles live, one folder per study (``quick``, ``full``).
 PACKAGE_BUNDLES = Path(__file__).resolve().parent / "results"
 #: Configuration keys that change how a study runs, not what it computes.
@@ -68,7 +68,7 @@ NOTE = (
     "patients, and they are not clinical findings."
 )
 _MANIFEST = "manifest.json"
-_FRAMES = ("downstream", "planted")
+_FRAMES = ("downstream", "downstream_comparison", "planted")
 #: Lens-report tables with a column per radiomic feature (per-case predictions and decoder
 #: weights). They are most of a bundle's bytes and feed plots and checks, so they are stored in
 #: single precision (7 significant digits) and read back as float64; every statistic (importance,
@@ -217,6 +217,10 @@ class ResultsBundle:
         """Table 2: ``task, regime, metric, value``."""
         return self._frame("downstream")
 
+    def downstream_comparison(self) -> pd.DataFrame:
+        """Table 2's frozen-vs-full differences, tested (:func:`radiolens.finetune.compare_regimes`)."""
+        return self._frame("downstream_comparison")
+
     def planted(self) -> pd.DataFrame:
         """The planted-truth table of :meth:`Study.planted_truth <radiolens.pipeline.Study.planted_truth>`."""
         return self._frame("planted")
@@ -255,6 +259,7 @@ def write_bundle(
     path: str | Path,
     config: Mapping[str, Any],
     downstream: pd.DataFrame,
+    comparison: pd.DataFrame,
     planted: pd.DataFrame,
     sweeps: Mapping[str, pd.DataFrame],
     reports: Mapping[str, Any],
@@ -272,8 +277,9 @@ def write_bundle(
         The bundle's folder; replaced if it exists.
     config
         The study's configuration (its fingerprint decides which studies may load the bundle).
-    downstream, planted
-        Table 2 and the planted-truth table.
+    downstream, comparison, planted
+        Table 2, its frozen-vs-full tests (:meth:`Study.downstream_comparison
+        <radiolens.pipeline.Study.downstream_comparison>`) and the planted-truth table.
     sweeps, reports
         ``{report name: penalty sweep}`` and ``{report name: LensReport}``.
     n_cases
@@ -298,6 +304,7 @@ def write_bundle(
 
     def save(folder: Path) -> None:
         _write_frame(folder / "downstream.parquet", downstream)
+        _write_frame(folder / "downstream_comparison.parquet", comparison)
         _write_frame(folder / "planted.parquet", planted)
         for name, slug in slugs.items():
             _write_frame(folder / "sweeps" / f"{slug}.parquet", sweeps[name])

@@ -1,4 +1,4 @@
-"""The modalities, the feature families and radiomic column names (and their parts).
+"""The modalities, the feature families, radiomic column names (and their parts) and lens report names.
 
 :data:`MODALITIES` is the one list of image modalities: the cohort's image columns, the
 encoder's input channels in order, the radiomics extracted. To add a modality, add it here
@@ -26,6 +26,8 @@ __all__ = [
     "RadiomicName",
     "parse_column",
     "parse_columns",
+    "parse_report_name",
+    "report_name",
 ]
 
 #: Modalities in the paper: T2-weighted, high-b-value diffusion-weighted, ADC map.
@@ -136,3 +138,29 @@ def parse_columns(columns: Iterable[str], modalities: Iterable[str] | None = Non
     allowed = None if modalities is None else tuple(modalities)
     rows = [parse_column(c, allowed).__dict__ for c in columns]
     return pd.DataFrame(rows, columns=["column", "modality", "image_type", "filter", "family", "feature"])
+
+
+def report_name(task: str, roi: str = "gland") -> str:
+    """The name of one lens report: ``"pirads"`` (gland ROI) or ``"lesion (lesion ROI)"``.
+
+    The inverse of :func:`parse_report_name`.
+    """
+    return task if roi == "gland" else f"{task} ({roi} ROI)"
+
+
+def parse_report_name(name: str) -> tuple[str, str]:
+    """``(task, roi)`` of a report name from :meth:`Study.reports`.
+
+    ``"volume"`` -> ``("volume", "gland")``; ``"lesion (lesion ROI)"`` -> ``("lesion", "lesion")``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not of either form.
+    """
+    task, roi = name, "gland"
+    if name.endswith(" ROI)") and " (" in name:
+        task, roi = name[: -len(" ROI)")].split(" (", 1)
+    if not task or not roi or "(" in task or ")" in task:
+        raise ValueError(f"{name!r} is not a report name ('task' or 'task (roi ROI)')")
+    return task, roi

@@ -30,7 +30,7 @@ import pandas as pd
 from radiolens import __version__
 from radiolens._utils import cpu_seconds, torch_threads
 from radiolens.cache import ArtifactCache, atomic_write_text, default_cache_dir, hash_frame, hash_json, step_key
-from radiolens.naming import MODALITIES
+from radiolens.naming import MODALITIES, parse_report_name, report_name
 from radiolens.tasks import MissingLabelsError, Task, get_task
 
 __all__ = ["Study", "StudyResult", "parse_report_name", "report_name", "run_study"]
@@ -157,7 +157,8 @@ class Study:
         reports = self.reports()
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
         return write_bundle(path or PACKAGE_BUNDLES / bundle_label(self.config), self.config,
-                            downstream=self.downstream_table(), planted=self.planted_truth(), sweeps=sweeps,
+                            downstream=self.downstream_table(), comparison=self.downstream_comparison(),
+                            planted=self.planted_truth(), sweeps=sweeps,
                             reports=reports, n_cases=len(self.cohort().case_ids), stages=self.stage_shifts())
 
     def stage_shifts(self) -> dict[str, pd.DataFrame]:
@@ -528,6 +529,20 @@ class Study:
             return pd.DataFrame(columns=["task", "regime", "metric", "value"])
         return pd.concat(frames, ignore_index=True)
 
+    def downstream_comparison(self) -> pd.DataFrame:
+        """Table 2's frozen-vs-full differences tested on the paired test cases, one row per task
+        and metric (:func:`radiolens.finetune.compare_regimes`)."""
+        from radiolens.finetune import COMPARISON_COLUMNS, compare_regimes
+
+        if self.bundle is not None:
+            return self.bundle.downstream_comparison()
+        tasks = self.trainable_tasks() if {"frozen", "full"} <= set(self.config["finetune"]["regimes"]) else []
+        if tasks:
+            self.finetune_all()
+        frames = [compare_regimes(task, self.finetuned(task, "frozen").predictions,
+                                  self.finetuned(task, "full").predictions, seed=self.seed) for task in tasks]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
+
     # ------------------------------------------------------------------------------------
     # step 4: embeddings
     # ------------------------------------------------------------------------------------
@@ -812,6 +827,7 @@ class Study:
                 if roi == "gland" or self.config["radiomics"]["lesion_roi"]:
                     self.radiomics(roi)
         downstream = self.downstream_table()
+        comparison = self.downstream_comparison()
         reports = self.reports()
         sweeps = {name: self.sweep(*parse_report_name(name)) for name in reports}
         stages = self.stage_shifts()
@@ -819,7 +835,7 @@ class Study:
         self.timings["total"] = time.perf_counter() - start
         self.cpu_timings["total"] = cpu_seconds() - cpu_start
         report_path = write_report(
-            out, reports, downstream=downstream, sweeps=sweeps, planted=planted, stages=stages,
+            out, reports, downstream=downstream, comparison=comparison, sweeps=sweeps, planted=planted, stages=stages,
             provenance=self.provenance(), warnings=self.warnings,
             lens_dirs={name: self._report_dirs[("compare", *parse_report_name(name))] for name in reports},
         )
@@ -839,32 +855,6 @@ def _finetune_job(config: dict, task: str, regime: str) -> tuple[float, float]:
     start, cpu = time.perf_counter(), time.process_time()
     study.finetuned(task, regime)
     return time.perf_counter() - start, time.process_time() - cpu
-
-
-def report_name(task: str, roi: str = "gland") -> str:
-    """The name of one lens report: ``"pirads"`` (gland ROI) or ``"lesion (lesion ROI)"``.
-
-    The inverse of :func:`parse_report_name`.
-    """
-    return task if roi == "gland" else f"{task} ({roi} ROI)"
-
-
-def parse_report_name(name: str) -> tuple[str, str]:
-    """``(task, roi)`` of a report name from :meth:`Study.reports`.
-
-    ``"volume"`` -> ``("volume", "gland")``; ``"lesion (lesion ROI)"`` -> ``("lesion", "lesion")``.
-
-    Raises
-    ------
-    ValueError
-        ``name`` is not of either form.
-    """
-    task, roi = name, "gland"
-    if name.endswith(" ROI)") and " (" in name:
-        task, roi = name[: -len(" ROI)")].split(" (", 1)
-    if not task or not roi or "(" in task or ")" in task:
-        raise ValueError(f"{name!r} is not a report name ('task' or 'task (roi ROI)')")
-    return task, roi
 
 
 def _registered_tasks() -> tuple[str, ...]:

@@ -505,6 +505,7 @@ def write_report(
     out_dir: str | Path,
     task_reports: Mapping[str, Any],
     downstream: pd.DataFrame | None = None,
+    comparison: pd.DataFrame | None = None,
     sweeps: Mapping[str, pd.DataFrame] | pd.DataFrame | None = None,
     planted: pd.DataFrame | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -527,6 +528,9 @@ def write_report(
         ``{task name: LensReport}``; may be empty (then the page says so).
     downstream
         Table 2 as tidy ``task, regime, metric, value``.
+    comparison
+        Table 2's frozen-vs-full differences tested on the paired test cases
+        (:func:`radiolens.finetune.compare_regimes`), shown under Table 2.
     sweeps
         Penalty sweep ``l1, l2, val_loss, train_loss, selected`` per task (dict) or one table.
     planted
@@ -616,6 +620,14 @@ def write_report(
             tables["downstream_table2"] = t2
             page.add(_table_html(t2, "table2", "Downstream test metrics: frozen backbone + trained head vs fully fine-tuned"))
             page.chart(lambda: plotting.downstream_chart(downstream), "Table 2 as a chart.")
+            if comparison is not None and len(comparison):
+                from radiolens.finetune.comparison import describe_comparison
+
+                tables["downstream_comparison"] = comparison
+                page.add(f"<p>{_esc(describe_comparison(comparison))}</p>")
+                page.add(_table_html(comparison, "table2-tests", "Full minus frozen on the same test cases: "
+                                     "difference, 95% interval, paired permutation p-value and verdict"))
+                page.chart(lambda: plotting.comparison_chart(comparison), "Table 2's differences, tested.")
         elif any(str(k).startswith("fine-tuned") for k in (provenance.get("encoders") or {})):
             page.add('<p class="note">No downstream metrics: the fine-tuned encoder(s) came from elsewhere and '
                      'radiolens fine-tuned nothing (see "Encoders compared" under Provenance).</p>')
@@ -623,6 +635,8 @@ def write_report(
             page.add('<p class="note">No downstream metrics were recorded.</p>')
         page.add("</section>")
         summary["downstream"] = jsonable(downstream)
+        if comparison is not None:
+            summary["downstream_comparison"] = jsonable(comparison)
 
     if task_reports:
         page.add('<section id="across-tasks"><h2>All tasks side by side</h2>')

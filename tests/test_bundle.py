@@ -13,6 +13,7 @@ from radiolens import bundle as bundles
 from radiolens.bundle import BundleError, find_bundle, load_bundle, study_fingerprint, write_bundle
 from radiolens.config import load_config
 from radiolens.errors import UserError
+from radiolens.finetune.comparison import compare_regimes, simulate_regimes
 from radiolens.lens import RadiomicLens
 from radiolens.lens.simulation import planted_shift
 from radiolens.pipeline import Study
@@ -36,16 +37,19 @@ def _write(path, config, report):
     planted = pd.DataFrame({"protocol": ["paper"], "method": ["ols delta_r2"], "hidden_dim": [16], "n_cases": [300],
                             "precision_gained": [0.5], "precision_lost": [0.5], "decoder_used": ["ols"]})
     sweep = pd.DataFrame({"l1": [0.0, 1e-6], "l2": [0.0, 0.0], "val_loss": [0.5, 0.4], "selected": [False, True]})
+    comparison = compare_regimes("pirads", *simulate_regimes("pirads", 12, seed=0), n_resamples=99)
     names = ["pirads", "lesion (lesion ROI)"]
-    return write_bundle(path, config, downstream=downstream, planted=planted, sweeps={n: sweep for n in names},
-                        reports={n: report for n in names}, n_cases=60), downstream, planted, sweep
+    return write_bundle(path, config, downstream=downstream, comparison=comparison, planted=planted,
+                        sweeps={n: sweep for n in names}, reports={n: report for n in names}, n_cases=60), \
+        downstream, planted, sweep, comparison
 
 
 def test_a_bundle_round_trips_with_its_note(tmp_path, config, report):
-    path, downstream, planted, sweep = _write(tmp_path / "b", config, report)
+    path, downstream, planted, sweep, comparison = _write(tmp_path / "b", config, report)
     loaded = load_bundle(path)
     assert loaded.report_names == ["pirads", "lesion (lesion ROI)"]
     pd.testing.assert_frame_equal(loaded.downstream(), downstream)
+    pd.testing.assert_frame_equal(loaded.downstream_comparison(), comparison, check_exact=True)
     pd.testing.assert_frame_equal(loaded.planted(), planted)
     pd.testing.assert_frame_equal(loaded.sweep("lesion (lesion ROI)"), sweep)
     again = loaded.report("lesion (lesion ROI)")
@@ -150,7 +154,7 @@ def test_find_bundle_matches_the_configuration_and_skips_a_broken_one(tmp_path, 
 
 
 def test_study_reads_its_results_from_a_matching_bundle_without_computing(tmp_path, config, report):
-    path, downstream, planted, sweep = _write(tmp_path / "b", config, report)
+    path, downstream, planted, sweep, comparison = _write(tmp_path / "b", config, report)
     study = Study(config, progress=False, use_bundle=path)
     assert study.bundle is not None
     reports = study.reports()
@@ -159,6 +163,7 @@ def test_study_reads_its_results_from_a_matching_bundle_without_computing(tmp_pa
     pd.testing.assert_frame_equal(study.downstream_table(), downstream)
     pd.testing.assert_frame_equal(study.planted_truth(), planted)
     pd.testing.assert_frame_equal(study.sweep("lesion", "lesion"), sweep)
+    pd.testing.assert_frame_equal(study.downstream_comparison(), comparison)
     # nothing was computed: no cohort, no radiomics, no fine-tuning in the study's cache
     assert not any((tmp_path / "cache").glob("*/*"))
 
@@ -188,3 +193,8 @@ def test_radiolens_bundle_writes_the_finished_quick_study(quick_run, tmp_path):
         study.compare("pirads").importance.reset_index(drop=True),
         pd.read_parquet(next((out / "lens" / "pirads").glob("importance.parquet"))).reset_index(drop=True))
     assert set(study.stage_shifts()) == {"pirads", "lesion", "volume"}
+    # the report's tested Table 2 and the bundle's are one table
+    reported = pd.read_csv(out / "tables" / "downstream_comparison.csv")
+    bundled = study.downstream_comparison()
+    assert list(reported["metric"]) == list(bundled["metric"])
+    np.testing.assert_allclose(reported[["difference", "p_value"]], bundled[["difference", "p_value"]], rtol=1e-9)

@@ -49,7 +49,7 @@ def test_custom_modalities_and_table():
     [("pirads", "pirads", "gland"), ("lesion (lesion ROI)", "lesion", "lesion"), ("volume", "volume", "gland")],
 )
 def test_report_names_round_trip(name, task, roi):
-    from radiolens.pipeline import parse_report_name, report_name
+    from radiolens.naming import parse_report_name, report_name
 
     assert parse_report_name(name) == (task, roi)
     assert report_name(task, roi) == name
@@ -57,7 +57,7 @@ def test_report_names_round_trip(name, task, roi):
 
 @pytest.mark.parametrize("bad", ["", "lesion (lesion", "lesion ( ROI)", " (lesion ROI)"])
 def test_bad_report_name_is_rejected(bad):
-    from radiolens.pipeline import parse_report_name
+    from radiolens.naming import parse_report_name
 
     with pytest.raises(ValueError, match="not a report name"):
         parse_report_name(bad)

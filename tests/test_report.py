@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape as html_escape
 from html import unescape
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from test_views import fake_downstream, fake_planted, fake_reports, fake_sweep, make_report
 
 from radiolens import plotting
+from radiolens.finetune.comparison import compare_regimes, describe_comparison, simulate_regimes
 from radiolens.report import slug, write_report
 
 import browser
@@ -48,6 +50,8 @@ def study():
     return {
         "reports": reports,
         "downstream": fake_downstream(),
+        "comparison": pd.concat([compare_regimes(task, *simulate_regimes(task, 40, effect, seed=4))
+                                 for task, effect in (("pirads", 0.0), ("lesion", 0.3))], ignore_index=True),
         "sweeps": {task: fake_sweep(i) for i, task in enumerate(reports)},
         "planted": fake_planted(),
     }
@@ -60,6 +64,7 @@ def written(study, tmp_path_factory):
         out,
         study["reports"],
         downstream=study["downstream"],
+        comparison=study["comparison"],
         sweeps=study["sweeps"],
         planted=study["planted"],
         provenance=PROVENANCE,
@@ -243,6 +248,8 @@ def test_csv_tables_match_inputs(written, study):
         pd.testing.assert_frame_equal(imp, report.importance.reset_index(drop=True), check_dtype=False, atol=1e-12)
     t2 = pd.read_csv(tables / "downstream_table2.csv")
     pd.testing.assert_frame_equal(t2, plotting.table2(study["downstream"]), check_dtype=False)
+    tests = pd.read_csv(tables / "downstream_comparison.csv")
+    pd.testing.assert_frame_equal(tests, study["comparison"], check_dtype=False)
     heat = pd.read_csv(tables / "delta_heatmap.csv")
     means = reports["volume"].importance.groupby(["modality", "family"])["delta_I"].mean()
     got = heat[heat["task"] == "volume"].set_index(["modality", "family"])["value"]
@@ -278,6 +285,10 @@ def test_summary_warnings_provenance_and_saved_lens_reports(written, study):
     best = study["sweeps"]["volume"].sort_values("val_loss").iloc[0]
     assert summary["sweep_selected"]["volume"]["l1"] == best["l1"]
     assert summary["downstream"][1]["value"] == pytest.approx(0.326)
+    # Table 2's tested differences: the sentence on the page is the one computed from the table
+    assert summary["downstream_comparison"][2]["verdict"] == "better"
+    assert html_escape(describe_comparison(study["comparison"])) in html
+    assert len(_cells(html, "table2-tests")) == len(study["comparison"])
     # the report that can save itself was saved; the others were skipped
     saved = pd.read_csv(out / "lens" / "pirads" / "importance.csv")
     assert list(saved["column"]) == list(study["reports"]["pirads"].importance["column"])

@@ -423,6 +423,25 @@ def test_table2_and_downstream_chart():
     assert "<svg" in _compiles(chart)
 
 
+def test_comparison_chart_draws_each_tested_difference_in_its_verdicts_colour():
+    from radiolens.finetune.comparison import compare_regimes, simulate_regimes
+    from radiolens.plotting.style import VERDICT_COLORS
+
+    lesion = compare_regimes("lesion", *simulate_regimes("lesion", 40, effect=0.3, seed=1))
+    volume = compare_regimes("volume", *simulate_regimes("volume", 40, seed=1))
+    chart = plotting.comparison_chart(pd.concat([lesion, volume], ignore_index=True))
+    assert list(chart.data["panel"]) == ["lesion (dice)", "volume (mse)", "volume (mae_ml)"]
+    assert list(chart.data["verdict"]) == ["better", "no detectable difference", "no detectable difference"]
+    spec = _spec(chart)
+    scales = [layer["encoding"]["color"]["scale"] for layer in spec["spec"]["layer"] if "color" in layer.get("encoding", {})]
+    assert scales and all(s["domain"] == list(VERDICT_COLORS) and s["range"] == list(VERDICT_COLORS.values())
+                          for s in scales)
+    assert spec["resolve"]["scale"]["x"] == "independent"
+    assert "<svg" in _compiles(chart)
+    with pytest.raises(ValueError, match="p_value"):
+        plotting.comparison_chart(lesion.drop(columns="p_value"))
+
+
 def _csv_dataset(spec: dict, name: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(spec["datasets"][name]), keep_default_na=False, na_values=[""])
 

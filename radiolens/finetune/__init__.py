@@ -39,20 +39,26 @@ RNG, so the same call on the same CPU gives the same history bit for bit.
 Modules: :mod:`~radiolens.finetune.data` (labelled cases per split),
 :mod:`~radiolens.finetune.metrics` (losses and metrics per task kind),
 :mod:`~radiolens.finetune.train` (:class:`FineTuneConfig`, the loop),
-:mod:`~radiolens.finetune.checkpoints` (saving and loading). The tasks themselves are
+:mod:`~radiolens.finetune.checkpoints` (saving and loading),
+:mod:`~radiolens.finetune.comparison` (is full fine-tuning better than frozen? paired tests of
+Table 2's differences). The tasks themselves are
 defined in :mod:`radiolens.tasks`, the heads in :mod:`radiolens.models.heads`.
 """
 
 from radiolens.finetune.checkpoints import load_finetuned, save_finetuned
+from radiolens.finetune.comparison import COMPARISON_COLUMNS, compare_regimes, describe_comparison
 from radiolens.finetune.data import EmptySplitError
 from radiolens.finetune.metrics import dice_score, quadratic_weighted_kappa, soft_dice_loss
 from radiolens.finetune.train import FineTuneConfig, FineTuneResult, TaskModel, finetune
 
 __all__ = [
+    "COMPARISON_COLUMNS",
     "EmptySplitError",
     "FineTuneConfig",
     "FineTuneResult",
     "TaskModel",
+    "compare_regimes",
+    "describe_comparison",
     "dice_score",
     "finetune",
     "load_finetuned",

@@ -5,7 +5,8 @@ ipywidgets), with one style.
 * :mod:`~radiolens.plotting.charts` - the paper's tables and figures and radiolens's additions,
   as Altair charts that work in a static page (:func:`table1`, :func:`family_scores_chart`,
   :func:`modality_r2_chart`, :func:`ranking_chart`, :func:`delta_heatmap`, :func:`sweep_chart`,
-  :func:`planted_truth_chart`, :func:`table2`, :func:`downstream_chart`)
+  :func:`planted_truth_chart`, :func:`table2`, :func:`downstream_chart`,
+  :func:`comparison_chart`)
 * :mod:`~radiolens.plotting.explorer` - :func:`delta_explorer`, the kernel-free explorer
 * :mod:`~radiolens.plotting.rankings` - :func:`ranked`, the lens report's rankings as views
   show them
@@ -21,6 +22,7 @@ using the colours of :mod:`~radiolens.plotting.style`; list it here and show it 
 """
 
 from radiolens.plotting.charts import (
+    comparison_chart,
     concat_tasks,
     delta_heatmap,
     delta_heatmap_data,
@@ -66,6 +68,7 @@ __all__ = [
     "SweepExplorer",
     "WeightChangeExplorer",
     "case_figure",
+    "comparison_chart",
     "concat_tasks",
     "decoder_weights_figure",
     "delta_explorer",

@@ -29,9 +29,10 @@ import pandas as pd
 from radiolens.naming import FAMILIES, MODALITIES
 from radiolens.plotting._display import altair
 from radiolens.plotting.rankings import MEASURE_LABELS, importance_table, ranked
-from radiolens.plotting.style import ENCODER_COLORS, ENCODER_LABELS, MODALITY_COLORS, family_label
+from radiolens.plotting.style import ENCODER_COLORS, ENCODER_LABELS, MODALITY_COLORS, VERDICT_COLORS, family_label
 
 __all__ = [
+    "comparison_chart",
     "delta_heatmap",
     "delta_heatmap_data",
     "downstream_chart",
@@ -569,6 +570,41 @@ def downstream_chart(table: pd.DataFrame, title: str | None = None):
     )
 
 
+
+
+def comparison_chart(comparison: pd.DataFrame, title: str | None = None):
+    """Table 2's differences, tested: full minus frozen per task and metric with its interval,
+    coloured by verdict, one panel per metric (each with its own scale) and a rule at 0.
+
+    Parameters
+    ----------
+    comparison
+        A :func:`radiolens.finetune.compare_regimes` table (or :meth:`Study.downstream_comparison
+        <radiolens.pipeline.Study.downstream_comparison>`).
+    """
+    alt = altair()
+    missing = {"task", "metric", "difference", "ci_low", "ci_high", "p_value", "verdict"} - set(comparison.columns)
+    if missing:
+        raise ValueError(f"comparison table lacks columns {sorted(missing)}")
+    data = comparison.assign(panel=comparison["task"].astype(str) + " (" + comparison["metric"].astype(str) + ")")
+    panels = list(dict.fromkeys(data["panel"]))
+    verdict = alt.Color("verdict:N", title="Full fine-tuning",
+                        scale=alt.Scale(domain=list(VERDICT_COLORS), range=list(VERDICT_COLORS.values())))
+    base = alt.Chart().encode(y=alt.Y("panel:N", title=None, axis=alt.Axis(labels=False, ticks=False)))
+    interval = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title="full - frozen"), x2="ci_high:Q",
+                                                     color=verdict)
+    point = base.mark_point(filled=True, size=70).encode(
+        x="difference:Q", color=verdict,
+        tooltip=["task:N", "metric:N", alt.Tooltip("difference:Q", format="+.3f"), alt.Tooltip("ci_low:Q", format=".3f"),
+                 alt.Tooltip("ci_high:Q", format=".3f"), alt.Tooltip("p_value:Q", format=".3g"), "verdict:N"])
+    zero = alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(x=alt.datum(0))
+    return (
+        alt.layer(zero, interval, point, data=data)
+        .properties(width=320, height=28)
+        .facet(row=alt.Row("panel:N", sort=panels, title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
+        .resolve_scale(x="independent")
+        .properties(title=title or "Full fine-tuning minus frozen on the same test cases (95% interval)")
+    )
 
 
 def stage_shift_chart(stages, title: str | None = None):

@@ -15,6 +15,7 @@ __all__ = [
     "ADC_WINDOW",
     "ENCODER_COLORS",
     "ENCODER_LABELS",
+    "VERDICT_COLORS",
     "FILLED",
     "MODALITY_COLORS",
     "OVERLAYS",
@@ -27,6 +28,8 @@ __all__ = [
 ENCODER_LABELS: dict[str, str] = {"pre": "pre-trained", "ft": "fine-tuned"}
 #: One colour per encoder (pre-trained grey, fine-tuned red), in charts and widgets.
 ENCODER_COLORS: dict[str, str] = {"pre": "#7f7f7f", "ft": "#d62728"}
+#: One colour per verdict of a tested frozen-vs-full difference (:func:`radiolens.finetune.compare_regimes`).
+VERDICT_COLORS: dict[str, str] = {"better": "#1a9850", "worse": "#d73027", "no detectable difference": "#7f7f7f"}
 #: One colour per modality, shared by the Altair charts and the widgets' matplotlib figures.
 MODALITY_COLORS: dict[str, str] = {"T2W": "#4c78a8", "DWI": "#f58518", "ADC": "#54a24b"}
 
