@@ -78,6 +78,8 @@ class Task:
         Unit of a regression target (names the absolute-error metric, e.g. ``mae_ml``).
     title
         How reports name the task.
+    short_title
+        How a sentence names the task before a metric (``"PI-RADS kappa"``); default ``name``.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Task:
     n_classes: int | None = None
     unit: str | None = None
     title: str = ""
+    short_title: str = ""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.channels if c not in MODALITIES]
@@ -160,7 +163,7 @@ def get_task(name: str | Task) -> Task:
 register_task(Task(
     name="pirads", kind="classification", channels=("T2W", "DWI", "ADC"), label="pirads_group",
     metrics=("qwk", "accuracy"), validation_metric="qwk", n_classes=4,
-    title="PI-RADS group classification",
+    title="PI-RADS group classification", short_title="PI-RADS",
 ))
 register_task(Task(
     name="lesion", kind="segmentation", channels=("T2W", "DWI", "ADC"), label="lesion",

@@ -37,28 +37,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from radiolens.finetune.metrics import metric_names
+from radiolens.finetune.metrics import higher_is_better, metric_label, metric_names
 from radiolens.tasks import Task, get_task
 
-__all__ = ["COMPARISON_COLUMNS", "compare_regimes", "comparison_calibration", "describe_comparison", "higher_is_better",
-           "metric_label", "qwk_rows", "simulate_regimes"]
+__all__ = ["COMPARISON_COLUMNS", "compare_regimes", "comparison_calibration", "describe_comparison", "qwk_rows",
+           "simulate_regimes"]
 
 #: Columns of :func:`compare_regimes`' table.
 COMPARISON_COLUMNS = ["task", "metric", "n_cases", "frozen", "full", "difference", "ci_low", "ci_high",
                       "p_value", "verdict"]
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of a Table 2 metric is better (kappa, accuracy, Dice; not MSE/MAE)."""
-    return not (metric == "mse" or metric.startswith("mae"))
-
-
-def metric_label(task: str, metric: str) -> str:
-    """How prose names a Table 2 metric: ``"PI-RADS kappa"``, ``"lesion Dice"``, ``"volume MSE"``."""
-    tasks = {"pirads": "PI-RADS", "lesion": "lesion", "volume": "volume"}
-    metrics = {"qwk": "kappa", "dice": "Dice", "mse": "MSE", "accuracy": "accuracy"}
-    unit = metric[4:] if metric.startswith("mae_") else None
-    return f"{tasks.get(task, task)} {metrics.get(metric, f'MAE ({unit})' if unit else metric)}"
 
 
 def describe_comparison(table: pd.DataFrame, alpha: float = 0.05, headline_only: bool = True) -> str:
@@ -178,7 +165,7 @@ def compare_regimes(
     ValueError
         The regimes were scored on different cases, or ``n_resamples`` / ``alpha`` are out of range.
     """
-    task = get_task(task) if isinstance(task, str) else task
+    task = get_task(task)
     if int(n_resamples) < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0 < float(alpha) < 1:
@@ -234,7 +221,7 @@ def simulate_regimes(task: str | Task, n_cases: int, effect: float = 0.0, seed: 
     (frozen, full)
         Tables in :attr:`FineTuneResult.predictions`' format, for :func:`compare_regimes`.
     """
-    task = get_task(task) if isinstance(task, str) else task
+    task = get_task(task)
     rng = np.random.default_rng([int(seed), int(n_cases), 7])
     index = pd.Index([f"sim_{i:04d}" for i in range(int(n_cases))], name="case_id")
     hard = rng.random(n_cases) < 0.5
@@ -291,7 +278,7 @@ def comparison_calibration(
     ``alpha``, and so should ``interval_excludes_0``; with ``effect > 0`` ``flagged`` is the
     test's power. One row per metric; ``flagged_se`` is the Monte-Carlo standard error.
     """
-    task = get_task(task) if isinstance(task, str) else task
+    task = get_task(task)
     tables = []
     for run in range(int(n_runs)):
         frozen, full = simulate_regimes(task, n_cases, effect, seed=int(seed) * 100_003 + run)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from radiolens.tasks import Task
 
-__all__ = ["dice_score", "metric_names", "predictions", "quadratic_weighted_kappa", "soft_dice_loss", "task_loss",
-           "task_metrics"]
+__all__ = ["dice_score", "higher_is_better", "metric_label", "metric_names", "predictions", "quadratic_weighted_kappa",
+           "soft_dice_loss", "task_loss", "task_metrics"]
 
 
 def quadratic_weighted_kappa(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = 4) -> float:
@@ -87,6 +87,22 @@ def metric_names(task: Task) -> list[str]:
     if task.kind == "regression":
         return ["mse", f"mae_{task.unit}" if task.unit else "mae"]
     return ["dice", f"n_{task.label}_cases"]
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a Table 2 metric is better (kappa, accuracy, Dice; not MSE/MAE)."""
+    return not (metric == "mse" or metric.startswith("mae"))
+
+
+def metric_label(task: str | Task, metric: str) -> str:
+    """How prose names a Table 2 metric: ``"PI-RADS kappa"``, ``"lesion Dice"``, ``"volume MAE (ml)"``."""
+    from radiolens.tasks import TASKS
+
+    name = task.name if isinstance(task, Task) else str(task)
+    spec = task if isinstance(task, Task) else TASKS.get(name)
+    words = {"qwk": "kappa", "dice": "Dice", "mse": "MSE", "accuracy": "accuracy"}
+    unit = metric[len("mae_"):] if metric.startswith("mae_") else None
+    return f"{(spec.short_title if spec else '') or name} {words.get(metric, f'MAE ({unit})' if unit else metric)}"
 
 
 def task_metrics(task: Task, out: np.ndarray, y: np.ndarray, target_stats=None) -> dict[str, float]:
