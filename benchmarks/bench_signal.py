@@ -7,7 +7,10 @@ importances are artefacts. This script prints those numbers for a study, next to
 so that the next change to the generator, the shipped encoder or the lens shows whether the
 demonstration got better or worse. Next to the lens's R^2 it prints what the log ROI volume
 alone explains on the same test cases (OLS on the lens's training cases): a family that the
-volume explains as well as the embedding does is read as *size*, not as texture. It also
+volume explains as well as the embedding does is read as *size*, not as texture. Table 2's
+differences come with their paired test (``Study.downstream_comparison``), and a linear probe
+(``radiolens.lens.label_auc``) says whether the lesion task's embeddings can even tell which
+cases have a lesion (if not, no PI-RADS head and no lesion-ROI lens can read one). It also
 prints the cohort's PI-RADS mix and the peripheral zone's share of the gland (measured on the
 zone masks).
 
@@ -36,6 +39,7 @@ import pandas as pd
 
 from radiolens.config import load_config
 from radiolens.finetune import describe_comparison
+from radiolens.lens import label_auc
 from radiolens.naming import FAMILIES, parse_report_name
 from radiolens.pipeline import Study
 
@@ -107,6 +111,15 @@ def cohort_summary(study: Study) -> dict:
     return out
 
 
+def lesion_probe(study: Study) -> pd.DataFrame | None:
+    """:func:`radiolens.lens.label_auc` of "has a lesion" from the lesion task's embeddings (pre, ft)."""
+    if "lesion" not in study.available_tasks():
+        return None
+    has_lesion = study.cohort().labels["lesion_volume_ml"] > 0
+    x_pre, x_ft = study.embeddings("lesion")
+    return pd.DataFrame({"pre": label_auc(x_pre, has_lesion), "ft": label_auc(x_ft, has_lesion)}).T
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="study configuration (YAML); default: the full default study")
@@ -144,6 +157,10 @@ def main() -> None:
     baseline = volume_baseline(study, reports).reindex(r2.index)
     print("The same features from the log ROI volume alone (OLS; same training and test cases)")
     print(baseline.round(3).to_string(), "\n")
+    probe = lesion_probe(study)
+    if probe is not None:
+        print("Can the embedding tell whether a case has a lesion? (linear probe, cross-validated AUC, all cases)")
+        print(probe.round(3).to_string(), "\n")
     print("Lens warnings")
     warns = lens_warnings(reports)
     for name, messages in warns.items():
@@ -169,6 +186,7 @@ def main() -> None:
                            for (name, enc), col in r2.items()},
             "volume_only_r2": {name: {g: (None if pd.isna(v) else float(v)) for g, v in col.items()}
                                for (name, _), col in baseline.items()},
+            "lesion_probe": None if probe is None else json.loads(probe.to_json(orient="index")),
             "lens_warnings": warns,
             "study_warnings": list(study.warnings),
             "cohort": cohort,

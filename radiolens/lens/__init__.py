@@ -61,11 +61,13 @@ The package, in the order a lens is used:
 ``simulation``   planted-truth embeddings where the right answer is known
 ``calibration``  planted-truth runs measuring false positives, coverage and power
 ``stages``       the lens stage by stage of the encoder: where in the network fine-tuning acts
+``baselines``    reference points: what ROI size alone explains of the features, and whether
+                 the embedding can tell a case label (e.g. "has a lesion") at all
 """
 
 from __future__ import annotations
 
-from radiolens.lens.baselines import covariate_r2
+from radiolens.lens.baselines import covariate_r2, label_auc
 from radiolens.lens.decoders import DEFAULT_RIDGE_ALPHAS
 from radiolens.lens.estimator import RadiomicLens
 from radiolens.lens.inference import adjust_pvalues
@@ -84,6 +86,7 @@ __all__ = [
     "adjust_pvalues",
     "check_cases_per_split",
     "covariate_r2",
+    "label_auc",
     "linear_cka",
     "min_cases_per_split",
     "penalty_sweep",
