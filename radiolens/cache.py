@@ -66,6 +66,7 @@ STEP_VERSIONS: dict[str, int] = {
     "radiomics": 1,  # radiomics: one PyRadiomics work unit
     "pretrain": 1,  # models.pretrain: an encoder pre-trained on the cohort
     "finetune": 2,  # finetune: a fine-tuned encoder, its head and test metrics
+    "downstream_comparison": 1,  # finetune.comparison: Table 2's paired tests (computed, not cached; bundled)
     "embeddings": 1,  # embeddings: an encoder's embedding of every case
     "penalty_sweep": 3,  # lens: validation loss per penalty pair (3: each fit on one thread)
     "lens": 2,  # lens: a fitted lens
