@@ -9,7 +9,7 @@ demonstration got better or worse. Next to the lens's R^2 it prints what the log
 alone explains on the same test cases (OLS on the lens's training cases): a family that the
 volume explains as well as the embedding does is read as *size*, not as texture. Table 2's
 differences come with their paired test (``Study.downstream_comparison``), and a linear probe
-(``radiolens.lens.label_auc``) says whether the lesion task's embeddings can even tell which
+(``Study.lesion_visibility``) says whether the lesion task's embeddings can even tell which
 cases have a lesion (if not, no PI-RADS head and no lesion-ROI lens can read one). It also
 prints the cohort's PI-RADS mix and the peripheral zone's share of the gland (measured on the
 zone masks).
@@ -39,7 +39,6 @@ import pandas as pd
 
 from radiolens.config import load_config
 from radiolens.finetune import describe_comparison
-from radiolens.lens import label_auc
 from radiolens.naming import FAMILIES, parse_report_name
 from radiolens.pipeline import Study
 
@@ -112,12 +111,8 @@ def cohort_summary(study: Study) -> dict:
 
 
 def lesion_probe(study: Study) -> pd.DataFrame | None:
-    """:func:`radiolens.lens.label_auc` of "has a lesion" from the lesion task's embeddings (pre, ft)."""
-    if "lesion" not in study.available_tasks():
-        return None
-    has_lesion = study.cohort().labels["lesion_volume_ml"] > 0
-    x_pre, x_ft = study.embeddings("lesion")
-    return pd.DataFrame({"pre": label_auc(x_pre, has_lesion), "ft": label_auc(x_ft, has_lesion)}).T
+    """:meth:`Study.lesion_visibility <radiolens.pipeline.Study.lesion_visibility>`, when the study has the lesion task."""
+    return study.lesion_visibility() if "lesion" in study.available_tasks() else None
 
 
 def main() -> None:

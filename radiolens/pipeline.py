@@ -626,6 +626,15 @@ class Study:
                           log_volume.loc[test], radiomics.loc[test, features])
         return meta.assign(r2_volume=r2.to_numpy()).reset_index(drop=True)
 
+    def lesion_visibility(self) -> pd.DataFrame:
+        """Can the lesion task's embeddings tell which cases have a lesion? :func:`radiolens.lens.label_auc`
+        of ``lesion_volume_ml > 0`` over every case, one row per encoder (``pre``, ``ft``)."""
+        from radiolens.lens import label_auc
+
+        has_lesion = self.cohort().labels["lesion_volume_ml"] > 0
+        x_pre, x_ft = self.embeddings("lesion")
+        return pd.DataFrame({"pre": label_auc(x_pre, has_lesion), "ft": label_auc(x_ft, has_lesion)}).T
+
     def _split(self, x_pre: pd.DataFrame, x_ft: pd.DataFrame, radiomics: pd.DataFrame, roi: str) -> dict:
         ids = [c for c in radiomics.index if c in x_pre.index]
         split = self.cohort().manifest.loc[ids, "split"]

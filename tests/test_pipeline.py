@@ -202,3 +202,19 @@ def test_size_baseline_uses_the_reports_training_and_test_cases(quick_run):
     expected = covariate_r2(log_volume.loc[r_train.index], r_train[features],
                             log_volume.loc[test], radiomics.loc[test, features])
     np.testing.assert_allclose(table["r2_volume"].to_numpy(), expected.to_numpy(), atol=1e-12)
+
+
+def test_lesion_visibility_probes_the_lesion_tasks_embeddings_for_lesion_presence(quick_run):
+    from radiolens.lens import label_auc
+
+    cache, _, _ = quick_run
+    study = Study(load_config(quick=True, cache_dir=pristine_cache(cache)), progress=False)
+    table = study.lesion_visibility()
+    assert list(table.index) == ["pre", "ft"] and list(table.columns) == ["auc", "p_value", "n_cases", "n_positive"]
+    labels = study.cohort().labels
+    assert (table["n_cases"] == len(labels)).all()
+    assert (table["n_positive"] == int((labels["lesion_volume_ml"] > 0).sum())).all()
+    # by hand, on the fine-tuned lesion encoder's embeddings
+    _, x_ft = study.embeddings("lesion")
+    expected = label_auc(x_ft, pd.Series(labels["lesion_volume_ml"] > 0))
+    assert table.loc["ft", "auc"] == expected["auc"] and table.loc["ft", "p_value"] == expected["p_value"]

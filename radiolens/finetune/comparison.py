@@ -40,12 +40,17 @@ import pandas as pd
 from radiolens.finetune.metrics import higher_is_better, metric_label, metric_names
 from radiolens.tasks import Task, get_task
 
-__all__ = ["COMPARISON_COLUMNS", "compare_regimes", "comparison_calibration", "describe_comparison", "qwk_rows",
+__all__ = ["COMPARISON_COLUMNS", "compare_regimes", "comparison_calibration", "describe_comparison", "headline_rows", "qwk_rows",
            "simulate_regimes"]
 
 #: Columns of :func:`compare_regimes`' table.
 COMPARISON_COLUMNS = ["task", "metric", "n_cases", "frozen", "full", "difference", "ci_low", "ci_high",
                       "p_value", "verdict"]
+
+
+def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Each task's first metric of a :func:`compare_regimes` table (kappa, Dice, MSE: the paper's Table 2)."""
+    return table.groupby("task", sort=False).head(1)
 
 
 def describe_comparison(table: pd.DataFrame, alpha: float = 0.05, headline_only: bool = True) -> str:
@@ -58,7 +63,7 @@ def describe_comparison(table: pd.DataFrame, alpha: float = 0.05, headline_only:
     """
     if table is None or not len(table):
         return "No task was fine-tuned in both regimes, so there is no frozen-versus-full difference to test."
-    rows = table.groupby("task", sort=False).head(1) if headline_only else table
+    rows = headline_rows(table) if headline_only else table
     level = f"{100 * (1 - alpha):g}%"
     parts, flagged, unflagged = [], [], []
     for row in rows.itertuples(index=False):

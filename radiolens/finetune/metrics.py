@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from radiolens.tasks import Task
+from radiolens.tasks import TASKS, Task
 
 __all__ = ["dice_score", "higher_is_better", "metric_label", "metric_names", "predictions", "quadratic_weighted_kappa",
            "soft_dice_loss", "task_loss", "task_metrics"]
@@ -96,8 +96,6 @@ def higher_is_better(metric: str) -> bool:
 
 def metric_label(task: str | Task, metric: str) -> str:
     """How prose names a Table 2 metric: ``"PI-RADS kappa"``, ``"lesion Dice"``, ``"volume MAE (ml)"``."""
-    from radiolens.tasks import TASKS
-
     name = task.name if isinstance(task, Task) else str(task)
     spec = task if isinstance(task, Task) else TASKS.get(name)
     words = {"qwk": "kappa", "dice": "Dice", "mse": "MSE", "accuracy": "accuracy"}

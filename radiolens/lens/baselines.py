@@ -112,12 +112,13 @@ def label_auc(
     n, n_positive = len(values), int(values.sum())
     if min(n_positive, n - n_positive) < int(n_splits):
         raise ValueError(f"label_auc needs at least {n_splits} cases with and {n_splits} without the label "
-                         f"(one per fold); got {n_positive} and {n - n_positive}")
+                         f"(n_splits); got {n_positive} and {n - n_positive}")
     features = X.loc[cases].to_numpy(float)
     penalty = float(features.shape[1] if alpha is None else alpha)
     rng = np.random.default_rng(int(seed))
     # column 0: the labels; the others: permutations of them (every column has n_positive ones)
     targets = np.column_stack([values] + [rng.permutation(values) for _ in range(int(n_permutations))])
+    # folds drawn without looking at the labels: the permuted labels then meet the very same procedure
     fold_of = rng.permutation(np.arange(n) % int(n_splits))
     scores = np.empty_like(targets)
     for fold in range(int(n_splits)):
